@@ -1,0 +1,117 @@
+"""One workload in its own process, so that its CPU and memory are measured apart:
+`python -m bench.driver '<spec JSON>'`.
+
+The spec names the engine (`quorum`: Quorum's producer client, which sends the runs to the
+workers; `reference`: py-ai-toolkit's in-process `run_task`), how many runs, whether they go
+one at a time (`sequential`) or all at once (`burst`), and the validation config. The driver
+prints `BEGIN` when the measured part starts and `RESULT <JSON>` when it ends: per-run
+latencies and outcomes, wall time, this process's CPU seconds and peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench.workloads import PURCHASE_SCHEMA, TEMPLATE, message
+
+__all__ = ["Outcome", "main", "run_workload"]
+
+Outcome = tuple[float, bool, bool]
+"""A run's latency (s), whether its output was validated, whether validation passed."""
+
+RunOne = Callable[[int], Awaitable[tuple[bool, bool]]]
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _timed(run_one: RunOne, index: int) -> Outcome:
+    started = time.perf_counter()
+    validated, passed = await run_one(index)
+    return time.perf_counter() - started, validated, passed
+
+
+async def run_workload(spec: dict[str, Any], run_one: RunOne) -> dict[str, Any]:
+    """Warm up, then run the measured runs one at a time or all at once."""
+    for index in range(spec.get("warmup", 0)):
+        await run_one(-1 - index)
+    print("BEGIN", flush=True)
+    cpu, started = _cpu_s(), time.perf_counter()
+    runs = range(spec["runs"])
+    if spec["shape"] == "sequential":
+        outcomes = [await _timed(run_one, i) for i in runs]
+    else:
+        outcomes = list(await asyncio.gather(*(_timed(run_one, i) for i in runs)))
+    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
+    return {
+        "latencies": [o[0] for o in outcomes],
+        "validated": [o[1] for o in outcomes],
+        "passed": [o[2] for o in outcomes],
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+async def quorum(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs through Quorum's producer client (`TaskClient.run_task`)."""
+    from producer import TaskClient
+    from shared.errors import RunTimeoutError, StoreError, TaskFailedError
+
+    client = TaskClient(redis_url=spec["redis_url"])
+
+    async def run_one(index: int) -> tuple[bool, bool]:
+        # `run_task` is `submit` in a thread plus `result_async`; done in two steps here so
+        # that a wait cut short by the Redis client's own 5 s read timeout (redis-py >= 8,
+        # racing the store's 5 s XREAD BLOCK) is resumed instead of lost.
+        run = await asyncio.to_thread(
+            lambda: client.submit(
+                template=TEMPLATE,
+                response_model=PURCHASE_SCHEMA,
+                kwargs={"message": message(spec["tag"], index)},
+                config=spec["config"],
+            )
+        )
+        deadline = time.monotonic() + spec["timeout_s"]
+        while True:
+            try:
+                await run.result_async(max(deadline - time.monotonic(), 0.001))
+            except TaskFailedError as exc:
+                return "validation failed" in str(exc), False
+            except RunTimeoutError:
+                return False, False
+            except StoreError:
+                if time.monotonic() < deadline:
+                    continue
+                return False, False
+            return True, True
+
+    try:
+        return await run_workload(spec, run_one)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the workload the spec describes and print its result."""
+    spec = json.loads((argv or sys.argv[1:])[0])
+    if spec["engine"] == "quorum":
+        result = asyncio.run(quorum(spec))
+    else:
+        from bench.reference import reference
+
+        result = asyncio.run(reference(spec))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

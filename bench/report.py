@@ -1,0 +1,492 @@
+"""The report of a benchmark invocation: `benchmarks.md` (tables of medians and spreads) and
+its plots (`bench-*.png`), from the records `bench.runner` collected."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
+
+__all__ = ["headline", "write_report"]
+
+Record = dict[str, Any]
+
+
+def _select(records: Iterable[Record], **match: Any) -> list[Record]:
+    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
+
+
+def _runs(record: Record) -> int:
+    return len(record["latencies"])
+
+
+def _cpu_ms(record: Record) -> float:
+    """CPU ms per validated run: the engine's processes (driver + workers) over passed runs."""
+    passed = sum(record["passed"]) or math.nan
+    return 1000 * (record["cpu_s"] + record["worker_cpu_s"]) / passed
+
+
+def _rate(record: Record) -> float:
+    return sum(record["passed"]) / record["wall_s"]
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _med(records: list[Record], metric: Callable[[Record], float], digits: int = 0) -> str:
+    """`median (min–max)` of a metric over repetitions."""
+    mid, low, high = spread([metric(r) for r in records])
+    if len(records) < 2:
+        return _fmt(mid, digits)
+    return f"{_fmt(mid, digits)} ({_fmt(low, digits)}–{_fmt(high, digits)})"
+
+
+def _value(records: list[Record], metric: Callable[[Record], float]) -> float:
+    return spread([metric(r) for r in records])[0]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+# -- the targets -------------------------------------------------------------------------
+
+
+def _targets(records: list[Record], prof: str) -> list[tuple[str, str, str, str, bool | None]]:
+    """(target, Quorum, reference, ratio, met) for each target that was measured."""
+    out: list[tuple[str, str, str, str, bool | None]] = []
+    lat = [r for r in _select(records, workload="latency") if r["latency"] > 0]
+    top = max((r["latency"] for r in lat), default=None)
+    if top is not None:
+        q = _value(_select(lat, engine="quorum", latency=top), _overhead_ms)
+        ref = _value(_select(lat, engine="reference", latency=top), _overhead_ms)
+        out.append(
+            (
+                f"latency at L = {top * 1000:.0f} ms: end to end − 2L ≤ 30 ms",
+                f"{q:.0f} ms",
+                _fmt(ref) + " ms",
+                f"{q / ref:.2f}×" if ref else "–",
+                q <= 30,
+            )
+        )
+    burst = _select(records, workload="burst")
+    if burst:
+        most = max(r["workers"] for r in burst)
+        q_runs = _select(burst, engine="quorum", workers=most)
+        ref_runs = _select(burst, engine="reference")
+        q, ref = _value(q_runs, _rate), _value(ref_runs, _rate)
+        every = all(all(r["passed"]) for r in q_runs)
+        out.append(
+            (
+                f"throughput, {_runs(burst[0])} runs at once, {most} worker(s): ≥ 2× the "
+                "reference's validated runs/s, every run validated",
+                f"{q:.1f}/s, {'all' if every else 'not all'} validated",
+                f"{ref:.1f}/s" if ref_runs else "–",
+                f"{q / ref:.2f}×" if ref_runs and ref else "–",
+                every and (not ref_runs or q >= 2 * ref),
+            )
+        )
+    cpu = _select(records, workload="cpu")
+    if cpu:
+        q = _value(_select(cpu, engine="quorum"), _cpu_ms)
+        ref_runs = _select(cpu, engine="reference")
+        ref = _value(ref_runs, _cpu_ms) if ref_runs else math.nan
+        out.append(
+            (
+                "CPU per validated run at L = 0 ≤ the reference's",
+                f"{q:.1f} ms",
+                _fmt(ref, 1) + " ms",
+                f"{q / ref:.2f}×" if ref_runs else "–",
+                None if not ref_runs else q <= ref,
+            )
+        )
+    inflight = _select(records, workload="inflight", engine="quorum")
+    if inflight:
+        most = max(r["max_in_flight"] for r in inflight)
+        ref_runs = _select(records, workload="inflight", engine="reference")
+        out.append(
+            (
+                "LLM calls one worker process keeps in flight ≥ 500",
+                str(most),
+                str(max(r["max_in_flight"] for r in ref_runs)) if ref_runs else "–",
+                "",
+                most >= 500 if prof == "full" else None,
+            )
+        )
+    economy = _select(records, workload="economy", engine="quorum")
+    kahead = [r for r in economy if r["config"]["mode"] == "k_ahead"]
+    if kahead:
+        ratios = [_votes(r) / _full_rounds(r)[0] for r in kahead]
+        out.append(
+            (
+                "K-ahead votes ≤ 0.75× full rounds of `count`, same accuracy",
+                ", ".join(f"{x:.2f}×" for x in ratios),
+                "",
+                f"max {max(ratios):.2f}×",
+                max(ratios) <= 0.75,
+            )
+        )
+    return out
+
+
+def _overhead_ms(record: Record) -> float:
+    return 1000 * (statistics.median(record["latencies"]) - 2 * record["latency"])
+
+
+def _votes(record: Record) -> float:
+    """Votes spent per decision (one issue per run: per run)."""
+    return float(record["votes"]) / _runs(record)
+
+
+def _full_rounds(record: Record) -> tuple[float, float]:
+    config = record["config"]
+    count, ahead = config["count"], config["required_ahead"]
+    return race(record["pass_rate"], count=count, k=ahead, max_votes=4 * count, full_rounds=True)
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """The table of targets, for the top of the report and the README."""
+    rows = [
+        [target, q, ref, ratio, {True: "✔", False: "✘", None: "–"}[met]]
+        for target, q, ref, ratio, met in _targets(results["records"], results["profile"])
+    ]
+    return _table(["target", "Quorum", "reference", "ratio", "met"], rows)
+
+
+# -- the sections ------------------------------------------------------------------------
+
+
+def _latency(records: list[Record]) -> list[str]:
+    rows = []
+    for latency in sorted({r["latency"] for r in _select(records, workload="latency")}):
+        for engine in ("quorum", "reference"):
+            for r in _select(records, workload="latency", latency=latency, engine=engine):
+                lat = [x * 1000 for x in r["latencies"]]
+                rows.append(
+                    [
+                        f"{latency * 1000:.0f}",
+                        engine,
+                        f"{2 * latency * 1000:.0f}",
+                        f"{statistics.median(lat):.0f}",
+                        f"{percentile(lat, 5):.0f}–{percentile(lat, 95):.0f}",
+                        f"{_overhead_ms(r):+.0f}",
+                        f"{_cpu_ms(r):.1f}",
+                    ]
+                )
+    head = ["L (ms)", "engine", "ideal 2L", "median", "p5–p95", "median − 2L", "CPU ms/run"]
+    return _table(head, rows)
+
+
+def _burst(records: list[Record]) -> list[str]:
+    rows = []
+    groups = sorted({(r["engine"], r["workers"]) for r in _select(records, workload="burst")})
+    for engine, workers in groups:
+        rs = _select(records, workload="burst", engine=engine, workers=workers)
+        rows.append(
+            [
+                engine,
+                str(workers) if engine == "quorum" else "1 (in-process)",
+                _med(rs, _rate, 1),
+                _med(rs, lambda r: 1000 * percentile(r["latencies"], 50)),
+                _med(rs, lambda r: 1000 * percentile(r["latencies"], 95)),
+                _med(rs, lambda r: sum(r["passed"])) + f" / {_runs(rs[0])}",
+                _med(rs, _cpu_ms, 1),
+                _med(rs, lambda r: max(r["worker_peak_rss_kb"] or [0]) / 1024),
+                _med(rs, lambda r: r["max_rss_kb"] / 1024),
+            ]
+        )
+    head = [
+        "engine",
+        "processes",
+        "validated runs/s",
+        "p50 ms",
+        "p95 ms",
+        "validated",
+        "CPU ms/run",
+        "worker peak RSS MiB",
+        "producer / reference peak RSS MiB",
+    ]
+    return _table(head, rows)
+
+
+def _cpu(records: list[Record]) -> list[str]:
+    rows = []
+    for engine in ("quorum", "reference"):
+        rs = _select(records, workload="cpu", engine=engine)
+        if rs:
+            rows.append(
+                [
+                    engine,
+                    str(_runs(rs[0])),
+                    _med(rs, _cpu_ms, 1),
+                    _med(rs, lambda r: 1000 * r["worker_cpu_s"] / max(sum(r["passed"]), 1), 1),
+                    _med(rs, lambda r: 1000 * r["cpu_s"] / max(sum(r["passed"]), 1), 1),
+                    _med(rs, lambda r: r["llm_calls"] / _runs(r), 1),
+                ]
+            )
+    head = ["engine", "runs", "CPU ms/run", "workers", "producer/process", "LLM calls/run"]
+    return _table(head, rows)
+
+
+def _inflight(records: list[Record]) -> list[str]:
+    rows = [
+        [
+            r["engine"],
+            str(r.get("concurrency") or "–"),
+            str(_runs(r)),
+            f"{r['latency']:.1f}",
+            str(r["max_in_flight"]),
+            _fmt(max(r["worker_peak_rss_kb"] or [r["max_rss_kb"]]) / 1024),
+        ]
+        for r in _select(records, workload="inflight")
+    ]
+    head = [
+        "engine",
+        "worker threads",
+        "runs at once",
+        "L (s)",
+        "most calls in flight",
+        "peak RSS MiB",
+    ]
+    return _table(head, rows)
+
+
+def _economy(records: list[Record]) -> list[str]:
+    rows = []
+    for r in _select(records, workload="economy"):
+        config, p = r["config"], r["pass_rate"]
+        count, ahead = config["count"], config["required_ahead"]
+        if config["mode"] == "k_ahead":
+            theory = kahead_accuracy(p, ahead)
+            full_votes, full_acc = _full_rounds(r)
+            ours = race(p, count=count, k=ahead, max_votes=4 * count, full_rounds=False)
+            expect = f"{ours[0]:.2f} / {full_votes:.2f}"
+            exact = f"{ours[1]:.3f} / {full_acc:.3f}"
+        else:
+            theory = majority_accuracy(p, count, ahead)
+            expect, exact = f"{count}", f"{theory:.3f}"
+        rows.append(
+            [
+                f"{config['mode']} ({count}, {ahead})",
+                f"{p:.2f}",
+                r["engine"],
+                f"{_votes(r):.2f}",
+                f"{sum(r['passed']) / _runs(r):.3f}",
+                f"{sum(r['validated'])}/{_runs(r)}",
+                expect,
+                exact,
+                f"{theory:.3f}",
+            ]
+        )
+    head = [
+        "mode (count, k)",
+        "validator accuracy p",
+        "engine",
+        "votes/decision",
+        "accuracy",
+        "decided",
+        "exact votes: Quorum / full rounds",
+        "exact accuracy: Quorum / full rounds",
+        "theory",
+    ]
+    return _table(head, rows)
+
+
+# -- plots -------------------------------------------------------------------------------
+
+
+def _plots(records: list[Record], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    drawn = [draw(records, out) for draw in (_plot_latency, _plot_throughput, _plot_votes)]
+    return [name for name in drawn if name]
+
+
+_COLORS = {"quorum": "#2b6cb0", "reference": "#dd6b20"}
+
+
+def _plot_latency(records: list[Record], out: Path) -> str | None:
+    import matplotlib.pyplot as plt
+
+    lat = _select(records, workload="latency")
+    if not lat:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    levels = sorted({r["latency"] for r in lat})
+    for shift, engine in ((-0.2, "quorum"), (0.2, "reference")):
+        xs, ys, errs = [], [], []
+        for i, level in enumerate(levels):
+            for r in _select(lat, engine=engine, latency=level):
+                ms = [x * 1000 for x in r["latencies"]]
+                mid = statistics.median(ms)
+                xs.append(i + shift)
+                ys.append(mid)
+                errs.append((mid - percentile(ms, 5), percentile(ms, 95) - mid))
+        if xs:
+            yerr = [[e[0] for e in errs], [e[1] for e in errs]]
+            ax.bar(xs, ys, 0.4, yerr=yerr, label=engine, color=_COLORS[engine])
+    ideal = [2000 * x for x in levels]
+    ax.plot(range(len(levels)), ideal, "k_", markersize=40, label="ideal 2L")
+    ax.set_xticks(range(len(levels)), [f"L = {x * 1000:.0f} ms" for x in levels])
+    ax.set_ylabel("end-to-end ms (median, p5–p95)")
+    ax.set_title("One run at a time, 3 issues × 3 votes")
+    ax.legend()
+    return _save(fig, out / "bench-latency.png")
+
+
+def _plot_throughput(records: list[Record], out: Path) -> str | None:
+    import matplotlib.pyplot as plt
+
+    burst = _select(records, workload="burst")
+    cpu = _select(records, workload="cpu")
+    if not burst and not cpu:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5))
+    groups = sorted({(r["engine"], r["workers"]) for r in burst})
+    labels = [f"Quorum ×{w}" if e == "quorum" else "reference" for e, w in groups]
+    rates = [_value(_select(burst, engine=e, workers=w), _rate) for e, w in groups]
+    left.bar(labels, rates, color=[_COLORS[e] for e, _ in groups])
+    left.set_ylabel("validated runs/s")
+    left.set_title(f"{_runs(burst[0]) if burst else 0} runs at once")
+    engines = [e for e in ("quorum", "reference") if _select(cpu, engine=e)]
+    values = [_value(_select(cpu, engine=e), _cpu_ms) for e in engines]
+    right.bar(engines, values, color=[_COLORS[e] for e in engines])
+    right.set_ylabel("CPU ms per validated run (L = 0)")
+    right.set_title("CPU per run")
+    return _save(fig, out / "bench-throughput.png")
+
+
+def _plot_votes(records: list[Record], out: Path) -> str | None:
+    import matplotlib.pyplot as plt
+
+    economy = _select(records, workload="economy")
+    if not economy:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for mode, marker, style in (("k_ahead", "o", "-"), ("threshold", "s", ":")):
+        for engine in ("quorum", "reference"):
+            rs = [r for r in _select(economy, engine=engine) if r["config"]["mode"] == mode]
+            if not rs:
+                continue
+            ps = [r["pass_rate"] for r in rs]
+            style_of = {"marker": marker, "color": _COLORS[engine], "linestyle": style}
+            left.plot(ps, [_votes(r) for r in rs], label=f"{engine} {mode}", **style_of)
+            accuracy = [sum(r["passed"]) / _runs(r) for r in rs]
+            right.plot(ps, accuracy, label=f"{engine} {mode}", **style_of)
+    kahead = [r for r in economy if r["config"]["mode"] == "k_ahead"]
+    if kahead:
+        grid = [0.55 + i * 0.01 for i in range(45)]
+        k = kahead[0]["config"]["required_ahead"]
+        theory = [kahead_accuracy(p, k) for p in grid]
+        right.plot(grid, theory, "k--", lw=1, label=f"theory 1/(1+((1−p)/p)^{k})")
+        ps = sorted({r["pass_rate"] for r in kahead})
+        full = [_full_rounds(_select(kahead, pass_rate=p)[0])[0] for p in ps]
+        left.plot(ps, full, "k--", lw=1, label="exact: full rounds of count")
+    for ax, what in ((left, "votes per decision"), (right, "decision accuracy")):
+        ax.set_xlabel("validator accuracy p")
+        ax.set_ylabel(what)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "bench-votes.png")
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+# -- the page ----------------------------------------------------------------------------
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """Write `benchmarks.md` and the plots into `out`; return the report's path."""
+    records = results["records"]
+    machine, versions = results["machine"], results["versions"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(results["started"]))
+    plots = _plots(records, out)
+    lines = [
+        "# Benchmarks: Quorum against the reference, side by side",
+        "",
+        f"Produced by `{results['command']}` on {when} ({results['profile']} profile, "
+        f"{results['duration_s'] / 60:.1f} min). Every figure below was measured in this one "
+        "invocation, Quorum and the reference (py-ai-toolkit "
+        f"{versions.get('py-ai-toolkit', 'not installed')}, its `run_task` in one asyncio "
+        "process) taking turns against the same LLM simulator.",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} logical cores, "
+        f"{machine['memory_gb']} GiB, {machine['os']}, Python {machine['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ". Redis, the simulator, the workers and the driver share the machine.",
+        "",
+        "## Targets",
+        "",
+        *headline(results),
+        "",
+        "## 1. Latency: one run at a time",
+        "",
+        "Threshold voting, 3 issues × 3 votes, `max_retries=0`; the ideal critical path is the "
+        "task call plus one vote round, 2L. CPU counts the engine's processes (Quorum: the "
+        "worker and the producer).",
+        "",
+        *_latency(records),
+        "",
+        *([f"![latency]({plots[0]})", ""] if "bench-latency.png" in plots else []),
+        "## 2. Throughput: all runs submitted at once",
+        "",
+        "Same task and config, L = the simulator's latency per call. A run counts when its "
+        "output was validated and passed: for Quorum, status `SUCCESSFUL`; for the reference, "
+        "its `after_validation` hook fired and said valid (its `run_task` returns the output "
+        "even when a node's internal 60 s timeout cut validation short). Medians over "
+        "repetitions, (min–max) in brackets.",
+        "",
+        *_burst(records),
+        "",
+        "## 3. CPU per validated run at L = 0",
+        "",
+        *_cpu(records),
+        "",
+        "Quorum skips a vote that cannot change its issue's outcome any more; at L = 0 the "
+        "early decision often lands before the third vote starts, hence fewer LLM calls.",
+        "",
+        *(
+            ["![throughput and CPU](bench-throughput.png)", ""]
+            if "bench-throughput.png" in plots
+            else []
+        ),
+        "## 4. Concurrency: LLM calls in flight",
+        "",
+        "SingleShot runs (1 issue) submitted at once to one worker process, with its default "
+        "threads pool and with a larger one (`QUORUM_WORKER_CONCURRENCY`); the simulator "
+        "counts the calls it holds at the same time.",
+        "",
+        *_inflight(records),
+        "",
+        "## 5. Vote economy",
+        "",
+        "One issue per run, so a run is a decision; the simulator's pass rate is the "
+        "validators' accuracy p (the right decision is *pass*). Votes are counted by the "
+        "simulator. *Exact* columns compute the expected votes and accuracy of Quorum's rule "
+        "(first round `count`, then `k − |margin|`) and of always drawing full rounds of "
+        "`count` (both capped at `max_votes = 4 × count`, undecided = fail); *theory* is "
+        "1/(1+((1−p)/p)^k) for K-ahead and the binomial majority for Threshold.",
+        "",
+        *_economy(records),
+        "",
+        *(["![votes](bench-votes.png)", ""] if "bench-votes.png" in plots else []),
+        "Raw measurements: `benchmarks.json` beside this page.",
+        "",
+    ]
+    path = out / "benchmarks.md"
+    path.write_text("\n".join(lines))
+    return path

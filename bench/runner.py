@@ -1,0 +1,295 @@
+"""`quorum bench`: start Redis, the simulator and workers, run every workload through Quorum
+and through the reference side by side, and write the report.
+
+Each workload runs in a driver process of its own (`bench.driver`); the runner samples the
+CPU time of the worker processes when the driver starts and ends its measured part, so that
+CPU per run counts exactly the Quorum processes (workers and producer) while they work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import reference
+from bench.workloads import Profile, profile, validation_config
+from producer.stack import ManagedProcess, Stack, celery_command
+
+__all__ = ["Bench", "run_bench"]
+
+READY = r"@\S+ ready\."
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """The process's peak resident set (VmHWM), or its current one where /proc has none."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return int(psutil.Process(pid).memory_info().rss // 1024)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+class Bench:
+    """One benchmark invocation: the stack, the workers, and every measurement taken."""
+
+    def __init__(self, prof: Profile, stack: Stack, *, with_reference: bool) -> None:
+        self.profile = prof
+        self.stack = stack
+        self.with_reference = with_reference
+        self.records: list[dict[str, Any]] = []
+        self.workers: list[ManagedProcess] = []
+        self.concurrency = "default"
+
+    # -- the stack -----------------------------------------------------------------------
+
+    def sim(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call one of the simulator's control endpoints."""
+        root = (self.stack.llm_base_url or "").removesuffix("/v1")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(root + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    @contextlib.contextmanager
+    def running(self, count: int, **env: str) -> Iterator[list[ManagedProcess]]:
+        """`count` fresh worker processes, started with the documented command."""
+        env = self.stack.env(**env)
+        self.concurrency = env.get("QUORUM_WORKER_CONCURRENCY", "default")
+        workers = [
+            ManagedProcess(
+                f"worker-{n}",
+                [*celery_command(), "--loglevel", "INFO", "-n", f"bench{n}@%h"],
+                env=env,
+            )
+            for n in range(count)
+        ]
+        try:
+            for worker in workers:
+                worker.wait_for(READY, timeout_s=90)
+            self.workers = workers
+            yield workers
+        finally:
+            self.workers = []
+            for worker in workers:
+                worker.stop()
+
+    # -- one measurement -----------------------------------------------------------------
+
+    def measure(
+        self, engine: str, workload: str, *, latency: float, pass_rate: float = 1.0, **spec: Any
+    ) -> dict[str, Any]:
+        """Run one workload through one engine in a driver process; record what it measured."""
+        self.sim("POST", "/_sim/config", {"latency": str(latency), "pass_rate": pass_rate})
+        self.sim("DELETE", "/_sim/calls")
+        spec = {
+            "engine": engine,
+            "redis_url": self.stack.redis_url,
+            "base_url": self.stack.llm_base_url,
+            "tag": uuid.uuid4().hex[:8],
+            "timeout_s": self.profile.timeout_s,
+            **spec,
+        }
+        pids = [w.pid for w in self.workers] if engine == "quorum" else []
+        driver = ManagedProcess(
+            f"{engine}-{workload}", [sys.executable, "-m", "bench.driver", json.dumps(spec)]
+        )
+        try:
+            driver.wait_for(r"^BEGIN$", timeout_s=120)
+            cpu = _cpu_s(pids)
+            match = driver.wait_for(r"^RESULT (.*)$", timeout_s=self.profile.timeout_s + 300)
+            cpu = _cpu_s(pids) - cpu
+        finally:
+            driver.stop()
+        calls = self.sim("GET", "/_sim/calls")
+        record = {
+            "engine": engine,
+            "workload": workload,
+            "latency": latency,
+            "pass_rate": pass_rate,
+            "workers": len(pids),
+            "concurrency": self.concurrency if pids else "",
+            "config": spec["config"],
+            **json.loads(match.group(1)),
+            "worker_cpu_s": cpu,
+            "worker_peak_rss_kb": [_peak_rss_kb(pid) for pid in pids],
+            "max_in_flight": self.sim("GET", "/_sim/stats")["max_in_flight"],
+            "llm_calls": sum(c["status"] == 200 for c in calls),
+            "votes": sum(c["status"] == 200 and c["kind"] == "vote" for c in calls),
+        }
+        self.records.append(record)
+        print(_summary(record), flush=True)
+        return record
+
+    def both(self, workload: str, **spec: Any) -> None:
+        """The same workload through Quorum, then through the reference."""
+        self.measure("quorum", workload, **spec)
+        if self.with_reference:
+            self.measure("reference", workload, **spec)
+
+    # -- the workloads -------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every workload of the profile, in an order that keeps each pair side by side."""
+        p = self.profile
+        standard = validation_config("threshold", issues=p.issues, count=p.count, required_ahead=1)
+        with self.running(1):
+            for latency in p.latency_levels:
+                self.both(
+                    "latency",
+                    latency=latency,
+                    shape="sequential",
+                    runs=p.latency_runs,
+                    warmup=p.latency_warmup,
+                    config=standard,
+                )
+            for _ in range(p.cpu_repeat):
+                self.both("cpu", latency=0.0, shape="burst", runs=p.cpu_runs, config=standard)
+            self.economy()
+            single = validation_config("single_shot", issues=1, count=1, required_ahead=1)
+            self.both(
+                "inflight",
+                latency=p.inflight_latency,
+                shape="burst",
+                runs=p.inflight_runs,
+                config=single,
+            )
+        # Threads are cheap: the same with a pool big enough for more calls than the default.
+        with self.running(1, QUORUM_WORKER_CONCURRENCY=str(p.inflight_concurrency)):
+            self.measure(
+                "quorum",
+                "inflight",
+                latency=p.inflight_latency,
+                shape="burst",
+                runs=p.inflight_runs,
+                config=single,
+            )
+        for _ in range(p.burst_repeat):
+            for count in p.burst_workers:
+                with self.running(count):
+                    self.measure(
+                        "quorum",
+                        "burst",
+                        latency=p.burst_latency,
+                        shape="burst",
+                        runs=p.burst_runs,
+                        config=standard,
+                    )
+            if self.with_reference:
+                self.measure(
+                    "reference",
+                    "burst",
+                    latency=p.burst_latency,
+                    shape="burst",
+                    runs=p.burst_runs,
+                    config=standard,
+                )
+        return self.records
+
+    def economy(self) -> None:
+        """K-ahead and Threshold against simulated validators of each accuracy, one issue."""
+        p = self.profile
+        for mode, (count, ahead) in (("k_ahead", p.kahead), ("threshold", p.threshold)):
+            config = validation_config(mode, issues=1, count=count, required_ahead=ahead)
+            for accuracy in p.accuracies:
+                spec: dict[str, Any] = {
+                    "latency": p.economy_latency,
+                    "pass_rate": accuracy,
+                    "shape": "burst",
+                    "runs": p.economy_runs,
+                    "config": config,
+                }
+                self.measure("quorum", "economy", **spec)
+                # The reference's K-ahead never draws a second round: an undecided issue hangs
+                # until its 60 s node timeout. Once, at the middle accuracy, shows it.
+                middle = p.accuracies[len(p.accuracies) // 2]
+                shown = p.reference_kahead and accuracy == middle
+                if self.with_reference and (mode != "k_ahead" or shown):
+                    self.measure("reference", "economy", **spec)
+
+
+def _summary(record: dict[str, Any]) -> str:
+    runs = len(record["latencies"])
+    passed = sum(record["passed"])
+    cpu = record["cpu_s"] + record["worker_cpu_s"]
+    return (
+        f"  {record['workload']:<9} {record['engine']:<9} L={record['latency']:<5} "
+        f"p={record['pass_rate']:<5} workers={record['workers']} runs={runs} "
+        f"passed={passed} wall={record['wall_s']:.2f}s cpu={cpu:.2f}s "
+        f"in-flight={record['max_in_flight']} votes={record['votes']}"
+    )
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model or platform.processor(),
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    names = ["celery", "kombu", "redis", "openai", "pydantic", "py-ai-toolkit"]
+    found = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def run_bench(*, quick: bool, out: Path, command: str) -> int:
+    """Run the benchmark and write `benchmarks.md`, its plots and the raw results to `out`."""
+    from bench.report import write_report
+
+    prof = profile("quick" if quick else "full")
+    with_reference = reference.available()
+    if not with_reference:
+        print("py-ai-toolkit is not installed (pip install 'quorum[bench]'): Quorum only")
+    started = time.time()
+    with Stack() as stack:
+        stack.redis()
+        stack.simulator("--seed", "1")
+        records = Bench(prof, stack, with_reference=with_reference).run()
+    results = {
+        "profile": prof.name,
+        "command": command,
+        "started": started,
+        "duration_s": time.time() - started,
+        "machine": _machine(),
+        "versions": _versions(),
+        "records": records,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(results, indent=1))
+    report = write_report(results, out)
+    print(f"wrote {report} in {results['duration_s']:.0f} s")
+    return 0

@@ -1,0 +1,321 @@
+"""The HTTP API: submit runs, follow them, wait for their results, cancel them (FastAPI).
+
+For producers in other languages; the response model is a JSON Schema. It is a thin layer over
+`TaskClient`: the same validation (`build_spec`), the same store. Start it with `quorum api`.
+
+    POST /v1/runs                   submit → 201 {id, status}; bad input → 422 {detail}
+    GET  /v1/runs/{id}              status, attempt, result, error, reasons, usage
+    GET  /v1/runs/{id}/events       provenance, oldest first
+    GET  /v1/runs/{id}/result       wait up to ?timeout= s: 200 result, 409 failed or
+                                    cancelled (with reasons), 202 not ended yet (ask again)
+    POST /v1/runs/{id}/cancel       → {id, cancelled, status}
+    GET  /metrics                   run-level Prometheus metrics (`producer.metrics`)
+    GET  /healthz                   200 when Redis answers, else 503; never needs the token
+
+With `QUORUM_API_TOKEN` set, every route but /healthz (the OpenAPI document included) requires
+`Authorization: Bearer <token>`, and the interactive docs pages are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
+
+from producer.client import TaskClient
+from producer.metrics import RunMetrics
+from shared.errors import InvalidRequestError, RunNotFoundError, StoreError
+from shared.models import TaskStatus, Usage
+from shared.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+MAX_WAIT_S = 300.0
+
+
+class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes with **kwargs
+    """A task to run: a template, its variables, a JSON Schema for the output, a config."""
+
+    template: str = Field(description="Jinja template of the prompt (sandboxed).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
+    response_schema: dict[str, Any] = Field(
+        description='JSON Schema of the output; must describe an object ("type": "object").'
+    )
+    config: dict[str, Any] = Field(
+        description='Validation config: {"mode": "single_shot" | "threshold" | "k_ahead", '
+        '"issues": [...], "max_retries", "count", "required_ahead", "max_votes"}.',
+        examples=[{"mode": "threshold", "issues": ["The quantity is a number"], "count": 3}],
+    )
+    model: str | None = Field(None, description="Task model (default: the workers' default).")
+    validator_model: str | None = Field(None, description="Validator model for the votes.")
+    idempotency_key: str | None = Field(
+        None, description="The same key returns the first run instead of running again."
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Kept with the run, unused.")
+    timeout_s: float | None = Field(
+        None, description="Deadline in seconds; past it the run ends FAILED (code timeout)."
+    )
+    max_tokens: int | None = Field(None, description="Token budget of the whole run.")
+    max_cost: float | None = Field(
+        None, description="Cost budget in USD (by the workers' price table)."
+    )
+
+
+class RunCreated(BaseModel):
+    """A run accepted for execution."""
+
+    id: str
+    status: TaskStatus
+
+
+class RunView(BaseModel):
+    """A run as it stands."""
+
+    id: str
+    status: TaskStatus
+    attempt: int
+    result: Any = None
+    error: str = ""
+    code: str = Field("", description="Why it failed: validation_failed, timeout, budget_exceeded…")
+    reasons: list[str] = Field(default_factory=list)
+    last_output: Any = None
+    usage: Usage
+    created_at: float
+    updated_at: float
+
+
+class Cancelled(BaseModel):
+    """The outcome of a cancel request."""
+
+    id: str
+    cancelled: bool = Field(description="False when the run had already ended.")
+    status: TaskStatus
+
+
+class ErrorBody(BaseModel):
+    """An error: what was wrong, in one message."""
+
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorBody, "description": "No such run (unknown id, or expired)."},
+    422: {"model": ErrorBody, "description": "Invalid request; nothing was written or sent."},
+    503: {"model": ErrorBody, "description": "The Redis store cannot be reached."},
+}
+
+
+def _tasks(request: Request) -> TaskClient:
+    """The application's client."""
+    client: TaskClient = request.app.state.client
+    return client
+
+
+Tasks = Annotated[TaskClient, Depends(_tasks)]
+_BEARER = HTTPBearer(auto_error=False, description="QUORUM_API_TOKEN")
+
+
+def _authorized(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> None:
+    """Refuse the request unless it carries the configured bearer token (if one is set)."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    given = credentials.credentials if credentials else ""
+    if not secrets.compare_digest(given.encode(), token.encode()):
+        raise _Unauthorized
+
+
+runs = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(_authorized)])
+ops = APIRouter(tags=["ops"])
+
+
+@runs.post("", status_code=201)
+def submit(request: RunRequest, tasks: Tasks) -> RunCreated:
+    """Validate and enqueue a task. Bad input: 422, and nothing is written or sent."""
+    run = tasks.submit(
+        template=request.template,
+        response_model=request.response_schema,
+        kwargs=request.kwargs,
+        config=request.config,
+        model=request.model,
+        validator_model=request.validator_model,
+        idempotency_key=request.idempotency_key,
+        metadata=request.metadata,
+        timeout_s=request.timeout_s,
+        max_tokens=request.max_tokens,
+        max_cost=request.max_cost,
+    )
+    return RunCreated(id=run.id, status=run.status())
+
+
+@runs.get("/{run_id}")
+def get_run(run_id: str, tasks: Tasks) -> RunView:
+    """The run's status, attempt, result, error, failure reasons and token usage."""
+    return _view(tasks, run_id)
+
+
+@runs.get("/{run_id}/events")
+def get_events(run_id: str, tasks: Tasks) -> list[dict[str, Any]]:
+    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage."""
+    return tasks.get(run_id).provenance()
+
+
+@runs.get(
+    "/{run_id}/result",
+    responses={
+        202: {"model": RunView, "description": "Not ended within `timeout`; ask again."},
+        409: {"model": RunView, "description": "Ended FAILED or CANCELLED: see reasons."},
+    },
+)
+async def get_result(
+    run_id: str,
+    response: Response,
+    tasks: Tasks,
+    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait.")] = 30.0,
+) -> RunView:
+    """Wait for the run to end (on its event stream, without polling).
+
+    200: SUCCESSFUL, with the result. 409: FAILED or CANCELLED, with the error and every
+    failure reason. 202: not ended within `timeout` seconds; ask again.
+    """
+    await asyncio.to_thread(tasks.store.status, run_id)  # 404 at once for an unknown id
+    await tasks.store.wait_async(run_id, timeout_s=timeout)
+    view = await asyncio.to_thread(_view, tasks, run_id)
+    if not view.status.terminal:
+        response.status_code = 202
+    elif view.status is not TaskStatus.SUCCESSFUL:
+        response.status_code = 409
+    return view
+
+
+@runs.post("/{run_id}/cancel")
+def cancel(run_id: str, tasks: Tasks) -> Cancelled:
+    """End the run CANCELLED; no LLM call starts after this. Idempotent."""
+    run = tasks.get(run_id)
+    cancelled = run.cancel()
+    return Cancelled(id=run_id, cancelled=cancelled, status=run.status())
+
+
+@ops.get("/healthz")
+def healthz(tasks: Tasks) -> JSONResponse:
+    """200 when the Redis store answers, 503 otherwise (never needs the token)."""
+    try:
+        tasks.store.redis.ping()
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@ops.get("/metrics", dependencies=[Depends(_authorized)])
+def metrics(request: Request) -> Response:
+    """Run-level metrics in the Prometheus text format."""
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops.get("/openapi.json", include_in_schema=False, dependencies=[Depends(_authorized)])
+def openapi(request: Request) -> dict[str, Any]:
+    """The OpenAPI document."""
+    return request.app.openapi()
+
+
+@ops.get("/docs", include_in_schema=False)
+def docs(request: Request) -> Response:
+    """Swagger UI, when no token is set (it could not fetch the document otherwise)."""
+    if request.app.state.token is not None:
+        return _detail(404, "the docs pages are off while QUORUM_API_TOKEN is set")
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="Quorum API")
+
+
+def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastAPI:
+    """The API application on the configured Redis and broker."""
+    app = FastAPI(
+        title="Quorum",
+        version="1",
+        description=__doc__ or "",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        responses=_ERRORS,
+    )
+    app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
+    app.state.client = client or TaskClient(settings=settings)
+    app.state.registry = CollectorRegistry(auto_describe=False)
+    app.state.registry.register(
+        RunMetrics(
+            app.state.client.store,
+            window_s=settings.metrics_window_s,
+            max_runs=settings.metrics_max_runs,
+        )
+    )
+    app.include_router(runs)
+    app.include_router(ops)
+    _errors(app)
+    return app
+
+
+class _Unauthorized(Exception):
+    """A request without the right bearer token."""
+
+
+def _view(tasks: TaskClient, run_id: str) -> RunView:
+    state = tasks.get(run_id).state()
+    return RunView(
+        id=run_id,
+        status=state.status,
+        attempt=state.attempt,
+        result=state.result,
+        error=state.error,
+        code=state.code,
+        reasons=state.reasons,
+        last_output=state.last_output,
+        usage=state.usage,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+    )
+
+
+def _detail(status: int, detail: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+def _errors(app: FastAPI) -> None:
+    """Our errors as HTTP answers: one JSON shape, `{"detail": "..."}`."""
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(_: Request, __: Exception) -> JSONResponse:
+        return _detail(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RunNotFoundError)
+    async def not_found(_: Request, exc: Exception) -> JSONResponse:
+        return _detail(404, str(exc))
+
+    @app.exception_handler(InvalidRequestError)
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        return _detail(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, exc: Exception) -> JSONResponse:
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors]
+        return _detail(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: Exception) -> JSONResponse:
+        return _detail(503, str(exc), **{"Retry-After": "1"})
+
+
+def main_app() -> FastAPI:
+    """The application for the process's settings (`uvicorn --factory producer.api:main_app`)."""
+    return create_app(get_settings())

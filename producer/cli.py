@@ -1,0 +1,274 @@
+"""The `quorum` command: submit, status, watch, result, provenance, cancel, worker, api, sim,
+llm, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from producer.client import TaskClient
+from shared.errors import QuorumError, TaskFailedError
+from shared.settings import get_settings
+
+__all__ = ["describe", "main", "summarize"]
+
+_MARK = {True: "✔", False: "✘", None: "?"}
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One readable line for a provenance event."""
+    kind, attempt = event["type"], event.get("attempt", 0)
+    head = f"[attempt {attempt}] {kind}" if attempt else kind
+    if kind in ("output", "output_invalid"):
+        detail = json.dumps(event.get("output"), ensure_ascii=False)
+        if event.get("error"):
+            detail += f" — {event['error']}"
+    elif kind == "vote":
+        detail = (
+            f"issue {event['issue'] + 1} vote {event['index'] + 1}: "
+            f"{_MARK[event.get('is_valid')]} {event.get('reasoning', '')}"
+        )
+    elif kind == "vote_skipped":
+        detail = f"issue {event['issue'] + 1} vote {event['index'] + 1}: {event.get('reason')}"
+    elif kind == "issue_decided":
+        detail = f"issue {event['issue'] + 1} {event['outcome']} {event.get('reason') or ''}"
+    elif kind in ("validation_failed", "failed"):
+        detail = "; ".join(event.get("reasons") or [event.get("error", "")])
+    else:
+        detail = ""
+    worker = f"  ({event['worker']})" if event.get("worker") else ""
+    return f"{head}: {detail}{worker}".rstrip(": ") if detail else f"{head}{worker}"
+
+
+def summarize(events: Sequence[dict[str, Any]], issues: Sequence[str]) -> str:
+    """A short provenance summary: attempts, votes per issue, decisions, tokens."""
+    attempts = sorted({e["attempt"] for e in events if e.get("attempt")})
+    lines = []
+    for attempt in attempts:
+        mine = [e for e in events if e.get("attempt") == attempt]
+        output = next((e for e in mine if e["type"] in ("output", "output_invalid")), None)
+        shown = json.dumps(output.get("output"), ensure_ascii=False) if output else "(no output)"
+        lines.append(f"  attempt {attempt}: {shown}")
+        if output and output["type"] == "output_invalid":
+            lines.append(f"    invalid: {output.get('error')}")
+        for number, issue in enumerate(issues):
+            votes = sorted(
+                (e for e in mine if e["type"] == "vote" and e["issue"] == number),
+                key=lambda e: e["index"],
+            )
+            decided = next(
+                (e for e in mine if e["type"] == "issue_decided" and e["issue"] == number), None
+            )
+            if votes or decided:
+                marks = "".join(_MARK[v.get("is_valid")] for v in votes)
+                verdict = f"{decided['outcome']} {decided.get('reason') or ''}" if decided else "-"
+                lines.append(f"    {issue[:60]!r}: {marks} → {verdict.strip()}")
+    tokens = sum(e.get("usage", {}).get("total_tokens", 0) for e in events)
+    votes = sum(e["type"] == "vote" for e in events)
+    lines.insert(0, f"  {len(attempts)} attempt(s), {votes} vote(s), {tokens} tokens")
+    return "\n".join(lines)
+
+
+def _client() -> TaskClient:
+    return TaskClient()
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    schema = json.loads(Path(args.schema).read_text())
+    run = _client().submit(
+        template=args.template,
+        response_model=schema,
+        kwargs=json.loads(args.kwargs),
+        config=json.loads(args.config),
+        model=args.model,
+        validator_model=args.validator_model,
+        idempotency_key=args.idempotency_key,
+    )
+    print(run.id)
+    return _print_result(run, args.timeout) if args.wait else 0
+
+
+def _print_result(run: Any, timeout: float | None) -> int:
+    try:
+        print(json.dumps(run.result(timeout=timeout), ensure_ascii=False, indent=2))
+        return 0
+    except TaskFailedError as exc:
+        print(f"{exc}\n" + "\n".join(f"- {r}" for r in exc.reasons), file=sys.stderr)
+        return 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(_client().get(args.run_id).status().value)
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    for event in _client().get(args.run_id).watch(timeout=args.timeout):
+        print(describe(event), flush=True)
+    return 0
+
+
+def _cmd_result(args: argparse.Namespace) -> int:
+    return _print_result(_client().get(args.run_id), args.timeout)
+
+
+def _cmd_provenance(args: argparse.Namespace) -> int:
+    run = _client().get(args.run_id)
+    events = run.provenance()
+    if args.json:
+        print(json.dumps(events, ensure_ascii=False, indent=2))
+    else:
+        print("\n".join(describe(e) for e in events))
+        print(summarize(events, run.state().spec.config.issues))
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    cancelled = _client().get(args.run_id).cancel()
+    print("cancelled" if cancelled else "already ended")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from producer.stack import celery_command
+
+    command = [*celery_command(), *args.celery_args]
+    os.execvp(command[0], command)
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from producer.api import create_app
+
+    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from simulator.server import main as sim_main
+
+    sim_main(args.sim_args)
+    return 0
+
+
+def _local_extra_missing() -> bool:
+    from producer.localllm import INSTALL_HINT, missing_packages
+
+    absent = missing_packages()
+    if absent:
+        print(f"quorum: {', '.join(absent)} not installed: {INSTALL_HINT}", file=sys.stderr)
+    return bool(absent)
+
+
+def _cmd_llm_serve(args: argparse.Namespace) -> int:
+    from producer.localllm import start_local_llm, worker_env
+
+    if _local_extra_missing():
+        return 2
+    base_url, server = start_local_llm(host=args.host, port=args.port)
+    # Stop the server on SIGTERM too (`docker stop`, where this is process 1), not only Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    print(f"local model serving at {base_url}; point workers at it with:", flush=True)
+    for name, value in worker_env(base_url).items():
+        print(f"  export {name}={value}", flush=True)
+    try:
+        return server.process.wait()
+    finally:
+        server.stop()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from producer.demo import run_demo
+
+    if args.llm == "local" and _local_extra_missing():
+        return 2
+    return run_demo(get_settings(), seed=args.seed, llm=args.llm)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.runner import run_bench
+
+    command = "quorum bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
+    return run_bench(quick=args.quick, out=Path(args.out), command=command)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quorum", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
+        command = sub.add_parser(name, help=text, description=text)
+        command.set_defaults(handler=handler)
+        return command
+
+    submit = add("submit", _cmd_submit, "Submit a task (JSON Schema response model).")
+    submit.add_argument("--template", required=True)
+    submit.add_argument("--schema", required=True, help="file holding the JSON Schema")
+    submit.add_argument("--kwargs", default="{}", help="template variables as JSON")
+    submit.add_argument("--config", required=True, help='e.g. {"mode": "threshold", ...}')
+    submit.add_argument("--model")
+    submit.add_argument("--validator-model")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="wait and print the result")
+    submit.add_argument("--timeout", type=float)
+    for name, handler, text in [
+        ("status", _cmd_status, "Print a run's status."),
+        ("watch", _cmd_watch, "Follow a run's events live until it ends."),
+        ("result", _cmd_result, "Wait for a run and print its result."),
+        ("provenance", _cmd_provenance, "Print a run's provenance and a summary."),
+        ("cancel", _cmd_cancel, "Cancel a run."),
+    ]:
+        command = add(name, handler, text)
+        command.add_argument("run_id")
+        if name in ("watch", "result"):
+            command.add_argument("--timeout", type=float)
+        if name == "provenance":
+            command.add_argument("--json", action="store_true")
+    worker = add("worker", _cmd_worker, "Start a worker: celery -A worker.app worker [ARGS].")
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER)
+    api = add("api", _cmd_api, "Serve the HTTP API (needs quorum[api]).")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    sim = add("sim", _cmd_sim, "Start the OpenAI-compatible LLM simulator (--help for flags).")
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    llm = add("llm", _cmd_llm_serve, "Run a real model locally (needs quorum[local]).")
+    llm_sub = llm.add_subparsers(dest="llm_command", required=True)
+    serve = llm_sub.add_parser("serve", help="Serve SmolLM2-135M-Instruct, OpenAI-compatible.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: a free port")
+    demo = add("demo", _cmd_demo, "Run the demo on a local stack.")
+    demo.add_argument("--seed", type=int, default=7, help="simulator seed")
+    demo.add_argument(
+        "--llm",
+        choices=["sim", "local"],
+        default="sim",
+        help="sim: the simulator (or the server OPENAI_BASE_URL / OPENAI_API_KEY name); "
+        "local: a real small model served on this machine (needs quorum[local])",
+    )
+    bench = add("bench", _cmd_bench, "Benchmark Quorum against py-ai-toolkit (quorum[bench]).")
+    bench.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    bench.add_argument("--out", default="docs", help="folder of the report (default: docs)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `quorum` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (QuorumError, ValueError) as exc:
+        print(f"quorum: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

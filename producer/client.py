@@ -1,0 +1,285 @@
+"""The Python client: submit validated tasks, watch them, wait for their results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+from celery import Celery
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from shared.broker import celery_config
+from shared.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RunTimeoutError,
+    SchemaError,
+    TaskFailedError,
+)
+from shared.models import RunSpec, TaskStatus, ValidationConfig
+from shared.prompts import check_template
+from shared.settings import Settings, get_settings
+from shared.state import RunState
+from shared.store import RunStore
+
+__all__ = ["TaskClient", "TaskRun", "build_spec"]
+
+_CONFIG = TypeAdapter(ValidationConfig)
+ResponseModel = type[BaseModel] | dict[str, Any]
+
+
+def _size(what: str, value: Any, limit: int) -> str:
+    """`value` as JSON, refused if it is not JSON-serializable or larger than `limit` bytes."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"{what} must be JSON-serializable: {exc}") from exc
+    if len(text.encode()) > limit:
+        raise PayloadTooLargeError(
+            f"{what} is {len(text.encode())} bytes, over the limit of {limit} bytes"
+        )
+    return text
+
+
+def _schema_of(response_model: Any) -> tuple[dict[str, Any], str]:
+    """The JSON Schema and name of a Pydantic model class or a JSON Schema dict."""
+    if isinstance(response_model, type) and issubclass(response_model, BaseModel):
+        return response_model.model_json_schema(), response_model.__name__
+    if not isinstance(response_model, dict):
+        raise SchemaError(
+            "response_model must be a Pydantic model class or a JSON Schema dict, "
+            f"got {response_model!r}"
+        )
+    try:
+        jsonschema.validators.validator_for(response_model).check_schema(response_model)
+    except jsonschema.SchemaError as exc:
+        raise SchemaError(f"response_model is not a valid JSON Schema: {exc.message}") from exc
+    if response_model.get("type") != "object":
+        raise SchemaError('response_model JSON Schema must describe an object ("type": "object")')
+    return response_model, str(response_model.get("title") or "response")
+
+
+def _config_of(config: Any) -> Any:
+    try:
+        return _CONFIG.validate_python(
+            config.model_dump() if isinstance(config, BaseModel) else config
+        )
+    except ValidationError as exc:
+        raise InvalidRequestError(f"invalid validation config: {exc}") from exc
+
+
+def _positive(name: str, value: Any, kind: type) -> Any:
+    """`value` if it is None or a positive number of `kind`, else an `InvalidRequestError`."""
+    if value is None:
+        return None
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if not numeric or (kind is int and not isinstance(value, int)) or not 0 < value < 1e15:
+        what = "a positive integer" if kind is int else "a positive number"
+        raise InvalidRequestError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def build_spec(
+    *,
+    template: str,
+    response_model: ResponseModel,
+    kwargs: dict[str, Any] | None,
+    config: Any,
+    model: str | None,
+    validator_model: str | None,
+    metadata: dict[str, Any] | None,
+    settings: Settings,
+    timeout_s: float | None = None,
+    max_tokens: int | None = None,
+    max_cost: float | None = None,
+) -> RunSpec:
+    """Validate a request at the boundary and turn it into a run spec.
+
+    Raises an `InvalidRequestError` (a `ValueError`) naming the problem.
+    """
+    limit = settings.max_payload_bytes
+    timeout_s = _positive("timeout_s", timeout_s, float)
+    max_tokens = _positive("max_tokens", max_tokens, int)
+    max_cost = _positive("max_cost", max_cost, float)
+    if not isinstance(template, str) or not template.strip():
+        raise InvalidRequestError("template must be a non-empty string")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InvalidRequestError("kwargs must be a dict with string keys")
+    _size("template", template, limit)
+    _size("kwargs", kwargs, limit)
+    _size("metadata", metadata or {}, limit)
+    schema, name = _schema_of(response_model)
+    _size("response_model schema", schema, limit)
+    check_template(template, kwargs)
+    task_model = model or settings.model
+    return RunSpec(
+        template=template,
+        kwargs=kwargs,
+        response_schema=schema,
+        response_name="".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64],
+        config=_config_of(config),
+        model=task_model,
+        validator_model=validator_model or settings.validator_model or task_model,
+        metadata=metadata or {},
+        timeout_s=timeout_s or settings.run_timeout_s,
+        max_tokens=max_tokens,
+        max_cost=max_cost,
+    )
+
+
+class TaskRun:
+    """A handle on one run: its status, provenance and result."""
+
+    def __init__(
+        self, client: TaskClient, run_id: str, response_model: ResponseModel | None = None
+    ) -> None:
+        self._client = client
+        self.id = run_id
+        self._model = response_model if isinstance(response_model, type) else None
+
+    def __repr__(self) -> str:
+        return f"TaskRun(id={self.id!r})"
+
+    def status(self) -> TaskStatus:
+        """The run's current status."""
+        return self._client.store.status(self.id)
+
+    def provenance(self) -> list[dict[str, Any]]:
+        """Every event of the run, oldest first: attempts, outputs, votes, decisions, usage."""
+        return self._client.store.events(self.id)
+
+    def watch(self, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the run's events as they happen, until it ends (or `timeout` seconds)."""
+        return self._client.store.watch(self.id, timeout_s=timeout)
+
+    def state(self) -> RunState:
+        """Everything stored about the run: status, attempt, outputs, usage, errors."""
+        return self._client.store.load(self.id)
+
+    def cancel(self) -> bool:
+        """End the run as CANCELLED; False if it had already ended."""
+        return self._client.store.cancel(self.id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end and return its validated output.
+
+        Returns an instance of the Pydantic response model, or a dict for a JSON Schema.
+        Raises `TaskFailedError` if the run failed or was cancelled, `RunTimeoutError` if it
+        has not ended after `timeout` seconds.
+        """
+        for _ in self.watch(timeout=timeout):
+            pass
+        return self._outcome(self.state(), timeout)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """`result()` for asyncio code: waits on the event stream without blocking the loop."""
+        state = await self._client.store.wait_async(self.id, timeout_s=timeout)
+        return self._outcome(state, timeout)
+
+    def _outcome(self, state: RunState, timeout: float | None) -> Any:
+        if state.status is TaskStatus.SUCCESSFUL:
+            return self._model.model_validate(state.result) if self._model else state.result
+        if not state.status.terminal:
+            raise RunTimeoutError(
+                f"run {self.id} has not ended after {timeout}s (status {state.status.value})"
+            )
+        reasons = state.reasons or [state.error or state.status.value.lower()]
+        raise TaskFailedError(
+            f"run {self.id} {state.status.value}: {state.error or 'cancelled'}",
+            status=state.status,
+            reasons=reasons,
+            last_output=state.last_output,
+            code=state.code or ("cancelled" if state.status is TaskStatus.CANCELLED else ""),
+            usage=state.usage,
+        )
+
+
+class TaskClient:
+    """Submits validated LLM tasks to Quorum's workers and follows them in Redis."""
+
+    def __init__(self, *, redis_url: str | None = None, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        if redis_url is not None:
+            settings = settings.model_copy(update={"redis_url": redis_url})
+        self.settings = settings
+        self.store = RunStore.from_settings(settings)
+        self._celery = Celery("quorum-producer", set_as_current=False)
+        self._celery.conf.update(celery_config(settings))
+
+    def submit(
+        self,
+        *,
+        template: str,
+        response_model: ResponseModel,
+        kwargs: dict[str, Any] | None = None,
+        config: Any,
+        model: str | None = None,
+        validator_model: str | None = None,
+        idempotency_key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        max_tokens: int | None = None,
+        max_cost: float | None = None,
+    ) -> TaskRun:
+        """Validate and enqueue a task; return its run at once.
+
+        `timeout_s` is the run's deadline (default `QUORUM_RUN_TIMEOUT_S`): past it the run
+        ends `FAILED` with code `timeout`. `max_tokens` and `max_cost` (USD, by the price
+        table `QUORUM_PRICES`) bound what every LLM call of the run spends together: a run
+        that would go over ends `FAILED` with code `budget_exceeded`, keeping its last output.
+
+        Bad input raises an `InvalidRequestError` (a `ValueError`) before anything is written
+        or enqueued. The same `idempotency_key` gives back the first run, executed once.
+        """
+        if idempotency_key is not None and not (
+            isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
+        ):
+            raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
+        spec = build_spec(
+            template=template,
+            response_model=response_model,
+            kwargs=kwargs,
+            config=config,
+            model=model,
+            validator_model=validator_model,
+            metadata=metadata,
+            settings=self.settings,
+            timeout_s=timeout_s,
+            max_tokens=max_tokens,
+            max_cost=max_cost,
+        )
+        run_id = uuid.uuid4().hex
+        existing = self.store.create(run_id, spec, idempotency_key=idempotency_key)
+        if existing != run_id:
+            return TaskRun(self, existing, response_model)
+        try:
+            self._celery.send_task(
+                "quorum.task_node", kwargs={"run_id": run_id, "attempt": 1}, ignore_result=True
+            )
+        except Exception:
+            self.store.discard(run_id, idempotency_key=idempotency_key)
+            raise
+        return TaskRun(self, run_id, response_model)
+
+    def get(self, run_id: str, *, response_model: ResponseModel | None = None) -> TaskRun:
+        """A handle on an existing run; `RunNotFoundError` if there is none."""
+        self.store.status(run_id)
+        return TaskRun(self, run_id, response_model)
+
+    async def run_task(self, *, timeout: float | None = None, **request: Any) -> Any:
+        """Submit a task and await its validated result (see `submit` for the arguments).
+
+        Raises `TaskFailedError` if the run fails, `RunTimeoutError` after `timeout` seconds.
+        """
+        run = await asyncio.to_thread(lambda: self.submit(**request))
+        return await run.result_async(timeout)
+
+    def close(self) -> None:
+        """Release the client's connections."""
+        self.store.redis.close()
+        self._celery.close()

@@ -1,0 +1,122 @@
+"""Celery configuration shared by the worker and the producer: JSON only, routes, queues,
+TLS, and a Redis transport that survives a Redis restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu import Exchange, Queue
+from kombu.transport import redis as kombu_redis
+
+from shared.settings import Settings
+
+__all__ = ["JOB_NAMES", "RedisTransport", "celery_config"]
+
+JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
+
+
+class _Channel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """Connection parameters; a broker connection error once the channel is closed.
+
+        When Redis goes away, Celery closes the channel and its connection, and a job that
+        finishes afterwards acks through it (and closing restores unacked messages through
+        it): kombu then fails with an AttributeError, which Celery treats as unrecoverable,
+        so the worker exits. As a connection error it is what it is: the worker logs it and
+        reconnects, and the message, still in Redis's unacked index, comes back after the
+        visibility timeout (every Quorum job is idempotent).
+        """
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.ConnectionError("this broker channel is closed (connection lost)")
+        return super()._connparams(asynchronous=asynchronous)
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """One Redis client per connection pool, not a new one per command.
+
+        kombu builds a `redis.Redis` for every publish, acknowledgement and unacked-index
+        update, and redis-py's constructor (its table of response callbacks) costs more than
+        the command: about a tenth of a worker's CPU (measured with `quorum bench`). A client
+        takes a connection from the pool per command and is safe to share between threads;
+        a new pool (after a reconnection) gets a new client.
+        """
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        cached = self.__dict__.get("_quorum_client")
+        if cached is None or cached[0] is not pool:
+            cached = (pool, super()._create_client())
+            self.__dict__["_quorum_client"] = cached
+        return cached[1]
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, whose worker survives a Redis restart (see `_Channel`)."""
+
+    Channel = _Channel
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for a Quorum worker or producer; see the README for the reasons."""
+    routes = {
+        "quorum.task_node": {"queue": settings.task_queue},
+        "quorum.vote": {"queue": settings.vote_queue},
+        "quorum.tally": {"queue": settings.control_queue},
+        "quorum.route": {"queue": settings.control_queue},
+    }
+    if settings.broker.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # RabbitMQ redelivers a lost worker's unacknowledged jobs when its connection closes;
+        # publisher confirms make a send return only once the broker holds the message.
+        transport: dict[str, Any] = {"confirm_publish": True}
+    else:
+        transport = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        }
+    tls = settings.redis_tls
+    broker_tls = tls if settings.broker.startswith("rediss://") else None
+    redis_broker = settings.broker.startswith(("redis://", "rediss://"))
+    return {
+        "broker_url": settings.broker,
+        "broker_transport": f"{__name__}:RedisTransport" if redis_broker else None,
+        "broker_use_ssl": broker_tls,
+        "redis_backend_use_ssl": tls,
+        "result_backend": settings.redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Keep trying to publish through a broker restart (Celery's default gives up in 0.6 s).
+        "task_publish_retry_policy": {
+            "max_retries": 30,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_pool_limit": 50,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT as in the container)
+        # first lets running jobs finish for the length of one LLM call, then re-queues the rest.
+        "worker_soft_shutdown_timeout": settings.llm_timeout_s + 5,
+        "result_expires": 3600,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "redis_socket_keepalive": True,
+        "redis_retry_on_timeout": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in settings.queues],
+        "task_default_queue": settings.task_queue,
+        "task_routes": routes,
+        "worker_redirect_stdouts_level": "INFO",
+    }

@@ -1,0 +1,111 @@
+"""What a run's steps work with: the store, the LLM, the next-job sender (an `Enqueuer`,
+which the worker implements with Celery and the unit tests with a list), the price table and
+limits, and how a step ends a run `FAILED`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared import budget
+from shared.llm import Completion
+from shared.models import TaskStatus
+from shared.settings import Price
+from shared.state import RunState, event
+from shared.store import RunStore
+
+__all__ = ["LLM", "Context", "Enqueuer", "Plan", "fail_run"]
+
+log = logging.getLogger(__name__)
+
+Plan = dict[int, list[int]]
+"""Issue index → vote indices to draw in a round."""
+
+
+class Enqueuer(Protocol):
+    """Sends the next job of a run."""
+
+    def task_node(self, run_id: str, attempt: int) -> None:
+        """Send `quorum.task_node`."""
+
+    def voting_round(self, run_id: str, attempt: int, round_: int, plan: Plan) -> None:
+        """Send one chord: a `quorum.vote` per planned vote, then `quorum.tally` (which is
+        given the plan, to tell a complete round from one a redelivered vote cut short)."""
+
+    def route(self, run_id: str, attempt: int) -> None:
+        """Send `quorum.route`."""
+
+
+class LLM(Protocol):
+    """What the steps need of the LLM gateway."""
+
+    def complete_json(
+        self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
+    ) -> Completion:
+        """Ask for JSON fitting `schema`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a step works with: the store, the model, the next-job sender, the worker's name,
+    the price table, and the largest output accepted."""
+
+    store: RunStore
+    llm: LLM
+    enqueue: Enqueuer
+    worker: str = ""
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    max_output_bytes: int = 1_000_000
+
+    def call(
+        self, state: RunState, *, model: str, messages: list[dict[str, str]], **kw: Any
+    ) -> Completion | None:
+        """Call the LLM within the run's budget, and bill the call to the run.
+
+        Returns None, having ended the run FAILED (`budget_exceeded`), when the call would go
+        over the budget.
+        """
+        price = self.prices.get(model)
+        over = budget.exceeded(state.spec, state.usage, budget.estimate(messages, price))
+        if over is not None:
+            fail_run(self, state.run_id, over, [over], code="budget_exceeded")
+            return None
+        reply = self.llm.complete_json(model=model, messages=messages, **kw)
+        usage = budget.priced(reply.usage, price)
+        return Completion(content=reply.content, usage=usage, latency_s=reply.latency_s)
+
+    def over_budget(self, state: RunState) -> bool:
+        """End the run FAILED (`budget_exceeded`) if what it has spent is over its budget."""
+        if state.spec.max_tokens is None and state.spec.max_cost is None:
+            return False
+        over = budget.exceeded(state.spec, self.store.usage(state.run_id))
+        if over is not None:
+            fail_run(self, state.run_id, over, [over], code="budget_exceeded")
+        return over is not None
+
+
+def fail_run(
+    ctx: Context,
+    run_id: str,
+    error: str,
+    reasons: list[str],
+    attempt: int | None = None,
+    *,
+    code: str = "llm_error",
+) -> bool:
+    """End the run FAILED with `error`, every failure reasoning and a one-word `code`
+    (`validation_failed`, `timeout`, `budget_exceeded`, `llm_error`, `internal`), unless it
+    has already ended."""
+    failed = ctx.store.transition(
+        run_id,
+        TaskStatus.FAILED,
+        attempt=attempt,
+        fields={"error": error, "reasons": reasons, "code": code},
+        events=[event("failed", attempt or 0, ctx.worker, error=error, reasons=reasons, code=code)],
+    )
+    if failed:
+        log.info("run %s: failed: %s", run_id, error)
+    return failed

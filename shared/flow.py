@@ -1,0 +1,403 @@
+"""A run's steps as plain functions: what each Celery job does, without Celery.
+
+Each step is idempotent: it reads the run from the store, skips when the run is terminal or
+the attempt stale, and moves the run only by compare-and-set, so a redelivered or duplicated
+job changes nothing. The next job is sent through an `Enqueuer`, which the worker implements
+with Celery and the unit tests with a list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+
+from shared.context import Context, Enqueuer, Plan, fail_run
+from shared.errors import RoundIncompleteError, RunNotFoundError, TransientLLMError
+from shared.models import TaskStatus, Usage, Vote
+from shared.prompts import (
+    VOTE_SCHEMA,
+    FailedAttempt,
+    feedback_section,
+    render_task_prompt,
+    task_messages,
+    validator_messages,
+)
+from shared.state import RunState, event
+from shared.voting import Tally, decide_after_round, decide_early, next_round_size
+
+__all__ = [
+    "Context",
+    "Enqueuer",
+    "Plan",
+    "backoff_s",
+    "fail_run",
+    "parse_output",
+    "route",
+    "tally",
+    "task_node",
+    "vote",
+    "vote_error",
+]
+
+log = logging.getLogger(__name__)
+
+
+def backoff_s(retries: int, *, retry_after: float | None = None, cap: float = 30.0) -> float:
+    """Seconds before transient retry number `retries` (from 0): exponential, jittered, capped.
+
+    A server's `Retry-After` is honoured when it asks for longer (up to five minutes).
+    """
+    ceiling = min(cap, 0.5 * 2**retries)
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, min(retry_after or 0.0, 300.0))
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def parse_output(
+    content: str, schema: dict[str, Any], *, max_bytes: int | None = None
+) -> tuple[Any, str | None]:
+    """Parse the model's text and check it against the schema (and the size limit).
+
+    Returns `(output, None)` when it fits, else `(the parsed value or raw text, the error)`.
+    """
+    size = len(content.encode())
+    if max_bytes is not None and size > max_bytes:
+        return content[:200] + "…", f"output is {size} bytes, over the limit of {max_bytes}"
+    try:
+        output = json.loads(content)
+    except json.JSONDecodeError as exc:
+        return content, f"output is not valid JSON: {exc.msg} at position {exc.pos}"
+    error = jsonschema.exceptions.best_match(
+        _validator(json.dumps(schema, sort_keys=True)).iter_errors(output)
+    )
+    if error is None:
+        return output, None
+    where = "/".join(map(str, error.absolute_path)) or "(root)"
+    return output, f"output does not fit the schema at {where}: {error.message}"
+
+
+def _load(ctx: Context, run_id: str) -> RunState | None:
+    try:
+        return ctx.store.load(run_id)
+    except RunNotFoundError:
+        log.info("run %s: gone, job skipped", run_id)
+        return None
+
+
+def _begin_attempt(ctx: Context, state: RunState, attempt: int) -> str:
+    """Move the run into `attempt`; return "call", "relaunch" (redelivered) or "skip"."""
+    if state.status.terminal or state.attempt > attempt:
+        return "skip"
+    if state.attempt == attempt:  # a redelivered job: carry on where the lost one stopped
+        return {TaskStatus.RUNNING: "call", TaskStatus.VALIDATING: "relaunch"}.get(
+            state.status, "skip"
+        )
+    started = ctx.store.transition(
+        state.run_id,
+        TaskStatus.RUNNING,
+        attempt=attempt - 1,
+        fields={"attempt": attempt},
+        events=[event("attempt_started", attempt, ctx.worker)],
+    )
+    return "call" if started else "skip"
+
+
+def _first_round(ctx: Context, state: RunState, attempt: int) -> None:
+    config = state.spec.config
+    plan = {issue: list(range(config.count)) for issue in range(len(config.issues))}
+    ctx.enqueue.voting_round(state.run_id, attempt, 1, plan)
+
+
+def task_node(ctx: Context, run_id: str, attempt: int) -> str:
+    """Call the task model for `attempt`, check its output, and launch the first vote round."""
+    state = _load(ctx, run_id)
+    if state is None:
+        return "skipped"
+    step = _begin_attempt(ctx, state, attempt)
+    if step == "relaunch":
+        _first_round(ctx, state, attempt)
+    if step == "call" and attempt in state.failures:  # redelivered after an invalid output
+        ctx.enqueue.route(run_id, attempt)
+        return "skipped"
+    if step != "call":
+        return "skipped"
+    spec = state.spec
+    failures = [state.failures[n] for n in sorted(state.failures) if n < attempt]
+    prompt = render_task_prompt(spec.template, spec.kwargs)
+    reply = ctx.call(
+        state,
+        model=spec.model,
+        messages=task_messages(prompt, failures),
+        schema=spec.response_schema,
+        name=spec.response_name,
+    )
+    if reply is None:
+        return "failed"
+    ctx.store.bill(run_id, reply.usage)
+    output, error = parse_output(
+        reply.content, spec.response_schema, max_bytes=ctx.max_output_bytes
+    )
+    call = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage.model_dump()}
+    if error is not None:
+        log.info("run %s attempt %d: invalid output: %s", run_id, attempt, error)
+        invalid = event("output_invalid", attempt, ctx.worker, output=output, error=error, **call)
+        ctx.store.record_failure(run_id, attempt, FailedAttempt(output, [error]), invalid)
+        if not ctx.over_budget(state):
+            ctx.enqueue.route(run_id, attempt)
+        return "invalid"
+    moved = ctx.store.transition(
+        run_id,
+        TaskStatus.VALIDATING,
+        attempt=attempt,
+        fields={f"output:{attempt}": output},
+        events=[event("output", attempt, ctx.worker, output=output, **call)],
+    )
+    if not moved or ctx.over_budget(state):
+        return "skipped"
+    log.info("run %s attempt %d: output valid, voting", run_id, attempt)
+    _first_round(ctx, state, attempt)
+    return "validating"
+
+
+def _vote_skip_reason(state: RunState | None, attempt: int, decided: bool) -> str | None:
+    if state is None:
+        return "run gone"
+    if state.status.terminal:
+        return f"run {state.status.value.lower()}"
+    if state.attempt != attempt or state.status is not TaskStatus.VALIDATING:
+        return "attempt stale"
+    return "issue decided" if decided else None
+
+
+def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
+    """Ask one validator about one issue, unless the run or issue no longer needs it."""
+    state, decided, stored = ctx.store.vote_context(run_id, attempt, issue, index)
+    if stored is not None:
+        return stored.model_dump()
+    reason = _vote_skip_reason(state, attempt, decided)
+    if reason is not None or state is None:
+        ctx.store.add_event(
+            run_id,
+            event("vote_skipped", attempt, ctx.worker, issue=issue, index=index, reason=reason),
+        )
+        return {"issue": issue, "index": index, "skipped": reason}
+    spec = state.spec
+    prompt = render_task_prompt(spec.template, spec.kwargs)
+    messages = validator_messages(prompt, state.outputs[attempt], spec.config.issues[issue])
+    reply = ctx.call(
+        state,
+        model=spec.validator_model,
+        messages=messages,
+        schema=VOTE_SCHEMA,
+        name="quorum_vote",
+    )
+    if reply is None:
+        return {"issue": issue, "index": index, "skipped": "budget exceeded"}
+    verdict, error = parse_output(reply.content, VOTE_SCHEMA, max_bytes=ctx.max_output_bytes)
+    if error is not None:
+        ctx.store.bill(run_id, reply.usage)
+        raise TransientLLMError(f"validator answered badly: {error}")
+    cast = Vote(issue=issue, index=index, **verdict)
+    extra = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage.model_dump()}
+    return _store_vote(ctx, state, attempt, cast, reply.usage, extra)
+
+
+def vote_error(
+    ctx: Context, run_id: str, attempt: int, issue: int, index: int, reason: str
+) -> dict[str, Any]:
+    """Record an error vote (counts for neither side) when the validator cannot answer."""
+    state, _, stored = ctx.store.vote_context(run_id, attempt, issue, index)
+    if stored is not None or state is None:
+        return stored.model_dump() if stored else {"issue": issue, "index": index}
+    cast = Vote(issue=issue, index=index, is_valid=None, reasoning=f"validator error: {reason}")
+    return _store_vote(ctx, state, attempt, cast, Usage(), {})
+
+
+def _store_vote(
+    ctx: Context, state: RunState, attempt: int, cast: Vote, usage: Usage, extra: dict[str, Any]
+) -> dict[str, Any]:
+    run_id = state.run_id
+    recorded = event(
+        "vote",
+        attempt,
+        ctx.worker,
+        issue=cast.issue,
+        index=cast.index,
+        is_valid=cast.is_valid,
+        reasoning=cast.reasoning,
+        **extra,
+    )
+    if ctx.store.record_vote(run_id, attempt, cast, recorded, usage) and not ctx.over_budget(state):
+        config = state.spec.config
+        votes = [v.is_valid for v in ctx.store.votes(run_id, attempt) if v.issue == cast.issue]
+        counted = Tally.of(votes)
+        decision = decide_early(config, counted, planned=config.count)
+        if decision is not None:
+            _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)
+    log.info(
+        "run %s attempt %d: issue %d vote %d: %s",
+        run_id,
+        attempt,
+        cast.issue,
+        cast.index,
+        cast.is_valid,
+    )
+    return cast.model_dump()
+
+
+def _decide(
+    ctx: Context, run_id: str, attempt: int, issue: int, outcome: str, reason: str, t: Tally
+) -> None:
+    decided = event(
+        "issue_decided",
+        attempt,
+        ctx.worker,
+        issue=issue,
+        outcome=outcome,
+        reason=reason,
+        passing=t.passing,
+        failing=t.failing,
+        errors=t.errors,
+    )
+    ctx.store.decide(run_id, attempt, issue, decided)
+
+
+def _missing(
+    ctx: Context, run_id: str, attempt: int, votes: list[Vote], planned: list[list[int]] | None
+) -> list[tuple[int, int]]:
+    """Planned votes of the round neither stored nor made moot by their issue's decision."""
+    stored = {(v.issue, v.index) for v in votes}
+    decided = ctx.store.decisions(run_id, attempt)
+    return [
+        (issue, index)
+        for issue, index in planned or []
+        if (issue, index) not in stored and issue not in decided
+    ]
+
+
+def tally(
+    ctx: Context,
+    run_id: str,
+    attempt: int,
+    round_: int,
+    results: list[dict[str, Any]],
+    planned: list[list[int]] | None = None,
+) -> str:
+    """Decide every issue from the votes in Redis; finish, route, or draw another round.
+
+    `planned` lists the round's `[issue, index]` votes: when one is neither stored nor moot,
+    Celery ran the tally early (a redelivered vote counted twice in the chord), and
+    `RoundIncompleteError` asks for the tally to be retried once the vote is in.
+    """
+    state = _load(ctx, run_id)
+    if state is None or state.attempt != attempt or state.status is not TaskStatus.VALIDATING:
+        return "skipped"
+    config = state.spec.config
+    votes = ctx.store.votes(run_id, attempt)
+    missing = _missing(ctx, run_id, attempt, votes, planned)
+    if missing:
+        raise RoundIncompleteError(f"round {round_} still waits for votes {missing}")
+    by_issue: dict[int, list[Vote]] = defaultdict(list)
+    launched: dict[int, int] = defaultdict(int)
+    for cast in votes:
+        by_issue[cast.issue].append(cast)
+    for item in [*results, *(v.model_dump() for v in votes)]:
+        launched[item["issue"]] = max(launched[item["issue"]], item["index"] + 1)
+    decided = ctx.store.decisions(run_id, attempt)
+    plan: Plan = {}
+    for issue in range(len(config.issues)):
+        if issue in decided:
+            continue
+        counted = Tally.of(v.is_valid for v in by_issue[issue])
+        decision = decide_after_round(config, counted)
+        if decision is None:
+            start = launched[issue]
+            plan[issue] = list(range(start, start + next_round_size(config, counted)))
+        else:
+            _decide(ctx, run_id, attempt, issue, decision.outcome, decision.reason, counted)
+    if plan:
+        ctx.enqueue.voting_round(run_id, attempt, round_ + 1, plan)
+        return "next round"
+    return _conclude(ctx, state, attempt, votes)
+
+
+def _conclude(ctx: Context, state: RunState, attempt: int, votes: list[Vote]) -> str:
+    run_id, issues = state.run_id, state.spec.config.issues
+    failed = {
+        issue: decision
+        for issue, decision in ctx.store.decisions(run_id, attempt).items()
+        if decision["outcome"] == "failed"
+    }
+    output = state.outputs[attempt]
+    if not failed:
+        ctx.store.transition(
+            run_id,
+            TaskStatus.SUCCESSFUL,
+            attempt=attempt,
+            fields={"result": output},
+            events=[
+                event("validation_passed", attempt, ctx.worker),
+                event("succeeded", attempt, ctx.worker),
+            ],
+        )
+        log.info("run %s attempt %d: validation passed, run succeeded", run_id, attempt)
+        return "succeeded"
+    reasons = [
+        f"{issues[v.issue]}: {v.reasoning}"
+        for v in sorted(votes, key=lambda v: (v.issue, v.index))
+        if v.issue in failed and v.is_valid is False
+    ]
+    reasons += [f"{issues[i]}: {d['reason']}" for i, d in sorted(failed.items()) if d["reason"]]
+    failure = FailedAttempt(output, reasons)
+    ctx.store.record_failure(
+        run_id,
+        attempt,
+        failure,
+        event(
+            "validation_failed", attempt, ctx.worker, failed_issues=sorted(failed), reasons=reasons
+        ),
+    )
+    log.info("run %s attempt %d: validation failed on issues %s", run_id, attempt, sorted(failed))
+    ctx.enqueue.route(run_id, attempt)
+    return "failed"
+
+
+def route(ctx: Context, run_id: str, attempt: int) -> str:
+    """The retry router: retry with feedback while retries are left, else end FAILED."""
+    state = _load(ctx, run_id)
+    if state is None or state.status.terminal or state.attempt != attempt:
+        return "skipped"
+    if state.status is TaskStatus.RETRYING:  # redelivered after the retry was scheduled
+        ctx.enqueue.task_node(run_id, attempt + 1)
+        return "retrying"
+    failure = state.failures.get(attempt)
+    if failure is None:
+        return "skipped"
+    if attempt <= state.spec.config.max_retries:
+        scheduled = event(
+            "retry_scheduled",
+            attempt,
+            ctx.worker,
+            next_attempt=attempt + 1,
+            feedback=feedback_section([failure]),
+        )
+        if ctx.store.transition(run_id, TaskStatus.RETRYING, attempt=attempt, events=[scheduled]):
+            log.info("run %s attempt %d: retry scheduled", run_id, attempt)
+            ctx.enqueue.task_node(run_id, attempt + 1)
+            return "retrying"
+        return "skipped"
+    reasons = [r for n in sorted(state.failures) for r in state.failures[n].reasonings]
+    error = f"validation failed after {attempt} attempt(s)"
+    fail_run(ctx, run_id, error, reasons, attempt, code="validation_failed")
+    return "failed"

@@ -1,0 +1,191 @@
+"""The LLM gateway: structured-output chat completions through the OpenAI SDK.
+
+The SDK's own retries are off: a transient failure is raised as `TransientLLMError` and the
+Celery job retries with backoff; a permanent one as `PermanentLLMError`. This is the only
+module that imports `openai`, and `map_error` is the one place its exceptions are translated.
+
+Structured output is asked for in the `json_schema` dialect unless the settings say
+`json_object`. A server that refuses `json_schema` the way llama-cpp-python's does ("Input
+should be 'text' or 'json_object'") gets that call again once in the `json_object` dialect,
+and the gateway keeps using `json_object` for that server for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from shared.errors import LLMError, PermanentLLMError, TransientLLMError
+from shared.models import Usage
+from shared.settings import Dialect, Settings
+
+__all__ = ["Completion", "LLMGateway", "map_error", "refuses_json_schema", "response_format"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+# How llama-cpp-python's server (pydantic, behind FastAPI) refuses `{"type": "json_schema"}`.
+_WANTS_JSON_OBJECT = "'text' or 'json_object'"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer: its raw text content, the tokens billed, and how long it took."""
+
+    content: str
+    usage: Usage
+    latency_s: float
+
+
+def response_format(dialect: Dialect, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The `response_format` a server of that dialect understands."""
+    if dialect == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": schema, "strict": _strict_ready(schema)},
+    }
+
+
+def _strict_ready(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts the schema (closed objects, every field required)."""
+    if isinstance(schema, list):
+        return all(_strict_ready(item) for item in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False or set(
+            schema.get("required", [])
+        ) != set(props):
+            return False
+    return all(_strict_ready(value) for key, value in schema.items() if key != "required")
+
+
+def refuses_json_schema(exc: openai.OpenAIError) -> bool:
+    """Whether the server refused a request because it takes only the `json_object` dialect."""
+    return (
+        isinstance(exc, openai.APIStatusError)
+        and exc.status_code in (400, 422, 500)
+        and _WANTS_JSON_OBJECT in f"{exc.message} {exc.response.text}"
+    )
+
+
+def _retry_after(response: Any) -> float | None:
+    header = response.headers.get("retry-after-ms")
+    if header:
+        try:
+            return float(header) / 1000
+        except ValueError:
+            pass
+    header = response.headers.get("retry-after")
+    if not header:
+        return None
+    try:
+        return float(header)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(header)
+        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+
+
+def map_error(exc: openai.OpenAIError) -> LLMError:
+    """Translate an SDK exception into our transient or permanent class."""
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return TransientLLMError(f"LLM unreachable: {type(exc).__name__}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = f"LLM answered HTTP {status}: {exc.message}"
+        if status in _TRANSIENT_STATUS or status >= 500:
+            return TransientLLMError(message, retry_after=_retry_after(exc.response))
+        return PermanentLLMError(message)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return TransientLLMError(f"LLM answered malformed JSON: {exc.message}")
+    return PermanentLLMError(f"LLM call refused: {type(exc).__name__}: {exc}")
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    prompt_details = getattr(raw, "prompt_tokens_details", None)
+    completion_details = getattr(raw, "completion_tokens_details", None)
+    return Usage(
+        prompt_tokens=raw.prompt_tokens or 0,
+        completion_tokens=raw.completion_tokens or 0,
+        total_tokens=raw.total_tokens or 0,
+        cached_tokens=getattr(prompt_details, "cached_tokens", 0) or 0,
+        reasoning_tokens=getattr(completion_details, "reasoning_tokens", 0) or 0,
+    )
+
+
+class LLMGateway:
+    """One OpenAI client per process, shared by every thread of a worker."""
+
+    def __init__(self, settings: Settings, *, http_client: Any | None = None) -> None:
+        self._settings = settings
+        self._http_client = http_client
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+        self.dialect: Dialect = settings.structured_output
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The process's OpenAI client, created on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    key = self._settings.openai_api_key
+                    self._client = openai.OpenAI(
+                        api_key=key.get_secret_value() if key else "unset",
+                        base_url=self._settings.openai_base_url,
+                        timeout=self._settings.llm_timeout_s,
+                        max_retries=0,
+                        http_client=self._http_client,
+                    )
+        return self._client
+
+    def complete_json(
+        self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
+    ) -> Completion:
+        """Ask `model` for JSON fitting `schema`; return its raw text for the caller to parse."""
+        started = time.perf_counter()
+        try:
+            reply = self._create(model=model, messages=messages, schema=schema, name=name)
+        except openai.OpenAIError as exc:
+            raise map_error(exc) from exc
+        content = reply.choices[0].message.content if reply.choices else None
+        return Completion(
+            content=content or "",
+            usage=_usage(reply.usage),
+            latency_s=time.perf_counter() - started,
+        )
+
+    def _create(
+        self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
+    ) -> Any:
+        """One chat completion; on a `json_schema` refusal, switch dialect and ask once more."""
+        dialect = self.dialect
+        try:
+            return self.client.chat.completions.create(  # type: ignore[call-overload]
+                model=model,
+                messages=messages,
+                response_format=response_format(dialect, name, schema),
+            )
+        except openai.OpenAIError as exc:
+            if dialect != "json_schema" or not refuses_json_schema(exc):
+                raise
+        self.dialect = "json_object"
+        log.info(
+            "%s refuses json_schema structured output; using json_object from now on",
+            self._settings.openai_base_url or "the LLM server",
+        )
+        return self.client.chat.completions.create(  # type: ignore[call-overload]
+            model=model,
+            messages=messages,
+            response_format=response_format("json_object", name, schema),
+        )

@@ -1,0 +1,160 @@
+"""Configuration, read once from the environment (`QUORUM_*`, `OPENAI_*`) and passed down."""
+
+from __future__ import annotations
+
+import ssl
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Price", "Settings", "get_settings"]
+
+Dialect = Literal["json_schema", "json_object"]
+
+
+class Price(BaseModel):
+    """A model's prices in USD per million tokens.
+
+    `cached` (prompt tokens served from the provider's cache) defaults to `prompt`;
+    `reasoning` (a part of the completion tokens) defaults to `completion`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: float = Field(ge=0)
+    completion: float = Field(ge=0)
+    cached: float | None = Field(None, ge=0)
+    reasoning: float | None = Field(None, ge=0)
+
+
+class Settings(BaseSettings):
+    """Every setting Quorum reads. Nothing else in the project reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="QUORUM_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis that holds runs, status and provenance (redis:// or rediss://).",
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; defaults to the Redis URL (amqp:// for RabbitMQ)."
+    )
+    namespace: str = Field("quorum", description="Prefix of every Redis key Quorum writes.")
+    result_ttl_s: int = Field(
+        7 * 24 * 3600, gt=0, description="How long a run and its provenance are kept in Redis."
+    )
+    model: str = Field("gpt-4o-mini", description="Default model for task calls.")
+    validator_model: str | None = Field(
+        None, description="Default model for validator votes; defaults to `model`."
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "QUORUM_OPENAI_API_KEY"),
+        description="API key of the OpenAI-compatible server.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "QUORUM_OPENAI_BASE_URL"),
+        description="Base URL of the OpenAI-compatible server (default: OpenAI's).",
+    )
+    structured_output: Dialect = Field(
+        "json_schema",
+        description="Structured-output dialect: `json_schema` (OpenAI, vLLM, Ollama, "
+        "llama-server; a server that refuses it like llama-cpp-python's is switched to "
+        "`json_object` on its first refusal) or `json_object` (llama-cpp-python's server).",
+    )
+    llm_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one LLM call.")
+    llm_max_retries: int = Field(
+        6, ge=0, description="Transient LLM errors retried per job (Celery backoff)."
+    )
+    llm_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between retries.")
+    visibility_timeout_s: int = Field(
+        900,
+        gt=0,
+        description="Seconds before an unacknowledged job of a lost worker is redelivered; "
+        "keep well above the longest job.",
+    )
+    unacked_restore_interval_s: float = Field(
+        30.0, gt=0, description="How often workers sweep for jobs of lost workers to redeliver."
+    )
+    worker_concurrency: int = Field(
+        200, gt=0, description="Jobs one worker process runs at once (threads pool)."
+    )
+    worker_pool: str = Field("threads", description="Celery pool: threads suits LLM calls.")
+    max_payload_bytes: int = Field(
+        1_000_000,
+        gt=0,
+        description="Largest template, kwargs, metadata or schema accepted at submit, and "
+        "largest model output accepted (a larger one is an invalid attempt).",
+    )
+    run_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Default deadline of a run (submit's `timeout_s`); past it the sweep ends "
+        "the run FAILED with code `timeout`.",
+    )
+    stall_after_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A live run with no progress for this long has lost its job: the sweep "
+        "enqueues its current step again. Keep it well above the visibility timeout.",
+    )
+    sweep_interval_s: float = Field(
+        15.0, gt=0, description="How often one of the workers sweeps for late and stalled runs."
+    )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description='USD per million tokens by model, as JSON: {"gpt-4o-mini": {"prompt": '
+        '0.15, "completion": 0.6, "cached": 0.075}}. Models not listed cost 0.',
+    )
+    redis_tls_ca_file: str | None = Field(
+        None, description="CA bundle to check the Redis server's certificate (rediss://)."
+    )
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] = Field(
+        "required", description="Whether a rediss:// server's certificate must check out."
+    )
+    task_queue: str = Field("quorum.tasks", description="Queue of task-node jobs.")
+    vote_queue: str = Field("quorum.votes", description="Queue of validator-vote jobs.")
+    control_queue: str = Field("quorum.control", description="Queue of tally and route jobs.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the HTTP API requires on every route but /healthz; "
+        "unset: no auth (keep the API inside a trusted network).",
+    )
+    metrics_window_s: int = Field(
+        3600, gt=0, description="Runs created this many seconds back are counted in /metrics."
+    )
+    metrics_max_runs: int = Field(
+        10_000, gt=0, description="At most this many of the newest runs are counted in /metrics."
+    )
+
+    @property
+    def broker(self) -> str:
+        """The broker URL, falling back to the Redis URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def redis_tls(self) -> dict[str, Any] | None:
+        """TLS options (`ssl_*`, as redis-py and Celery take them) for a `rediss://` Redis."""
+        if not self.redis_url.startswith("rediss://"):
+            return None
+        reqs = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL}
+        options: dict[str, Any] = {
+            "ssl_cert_reqs": reqs.get(self.redis_tls_cert_reqs, ssl.CERT_NONE)
+        }
+        if self.redis_tls_ca_file:
+            options["ssl_ca_certs"] = self.redis_tls_ca_file
+        return options
+
+    @property
+    def queues(self) -> tuple[str, str, str]:
+        """Every queue a default worker consumes."""
+        return (self.task_queue, self.vote_queue, self.control_queue)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

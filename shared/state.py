@@ -1,0 +1,91 @@
+"""A run as stored in its Redis hash: the parsed state, its usage counters, its events."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.models import RunSpec, TaskStatus, Usage
+from shared.prompts import FailedAttempt
+
+__all__ = ["USAGE_FIELDS", "RunState", "event", "usage_counters", "usage_of"]
+
+TOKEN_FIELDS = tuple(name for name in Usage.model_fields if name != "cost_usd")
+NANO = 1_000_000_000  # cost is summed in Redis as integer nano-dollars, exactly
+
+
+def usage_counters(usage: Usage | None) -> list[tuple[str, int]]:
+    """The run-hash counters a call adds to: `usage:<tokens field>` and `usage:cost_nusd`."""
+    usage = usage or Usage()
+    counters = [(f"usage:{name}", getattr(usage, name)) for name in TOKEN_FIELDS]
+    counters.append(("usage:cost_nusd", round(usage.cost_usd * NANO)))
+    return [(name, n) for name, n in counters if n]
+
+
+USAGE_FIELDS = (*(f"usage:{name}" for name in TOKEN_FIELDS), "usage:cost_nusd")
+"""The run-hash fields that hold its usage."""
+
+
+def usage_of(raw: dict[str, Any]) -> Usage:
+    """The run's usage from its hash counters."""
+    return Usage(
+        **{name: int(raw.get(f"usage:{name}") or 0) for name in TOKEN_FIELDS},
+        cost_usd=int(raw.get("usage:cost_nusd") or 0) / NANO,
+    )
+
+
+def event(type_: str, attempt: int, worker: str, **data: Any) -> dict[str, Any]:
+    """A provenance event: its type, attempt, worker hostname, timestamp, and data."""
+    return {"type": type_, "attempt": attempt, "worker": worker, "ts": time.time(), **data}
+
+
+@dataclass
+class RunState:
+    """A run as read from its hash."""
+
+    run_id: str
+    status: TaskStatus
+    attempt: int
+    spec: RunSpec
+    result: Any = None
+    error: str = ""
+    code: str = ""
+    reasons: list[str] = field(default_factory=list)
+    last_output: Any = None
+    usage: Usage = field(default_factory=Usage)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    outputs: dict[int, Any] = field(default_factory=dict)
+    failures: dict[int, FailedAttempt] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, run_id: str, raw: dict[str, str]) -> RunState:
+        """Build from the fields of the run's hash."""
+        outputs: dict[int, Any] = {}
+        failures: dict[int, FailedAttempt] = {}
+        for name, value in raw.items():
+            kind, _, number = name.partition(":")
+            if kind == "output" and number:
+                outputs[int(number)] = json.loads(value)
+            elif kind == "failure" and number:
+                failures[int(number)] = FailedAttempt(**json.loads(value))
+        for attempt, failure in failures.items():
+            outputs.setdefault(attempt, failure.output)
+        return cls(
+            run_id=run_id,
+            status=TaskStatus(raw["status"]),
+            attempt=int(raw.get("attempt", 0)),
+            spec=RunSpec.model_validate_json(raw["spec"]),
+            result=json.loads(raw["result"]) if "result" in raw else None,
+            error=raw.get("error", ""),
+            code=raw.get("code", ""),
+            reasons=json.loads(raw.get("reasons", "[]")),
+            last_output=outputs[max(outputs)] if outputs else None,
+            usage=usage_of(raw),
+            created_at=float(raw.get("created_at", 0)),
+            updated_at=float(raw.get("updated_at", 0)),
+            outputs=outputs,
+            failures=failures,
+        )

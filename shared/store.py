@@ -1,0 +1,452 @@
+"""The Redis store: the one source of truth for a run's status and provenance.
+
+Every status change is a compare-and-set in a Lua script that also appends the run's
+provenance events, so that a duplicated or late job can never move a run backwards. Every key
+gets the run's TTL on every write. Redis errors leave this module as `StoreError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis
+import redis.asyncio
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from shared.errors import RunNotFoundError, StoreError
+from shared.keys import Keys
+from shared.models import RunSpec, TaskStatus, Usage, Vote, sources_of
+from shared.prompts import FailedAttempt
+from shared.settings import Settings
+from shared.state import USAGE_FIELDS, RunState, event, usage_counters, usage_of
+
+__all__ = ["RunStore", "connect"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+# KEYS: run, events. ARGV: allowed statuses (comma list), expected attempt ('' = any),
+# new status, ttl, number of events n, the n events (JSON), then field/value pairs to set.
+_TRANSITION = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if not cur[1] then return {0, '', ''} end
+local allowed = false
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == cur[1] then allowed = true end
+end
+if not allowed or (ARGV[2] ~= '' and ARGV[2] ~= cur[2]) then return {0, cur[1], cur[2]} end
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'status', ARGV[3], unpack(ARGV, 6 + n))
+for i = 6, 5 + n do redis.call('XADD', KEYS[2], '*', 'event', ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, ARGV[3], cur[2]}
+"""
+
+# KEYS: hash, events, run. ARGV: field, value, ttl, event JSON, then usage field/amount pairs.
+# Writes the field once; only the first write appends its event and bills its usage.
+_RECORD_ONCE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'event', ARGV[4])
+for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_connect_timeout": 5,
+    # Above the longest XREAD BLOCK (5 s): redis-py's own default would cut those reads short.
+    "socket_timeout": 10,
+    "socket_keepalive": True,
+    "health_check_interval": 15,
+}
+
+
+def connect(url: str, *, tls: dict[str, Any] | None = None) -> redis.Redis:
+    """A Redis client that reconnects by itself through restarts and blips.
+
+    `tls` holds the `ssl_*` options of a `rediss://` URL (`Settings.redis_tls`).
+    """
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **_CLIENT_OPTIONS,
+        **(tls or {}),
+    )
+
+
+def _blocks(timeout_s: float | None) -> Iterator[int]:
+    """Successive XREAD BLOCK times (ms) until `timeout_s` runs out; endless without one."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        yield 5000 if left is None else max(1, min(int(left * 1000), 5000))
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of a one-stream XREAD reply."""
+    return [entry for _, entries in reply or [] for entry in entries]
+
+
+def _mapped(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+class RunStore:
+    """Reads and writes runs; the only code that talks to Redis about them."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys,
+        ttl_s: int,
+        url: str | None = None,
+        run_timeout_s: float = 3600.0,
+        tls: dict[str, Any] | None = None,
+    ) -> None:
+        self.redis = client
+        self.url = url
+        self.tls = tls
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.run_timeout_s = run_timeout_s
+        self._transition = client.register_script(_TRANSITION)
+        self._record_once = client.register_script(_RECORD_ONCE)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunStore:
+        """A store on the configured Redis and namespace."""
+        return cls(
+            connect(settings.redis_url, tls=settings.redis_tls),
+            keys=Keys(settings.namespace),
+            ttl_s=settings.result_ttl_s,
+            url=settings.redis_url,
+            run_timeout_s=settings.run_timeout_s,
+            tls=settings.redis_tls,
+        )
+
+    # -- producer side -------------------------------------------------------------------
+
+    @_mapped
+    def create(self, run_id: str, spec: RunSpec, *, idempotency_key: str | None = None) -> str:
+        """Write a new PENDING run and its `submitted` event; return the run id to use.
+
+        With an idempotency key already used, nothing is written and the first run's id is
+        returned instead.
+        """
+        if idempotency_key is not None:
+            claimed = self.redis.set(
+                self.keys.idempotency(idempotency_key), run_id, nx=True, ex=self.ttl_s
+            )
+            if not claimed:
+                existing = self.redis.get(self.keys.idempotency(idempotency_key))
+                if existing is not None:
+                    return str(existing)
+        now = time.time()
+        submitted = event("submitted", 0, "", model=spec.model, mode=spec.config.mode)
+        run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                run_key,
+                mapping={
+                    "spec": spec.model_dump_json(),
+                    "status": TaskStatus.PENDING.value,
+                    "attempt": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            pipe.xadd(events_key, {"event": json.dumps(submitted)})
+            pipe.expire(run_key, self.ttl_s)
+            pipe.expire(events_key, self.ttl_s)
+            pipe.execute()
+        deadline = now + (spec.timeout_s or self.run_timeout_s)
+        indices = {
+            self.keys.runs(): now,
+            self.keys.deadlines(): deadline,
+            self.keys.progress(): now,
+        }
+        with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
+            for key, score in indices.items():
+                pipe.zadd(key, {run_id: score})
+                pipe.expire(key, self.ttl_s)
+            pipe.execute()
+        return run_id
+
+    @_mapped
+    def discard(self, run_id: str, *, idempotency_key: str | None = None) -> None:
+        """Remove a run that could not be enqueued, so that nothing half-made is left."""
+        keys = [self.keys.run(run_id), self.keys.events(run_id)]
+        if idempotency_key is not None:
+            keys.append(self.keys.idempotency(idempotency_key))
+        self.redis.delete(*keys)
+        self.redis.zrem(self.keys.runs(), run_id)
+        self.unindex(run_id)
+
+    @_mapped
+    def load(self, run_id: str) -> RunState:
+        """The run as it is now; `RunNotFoundError` if it does not exist."""
+        raw = cast(dict[str, str], self.redis.hgetall(self.keys.run(run_id)))
+        if not raw:
+            raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
+        return RunState.parse(run_id, raw)
+
+    @_mapped
+    def status(self, run_id: str) -> TaskStatus:
+        """The run's current status."""
+        status = cast(str | None, self.redis.hget(self.keys.run(run_id), "status"))
+        if status is None:
+            raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
+        return TaskStatus(status)
+
+    @_mapped
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's provenance, oldest first."""
+        entries = cast(list[Any], self.redis.xrange(self.keys.events(run_id)))
+        return [json.loads(fields["event"]) for _, fields in entries]
+
+    @_mapped
+    def recent(self, *, since: float, limit: int) -> list[str]:
+        """Ids of the runs created at or after `since` (epoch seconds), newest first, at most
+        `limit` of them (read-only; the metrics collector lists runs with it)."""
+        ids = self.redis.zrevrangebyscore(self.keys.runs(), "+inf", since, start=0, num=limit)
+        return cast(list[str], ids)
+
+    @_mapped
+    def watch(self, run_id: str, *, timeout_s: float | None) -> Iterator[dict[str, Any]]:
+        """Yield the run's events as they arrive, from the first, until a terminal one.
+
+        Blocks on the event stream (XREAD BLOCK); stops silently when `timeout_s` runs out.
+        """
+        key, last_id = self.keys.events(run_id), "0-0"
+        for block_ms in _blocks(timeout_s):
+            for entry_id, fields in _entries(self.redis.xread({key: last_id}, block=block_ms)):
+                last_id = entry_id
+                event = json.loads(fields["event"])
+                yield event
+                if event["type"] in _TERMINAL_EVENTS:
+                    return
+
+    async def wait_async(self, run_id: str, *, timeout_s: float | None) -> RunState:
+        """The run once it is terminal, or as it is when `timeout_s` runs out (asyncio)."""
+        if self.url is None:
+            raise StoreError("this store has no URL to open an asyncio connection with")
+        key, last_id = self.keys.events(run_id), "0-0"
+        try:
+            options = {**_CLIENT_OPTIONS, **(self.tls or {})}
+            async with redis.asyncio.Redis.from_url(self.url, **options) as client:
+                for block_ms in _blocks(timeout_s):
+                    entries = _entries(await client.xread({key: last_id}, block=block_ms))
+                    if any(json.loads(f["event"])["type"] in _TERMINAL_EVENTS for _, f in entries):
+                        break
+                    last_id = entries[-1][0] if entries else last_id
+                raw = cast(dict[str, str], await client.hgetall(self.keys.run(run_id)))
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
+        if not raw:
+            raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
+        return RunState.parse(run_id, raw)
+
+    def cancel(self, run_id: str, *, worker: str = "") -> bool:
+        """End the run as CANCELLED unless it is already terminal; True if it was cancelled."""
+        return self.transition(run_id, TaskStatus.CANCELLED, events=[event("cancelled", 0, worker)])
+
+    # -- worker side ---------------------------------------------------------------------
+
+    @_mapped
+    def transition(
+        self,
+        run_id: str,
+        new: TaskStatus,
+        *,
+        attempt: int | None = None,
+        events: Sequence[dict[str, Any]] = (),
+        fields: dict[str, Any] | None = None,
+    ) -> bool:
+        """Compare-and-set the status to `new` from any status allowed to reach it.
+
+        With `attempt`, the run's current attempt must equal it. The events are appended and
+        the fields set only when the change happens. Returns whether it happened.
+        """
+        pairs: list[Any] = ["updated_at", time.time()]
+        for name, value in (fields or {}).items():
+            pairs += [name, value if isinstance(value, str | int | float) else json.dumps(value)]
+        done, *_ = self._transition(
+            keys=[self.keys.run(run_id), self.keys.events(run_id)],
+            args=[
+                ",".join(s.value for s in sources_of(new)),
+                "" if attempt is None else str(attempt),
+                new.value,
+                self.ttl_s,
+                len(events),
+                *map(json.dumps, events),
+                *pairs,
+            ],
+        )
+        if done:
+            if new.terminal:
+                self.unindex(run_id)
+            else:
+                self.touch(run_id)
+        return bool(done)
+
+    @_mapped
+    def vote_context(
+        self, run_id: str, attempt: int, issue: int, index: int
+    ) -> tuple[RunState | None, bool, Vote | None]:
+        """In one round trip: the run (None if gone), whether `issue` is decided in this
+        attempt, and the vote already stored in this slot (a redelivered vote job)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.hexists(self.keys.decisions(run_id, attempt), str(issue))
+            pipe.hget(self.keys.votes(run_id, attempt), f"{issue}:{index}")
+            raw, decided, stored = pipe.execute()
+        return (
+            RunState.parse(run_id, raw) if raw else None,
+            bool(decided),
+            Vote.model_validate_json(stored) if stored else None,
+        )
+
+    @_mapped
+    def add_event(self, run_id: str, event: dict[str, Any]) -> None:
+        """Append one provenance event."""
+        key = self.keys.events(run_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(key, {"event": json.dumps(event)})
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    def _once(
+        self,
+        key: str,
+        run_id: str,
+        name: str,
+        value: str,
+        event: dict[str, Any],
+        usage: Usage | None = None,
+    ) -> bool:
+        billed = [x for pair in usage_counters(usage) for x in pair]
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._record_once(
+                keys=[key, self.keys.events(run_id), self.keys.run(run_id)],
+                args=[name, value, self.ttl_s, json.dumps(event), *billed],
+                client=pipe,
+            )
+            pipe.zadd(self.keys.progress(), {run_id: time.time()}, xx=True)
+            new, _ = pipe.execute()
+        return bool(new)
+
+    @_mapped
+    def bill(self, run_id: str, usage: Usage) -> None:
+        """Add a call's tokens to the run's totals."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            for name, amount in usage_counters(usage):
+                pipe.hincrby(self.keys.run(run_id), name, amount)
+            pipe.execute()
+
+    @_mapped
+    def usage(self, run_id: str) -> Usage:
+        """The tokens and cost the run has spent so far, counted atomically in Redis."""
+        values = cast(list[Any], self.redis.hmget(self.keys.run(run_id), USAGE_FIELDS))
+        return usage_of(dict(zip(USAGE_FIELDS, values, strict=True)))
+
+    @_mapped
+    def record_vote(
+        self, run_id: str, attempt: int, vote: Vote, event: dict[str, Any], usage: Usage
+    ) -> bool:
+        """Store a vote and bill its call; a redelivered vote is billed but counted once.
+
+        Returns True if the vote was new.
+        """
+        new = self._once(
+            self.keys.votes(run_id, attempt),
+            run_id,
+            f"{vote.issue}:{vote.index}",
+            vote.model_dump_json(),
+            event,
+            usage,
+        )
+        if not new:
+            self.bill(run_id, usage)
+        return new
+
+    @_mapped
+    def votes(self, run_id: str, attempt: int) -> list[Vote]:
+        """Every vote stored for the attempt."""
+        raw = self.redis.hgetall(self.keys.votes(run_id, attempt))
+        return [Vote.model_validate_json(value) for value in raw.values()]
+
+    @_mapped
+    def decide(self, run_id: str, attempt: int, issue: int, event: dict[str, Any]) -> bool:
+        """Record an issue's decision once (the flag that makes pending votes skip)."""
+        return self._once(
+            self.keys.decisions(run_id, attempt), run_id, str(issue), json.dumps(event), event
+        )
+
+    @_mapped
+    def decisions(self, run_id: str, attempt: int) -> dict[int, dict[str, Any]]:
+        """The issues decided in the attempt, with their `issue_decided` events."""
+        raw = self.redis.hgetall(self.keys.decisions(run_id, attempt))
+        return {int(issue): json.loads(event) for issue, event in raw.items()}
+
+    @_mapped
+    def record_failure(
+        self, run_id: str, attempt: int, failure: FailedAttempt, event: dict[str, Any]
+    ) -> bool:
+        """Keep why an attempt failed, for the next attempt's feedback; once per attempt."""
+        payload = json.dumps({"output": failure.output, "reasonings": list(failure.reasonings)})
+        return self._once(self.keys.run(run_id), run_id, f"failure:{attempt}", payload, event)
+
+    # -- the sweep ------------------------------------------------------------------------
+
+    @_mapped
+    def touch(self, run_id: str, at: float | None = None) -> None:
+        """Mark progress on a live run (only one still indexed: a finished run stays out)."""
+        self.redis.zadd(self.keys.progress(), {run_id: at or time.time()}, xx=True)
+
+    @_mapped
+    def unindex(self, run_id: str) -> None:
+        """Drop a run from the sweep's indices (it ended, or it is gone)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.deadlines(), run_id)
+            pipe.zrem(self.keys.progress(), run_id)
+            pipe.execute()
+
+    @_mapped
+    def past_deadline(self, now: float, *, limit: int = 500) -> list[str]:
+        """Live runs whose deadline has passed, the most overdue first."""
+        return cast(
+            list[str], self.redis.zrangebyscore(self.keys.deadlines(), "-inf", now, 0, limit)
+        )
+
+    @_mapped
+    def stalled(self, before: float, *, limit: int = 500) -> list[str]:
+        """Live runs with no progress since `before`, the longest stalled first."""
+        return cast(
+            list[str], self.redis.zrangebyscore(self.keys.progress(), "-inf", before, 0, limit)
+        )
+
+    @_mapped
+    def claim_sweep(self, owner: str, *, hold_s: float) -> bool:
+        """Claim the next sweep for `owner`: one worker of many sweeps each interval."""
+        ms = max(int(hold_s * 1000), 1)
+        return bool(self.redis.set(self.keys.sweep_lock(), owner, nx=True, px=ms))

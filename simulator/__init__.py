@@ -1,0 +1,38 @@
+"""OpenAI-compatible LLM simulator for tests, the demo and benchmarks.
+
+Run it with ``python -m simulator --port 0 --latency 0.2``; script behaviour per run by putting
+``<<sim:{...}>>`` directives in prompts (see ``simulator.script``).
+"""
+
+from simulator.config import Latency, SimConfig, build_parser, parse_args, parse_latency
+from simulator.fake import fake_value, violating_value
+from simulator.script import (
+    CallInfo,
+    Decision,
+    Directive,
+    DirectiveError,
+    analyze,
+    decide,
+    parse_directive,
+)
+from simulator.server import main, make_app, serve
+
+__all__ = [
+    "CallInfo",
+    "Decision",
+    "Directive",
+    "DirectiveError",
+    "Latency",
+    "SimConfig",
+    "analyze",
+    "build_parser",
+    "decide",
+    "fake_value",
+    "main",
+    "make_app",
+    "parse_args",
+    "parse_directive",
+    "parse_latency",
+    "serve",
+    "violating_value",
+]

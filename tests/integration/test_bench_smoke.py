@@ -1,0 +1,29 @@
+"""`quorum bench --quick`: the benchmark command runs end to end in seconds and writes its
+report and plots (the reference part is skipped where py-ai-toolkit is not installed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra is not installed")
+    pytest.importorskip("psutil", reason="the bench extra is not installed")
+    done = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "bench", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "## Targets" in report
+    assert "| latency at L = 50 ms" in report
+    assert (tmp_path / "bench-latency.png").stat().st_size > 1000
+    assert (tmp_path / "benchmarks.json").exists()

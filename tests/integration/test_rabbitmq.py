@@ -1,0 +1,116 @@
+"""The integration tests of the voting modes, retries and lifecycle once more, with RabbitMQ as
+the broker (`QUORUM_BROKER_URL=amqp://…`) and the Redis store unchanged.
+
+RabbitMQ is expected at `QUORUM_TEST_AMQP_URL` (default amqp://guest:guest@127.0.0.1:5672//).
+Without one these tests skip, saying why; under `CI=true` a missing RabbitMQ fails them. Queue
+names carry a per-session suffix, so that sessions sharing a RabbitMQ never take each other's
+jobs; the queues are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection
+
+from producer import TaskClient
+from producer.stack import ManagedProcess, start_worker
+from shared.settings import Settings
+from tests.integration.conftest import worker_env
+from tests.integration.helpers import Simulator
+from tests.integration.test_lifecycle import (  # noqa: F401  # collected again, on RabbitMQ
+    test_async_run_task_raises_task_failed_error,
+    test_async_run_task_returns_the_model_instance,
+    test_cancel_during_the_task_call_ends_the_run_and_starts_no_llm_call,
+    test_json_schema_response_model_returns_a_dict_and_get_finds_the_run,
+    test_same_idempotency_key_gives_one_run_executed_once,
+)
+from tests.integration.test_retries import (  # noqa: F401
+    test_exhausted_retries_fail_with_every_reason_and_the_last_output,
+    test_failed_attempt_is_retried_with_its_output_and_every_failing_reasoning,
+    test_invalid_output_is_a_failed_attempt_without_votes,
+    test_mixed_transient_errors_on_task_and_votes_still_succeed,
+    test_permanent_task_error_fails_the_run_at_once,
+    test_transient_errors_past_the_retry_limit_fail_the_run,
+)
+from tests.integration.test_voting_modes import (  # noqa: F401
+    test_k_ahead_draws_a_round_of_k_minus_margin_votes,
+    test_k_ahead_without_consensus_at_max_votes_fails,
+    test_single_shot_passes_with_one_vote_per_issue,
+    test_threshold_fails_an_issue_short_of_the_required_margin,
+    test_threshold_spends_at_most_count_votes_per_issue,
+)
+
+pytestmark = pytest.mark.integration
+
+AMQP_URL = os.environ.get("QUORUM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _answers(url: str) -> str | None:
+    """None if a RabbitMQ answers at `url`, else why not."""
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def amqp_env() -> Iterator[dict[str, str]]:
+    """The broker settings of this module: RabbitMQ, queues of this session's own."""
+    problem = _answers(AMQP_URL)
+    if problem is not None:
+        message = f"no RabbitMQ at {AMQP_URL} ({problem}); set QUORUM_TEST_AMQP_URL"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs RabbitMQ for the broker tests: {message}")
+        pytest.skip(message)
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        "QUORUM_BROKER_URL": AMQP_URL,
+        "QUORUM_TASK_QUEUE": f"quorum.tasks.{suffix}",
+        "QUORUM_VOTE_QUEUE": f"quorum.votes.{suffix}",
+        "QUORUM_CONTROL_QUEUE": f"quorum.control.{suffix}",
+    }
+    try:
+        yield env
+    finally:
+        with Connection(AMQP_URL) as conn:
+            channel = conn.channel()
+            for name in (env[key] for key in env if key.endswith("_QUEUE")):
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    redis_url: str, simulator: Simulator, amqp_env: dict[str, str]
+) -> Iterator[ManagedProcess]:
+    """A worker started with the documented command, its broker RabbitMQ."""
+    process = start_worker(worker_env(redis_url, simulator, **amqp_env), name="amqp-worker")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(
+    redis_url: str, amqp_env: dict[str, str], worker: ManagedProcess
+) -> Iterator[TaskClient]:
+    """A producer client that sends to RabbitMQ and reads the session's Redis store."""
+    fields = {k.removeprefix("QUORUM_").lower(): v for k, v in amqp_env.items()}
+    task_client = TaskClient(settings=Settings(redis_url=redis_url, **fields))
+    try:
+        yield task_client
+    finally:
+        task_client.close()
+
+
+def test_the_worker_consumes_from_rabbitmq(worker: ManagedProcess, amqp_env: dict[str, str]):
+    banner = "\n".join(worker.lines)
+    assert "amqp://guest:**@127.0.0.1:5672//" in banner
+    assert amqp_env["QUORUM_VOTE_QUEUE"] in banner

@@ -1,0 +1,51 @@
+"""The benchmark's pure parts: statistics, the exact vote economy, and the simulator reading
+the schema that instructor's JSON mode (the reference's client) puts in the prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
+from simulator.script import analyze
+
+
+def test_percentile_interpolates_and_spread_is_median_min_max() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 95) == 5
+    assert spread([3, 1, 2]) == (2, 1, 3)
+
+
+def test_theory_of_kahead_and_majority() -> None:
+    assert kahead_accuracy(0.8, 3) == pytest.approx(1 / (1 + 0.25**3))
+    assert majority_accuracy(0.8, 3) == pytest.approx(0.8**3 + 3 * 0.8**2 * 0.2)
+
+
+def test_race_with_one_vote_rounds_is_the_gamblers_ruin() -> None:
+    votes, right = race(0.8, count=1, k=1, max_votes=1, full_rounds=True)
+    assert (votes, right) == (1, pytest.approx(0.8))
+    _, right = race(0.8, count=1, k=3, max_votes=10_000, full_rounds=False)
+    assert right == pytest.approx(kahead_accuracy(0.8, 3))
+
+
+def test_quorums_rule_spends_fewer_votes_than_full_rounds() -> None:
+    ours = race(0.6, count=5, k=3, max_votes=20, full_rounds=False)
+    full = race(0.6, count=5, k=3, max_votes=20, full_rounds=True)
+    assert ours[0] < full[0]
+    assert ours == (pytest.approx(8.759, abs=1e-3), pytest.approx(0.737, abs=1e-3))
+
+
+def test_simulator_reads_the_schema_instructor_puts_in_the_prompt() -> None:
+    schema = {
+        "description": "The quantity is a number",
+        "properties": {"is_valid": {"type": "boolean"}, "reasoning": {"type": "string"}},
+        "required": ["is_valid", "reasoning"],
+        "type": "object",
+    }
+    text = f"Judge it.\n\nmatch the following json_schema:\n\n\n{json.dumps(schema, indent=2)}\n"
+    call = analyze([{"role": "system", "content": text}], None)
+    assert call.kind == "vote"
+    assert call.issue == "The quantity is a number"
+    task = analyze([{"role": "system", "content": "Extract: no schema here"}], None)
+    assert task.kind == "task"

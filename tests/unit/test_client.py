@@ -1,0 +1,162 @@
+"""`build_spec`: every bad request is refused at the boundary with a message naming it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from producer.client import build_spec
+from shared.errors import InvalidRequestError, PayloadTooLargeError, SchemaError, TemplateError
+from shared.models import (
+    KAheadVotingValidationConfig,
+    RunSpec,
+    SingleShotValidationConfig,
+    ThresholdVotingValidationConfig,
+)
+from shared.settings import Settings
+
+
+class Purchase(BaseModel):
+    product: str
+    quantity: int
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"product": {"type": "string"}, "quantity": {"type": "integer"}},
+    "required": ["product", "quantity"],
+}
+CONFIG = ThresholdVotingValidationConfig(issues=["the quantity matches"])
+SETTINGS = Settings(model="task-model", validator_model=None)
+
+
+def build(**overrides: Any) -> RunSpec:
+    request: dict[str, Any] = {
+        "template": "Extract the purchase from: {{ message }}",
+        "response_model": Purchase,
+        "kwargs": {"message": "I want 5 apples"},
+        "config": CONFIG,
+        "model": None,
+        "validator_model": None,
+        "metadata": None,
+        "settings": SETTINGS,
+        **overrides,
+    }
+    return build_spec(**request)
+
+
+def test_accepts_a_pydantic_class() -> None:
+    spec = build()
+    assert spec.response_schema == Purchase.model_json_schema()
+    assert spec.response_name == "Purchase"
+    assert spec.config == CONFIG
+    assert (spec.model, spec.validator_model) == ("task-model", "task-model")
+    assert spec.kwargs == {"message": "I want 5 apples"}
+
+
+def test_accepts_a_json_schema_dict() -> None:
+    spec = build(response_model={**SCHEMA, "title": "My purchase!"})
+    assert spec.response_schema["properties"] == SCHEMA["properties"]
+    assert spec.response_name == "My_purchase_"
+
+
+def test_accepts_a_config_as_a_dict_and_explicit_models() -> None:
+    spec = build(
+        config={"mode": "k_ahead", "issues": ["x"], "count": 3},
+        model="big",
+        validator_model="small",
+        metadata={"team": "sales"},
+    )
+    assert isinstance(spec.config, KAheadVotingValidationConfig)
+    assert spec.config.max_votes == 12
+    assert (spec.model, spec.validator_model, spec.metadata) == ("big", "small", {"team": "sales"})
+
+
+def test_spec_survives_the_wire() -> None:
+    spec = build(config=SingleShotValidationConfig(issues=["x"]))
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"template": "Extract {{ message"}, TemplateError, "syntax error"),
+        ({"template": "{{ message }} {{ shop }}"}, TemplateError, "missing from kwargs: shop"),
+        ({"template": "{{ ''.__class__.__mro__ }}"}, TemplateError, "sandbox"),
+        ({"template": "{{ message|attr('__class__') }}"}, TemplateError, "sandbox"),
+        ({"template": "   "}, InvalidRequestError, "template must be a non-empty string"),
+        (
+            {"kwargs": {"message": object()}},
+            InvalidRequestError,
+            "kwargs must be JSON-serializable",
+        ),
+        ({"kwargs": {"message": float("nan")}}, InvalidRequestError, "kwargs must be JSON"),
+        ({"kwargs": {1: "x"}}, InvalidRequestError, "string keys"),
+        ({"metadata": {"at": {1, 2}}}, InvalidRequestError, "metadata must be JSON-serializable"),
+        ({"response_model": int}, SchemaError, "Pydantic model class or a JSON Schema"),
+        ({"response_model": "str"}, SchemaError, "Pydantic model class or a JSON Schema"),
+        ({"response_model": Purchase(product="a", quantity=1)}, SchemaError, "Pydantic model"),
+        (
+            {"response_model": {"type": "object", "properties": {"a": {"type": "strng"}}}},
+            SchemaError,
+            "not a valid JSON Schema",
+        ),
+        ({"response_model": {"type": "string"}}, SchemaError, '"type": "object"'),
+        (
+            {"config": {"mode": "threshold", "issues": ["x"], "count": 2}},
+            InvalidRequestError,
+            "odd",
+        ),
+        ({"config": {"mode": "majority", "issues": ["x"]}}, InvalidRequestError, "mode"),
+        ({"config": {"mode": "single_shot", "issues": []}}, InvalidRequestError, "issues"),
+        ({"config": None}, InvalidRequestError, "invalid validation config"),
+    ],
+    ids=[
+        "syntax",
+        "missing variable",
+        "mro",
+        "attr filter",
+        "blank template",
+        "object kwarg",
+        "nan kwarg",
+        "non-string key",
+        "set metadata",
+        "int class",
+        "string",
+        "model instance",
+        "bad type",
+        "not an object",
+        "even count",
+        "unknown mode",
+        "no issues",
+        "no config",
+    ],
+)
+def test_refuses_bad_input(overrides: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message) as caught:
+        build(**overrides)
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "what"),
+    [
+        ({"template": "{{ message }}" + "x" * 200}, "template"),
+        ({"kwargs": {"message": "x" * 200}}, "kwargs"),
+        ({"metadata": {"note": "x" * 200}}, "metadata"),
+        ({"response_model": {"type": "object", "description": "x" * 200}}, "response_model"),
+    ],
+)
+def test_refuses_a_payload_over_the_limit(overrides: dict[str, Any], what: str) -> None:
+    small = Settings(max_payload_bytes=100)
+    request = {"response_model": {"type": "object"}, "settings": small, **overrides}
+    with pytest.raises(PayloadTooLargeError, match=f"{what}.* over the limit of 100 bytes"):
+        build(**request)
+
+
+def test_accepts_a_payload_within_the_limit() -> None:
+    small = Settings(max_payload_bytes=100)
+    spec = build(response_model={"type": "object"}, settings=small)
+    assert spec.response_schema == {"type": "object"}

@@ -1,0 +1,144 @@
+"""The LLM gateway's error boundary (DESIGN §5) and its structured-output dialects."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import openai
+import pytest
+
+from shared.errors import LLMError, PermanentLLMError, TransientLLMError
+from shared.llm import map_error, response_format
+from shared.prompts import VOTE_SCHEMA
+from tests.openai_http import http
+
+REQUEST = http.Request("POST", "http://llm.test/v1/chat/completions")
+
+
+def response(status: int, headers: dict[str, str] | None = None) -> http.Response:
+    return http.Response(status, headers=headers or {}, request=REQUEST)
+
+
+def status_error(cls: type[openai.APIStatusError], status: int, **headers: str) -> Exception:
+    return cls(f"HTTP {status}", response=response(status, headers), body=None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (openai.APIConnectionError(request=REQUEST), TransientLLMError),
+        (openai.APITimeoutError(request=REQUEST), TransientLLMError),
+        (status_error(openai.RateLimitError, 429), TransientLLMError),
+        (status_error(openai.InternalServerError, 500), TransientLLMError),
+        (status_error(openai.InternalServerError, 503), TransientLLMError),
+        (status_error(openai.APIStatusError, 408), TransientLLMError),
+        (status_error(openai.ConflictError, 409), TransientLLMError),
+        (status_error(openai.BadRequestError, 400), PermanentLLMError),
+        (status_error(openai.AuthenticationError, 401), PermanentLLMError),
+        (status_error(openai.PermissionDeniedError, 403), PermanentLLMError),
+        (status_error(openai.NotFoundError, 404), PermanentLLMError),
+        (status_error(openai.UnprocessableEntityError, 422), PermanentLLMError),
+        (openai.APIResponseValidationError(response(200), body=None), TransientLLMError),
+        (openai.OpenAIError("client misconfigured"), PermanentLLMError),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+)
+def test_map_error_lane(exc: openai.OpenAIError, expected: type[LLMError]) -> None:
+    mapped = map_error(exc)
+    assert type(mapped) is expected
+
+
+def test_map_error_is_complete_for_every_status_error_class() -> None:
+    classes = [
+        cls
+        for cls in (getattr(openai, name) for name in openai.__all__)
+        if isinstance(cls, type) and issubclass(cls, openai.APIStatusError)
+    ]
+    assert len(classes) >= 9
+    for cls in classes:
+        status = getattr(cls, "status_code", 500) if cls is not openai.APIStatusError else 418
+        exc = (
+            cls(response=response(status), body=None)
+            if cls is openai.OAuthError
+            else status_error(cls, status)
+        )
+        assert type(map_error(exc)) in (TransientLLMError, PermanentLLMError), cls
+
+
+def test_status_errors_name_the_status_in_the_message() -> None:
+    mapped = map_error(status_error(openai.NotFoundError, 404))
+    assert "404" in str(mapped)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "2500"}, 2.5),
+        ({"retry-after-ms": "2500", "retry-after": "9"}, 2.5),
+        ({}, None),
+    ],
+)
+def test_rate_limit_carries_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    mapped = map_error(status_error(openai.RateLimitError, 429, **headers))
+    assert isinstance(mapped, TransientLLMError)
+    assert mapped.retry_after == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    mapped = map_error(status_error(openai.RateLimitError, 429, **{"retry-after": when}))
+    assert isinstance(mapped, TransientLLMError)
+    assert mapped.retry_after is not None
+    assert 25 <= mapped.retry_after <= 31
+
+
+def test_server_error_retry_after_is_kept_too() -> None:
+    mapped = map_error(status_error(openai.InternalServerError, 503, **{"retry-after": "4"}))
+    assert isinstance(mapped, TransientLLMError)
+    assert mapped.retry_after == 4.0
+
+
+# -- response_format ----------------------------------------------------------------------
+
+
+def test_json_schema_dialect_is_strict_for_a_closed_schema() -> None:
+    assert response_format("json_schema", "quorum_vote", VOTE_SCHEMA) == {
+        "type": "json_schema",
+        "json_schema": {"name": "quorum_vote", "schema": VOTE_SCHEMA, "strict": True},
+    }
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+        {
+            "type": "object",
+            "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+            "required": ["a"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"a": {"type": "object", "properties": {"x": {"type": "string"}}}},
+            "required": ["a"],
+            "additionalProperties": False,
+        },
+    ],
+    ids=["open", "optional field", "open nested"],
+)
+def test_json_schema_dialect_is_not_strict_when_openai_would_refuse(schema: dict) -> None:
+    fmt = response_format("json_schema", "response", schema)
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["schema"] == schema
+    assert fmt["json_schema"]["strict"] is False
+
+
+def test_json_object_dialect() -> None:
+    assert response_format("json_object", "quorum_vote", VOTE_SCHEMA) == {
+        "type": "json_object",
+        "schema": VOTE_SCHEMA,
+    }

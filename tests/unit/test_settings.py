@@ -1,0 +1,110 @@
+"""Settings: defaults, the environment names DESIGN §7 documents, a secret API key."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from shared.settings import Settings
+
+ENV_NAMES = [
+    "QUORUM_REDIS_URL",
+    "QUORUM_BROKER_URL",
+    "OPENAI_API_KEY",
+    "QUORUM_OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "QUORUM_OPENAI_BASE_URL",
+    "QUORUM_MODEL",
+    "QUORUM_VALIDATOR_MODEL",
+    "QUORUM_VISIBILITY_TIMEOUT_S",
+    "QUORUM_LLM_TIMEOUT_S",
+    "QUORUM_NAMESPACE",
+    "QUORUM_RESULT_TTL_S",
+    "QUORUM_STRUCTURED_OUTPUT",
+    "QUORUM_MAX_PAYLOAD_BYTES",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.broker == settings.redis_url
+    assert settings.namespace == "quorum"
+    assert settings.result_ttl_s == 7 * 24 * 3600
+    assert settings.openai_api_key is None
+    assert settings.openai_base_url is None
+    assert settings.structured_output == "json_schema"
+    assert settings.llm_timeout_s > 0
+    assert settings.visibility_timeout_s > 0
+    assert settings.validator_model is None
+    assert settings.queues == ("quorum.tasks", "quorum.votes", "quorum.control")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("QUORUM_REDIS_URL", "redis://store:6380/2", "redis_url", "redis://store:6380/2"),
+        ("QUORUM_BROKER_URL", "amqp://guest@rabbit//", "broker", "amqp://guest@rabbit//"),
+        ("OPENAI_BASE_URL", "http://llm:8000/v1", "openai_base_url", "http://llm:8000/v1"),
+        ("QUORUM_MODEL", "qwen2.5", "model", "qwen2.5"),
+        ("QUORUM_VALIDATOR_MODEL", "llama3", "validator_model", "llama3"),
+        ("QUORUM_VISIBILITY_TIMEOUT_S", "1200", "visibility_timeout_s", 1200),
+        ("QUORUM_LLM_TIMEOUT_S", "12.5", "llm_timeout_s", 12.5),
+        ("QUORUM_NAMESPACE", "staging", "namespace", "staging"),
+        ("QUORUM_RESULT_TTL_S", "3600", "result_ttl_s", 3600),
+        ("QUORUM_STRUCTURED_OUTPUT", "json_object", "structured_output", "json_object"),
+    ],
+)
+def test_environment_names(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, field: str, expected: object
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(Settings(), field) == expected
+
+
+def test_broker_falls_back_to_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUORUM_REDIS_URL", "redis://store:6380/2")
+    settings = Settings()
+    assert settings.broker_url is None
+    assert settings.broker == "redis://store:6380/2"
+
+
+def test_api_key_is_a_secret_that_does_not_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret")
+    settings = Settings()
+    assert isinstance(settings.openai_api_key, SecretStr)
+    assert settings.openai_api_key.get_secret_value() == "sk-very-secret"
+    assert "sk-very-secret" not in repr(settings)
+    assert "sk-very-secret" not in str(settings)
+    assert "sk-very-secret" not in settings.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("QUORUM_STRUCTURED_OUTPUT", "xml"),
+        ("QUORUM_RESULT_TTL_S", "0"),
+        ("QUORUM_LLM_TIMEOUT_S", "-1"),
+        ("QUORUM_VISIBILITY_TIMEOUT_S", "soon"),
+    ],
+)
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        Settings().model = "other"  # type: ignore[misc]
+
+
+def test_every_field_has_a_description() -> None:
+    undocumented = [n for n, f in Settings.model_fields.items() if not f.description]
+    assert undocumented == []

@@ -1,0 +1,286 @@
+"""The Redis store against fakeredis: atomic creates, compare-and-set, write-once records."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from shared.errors import RunNotFoundError
+from shared.keys import Keys
+from shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
+from shared.prompts import FailedAttempt
+from shared.state import event
+from shared.store import RunStore
+
+SPEC = RunSpec(
+    template="Extract: {{ message }}",
+    kwargs={"message": "5 apples"},
+    response_schema={"type": "object"},
+    config=ThresholdVotingValidationConfig(issues=["the quantity matches"]),
+    model="m",
+    validator_model="v",
+)
+KEYS = Keys("quorum")
+
+
+@pytest.fixture
+def redis() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def store(redis: fakeredis.FakeRedis) -> RunStore:
+    return RunStore(redis, keys=KEYS, ttl_s=100)
+
+
+def types(store: RunStore, run_id: str) -> list[str]:
+    return [e["type"] for e in store.events(run_id)]
+
+
+def assert_every_key_has_a_ttl(redis: fakeredis.FakeRedis) -> None:
+    keys = redis.keys("*")
+    assert keys
+    for key in keys:
+        assert 0 < redis.ttl(key) <= 100, key
+
+
+def started(store: RunStore, run_id: str = "r1") -> str:
+    """A run created and moved to RUNNING, attempt 1."""
+    store.create(run_id, SPEC)
+    assert store.transition(run_id, TaskStatus.RUNNING, attempt=0, fields={"attempt": 1})
+    return run_id
+
+
+# -- create -------------------------------------------------------------------------------
+
+
+def test_create_writes_a_pending_run_and_its_submitted_event(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    assert store.create("r1", SPEC) == "r1"
+    state = store.load("r1")
+    assert state.status is TaskStatus.PENDING
+    assert state.attempt == 0
+    assert state.spec == SPEC
+    assert state.created_at > 0
+    assert store.status("r1") is TaskStatus.PENDING
+    [submitted] = store.events("r1")
+    assert submitted["type"] == "submitted"
+    assert submitted["model"] == "m"
+    assert submitted["mode"] == "threshold"
+    assert redis.zscore("quorum:runs", "r1") is not None
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_create_uses_the_documented_keys(store: RunStore, redis: fakeredis.FakeRedis) -> None:
+    store.create("abc", SPEC, idempotency_key="k")
+    assert set(redis.keys("*")) == {
+        "quorum:run:{abc}",
+        "quorum:run:{abc}:events",
+        "quorum:idem:k",
+        "quorum:runs",
+        "quorum:deadlines",
+        "quorum:progress",
+    }
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_idempotency_key_returns_the_first_run_and_writes_nothing(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    assert store.create("first", SPEC, idempotency_key="order-7") == "first"
+    before = sorted(redis.keys("*"))
+    assert store.create("second", SPEC, idempotency_key="order-7") == "first"
+    assert sorted(redis.keys("*")) == before
+    assert redis.zrange("quorum:runs", 0, -1) == ["first"]
+    assert len(store.events("first")) == 1
+    with pytest.raises(RunNotFoundError):
+        store.load("second")
+
+
+def test_different_idempotency_keys_make_different_runs(store: RunStore) -> None:
+    assert store.create("a", SPEC, idempotency_key="1") == "a"
+    assert store.create("b", SPEC, idempotency_key="2") == "b"
+
+
+def test_discard_removes_everything(store: RunStore, redis: fakeredis.FakeRedis) -> None:
+    store.create("r1", SPEC, idempotency_key="k")
+    store.discard("r1", idempotency_key="k")
+    assert redis.zcard("quorum:runs") == 0
+    assert redis.exists("quorum:run:{r1}", "quorum:run:{r1}:events", "quorum:idem:k") == 0
+
+
+@pytest.mark.parametrize("read", ["load", "status"])
+def test_unknown_run_is_not_found(store: RunStore, read: str) -> None:
+    with pytest.raises(RunNotFoundError, match="nope"):
+        getattr(store, read)("nope")
+
+
+# -- transitions --------------------------------------------------------------------------
+
+
+def test_allowed_transition_sets_fields_and_appends_events(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    store.create("r1", SPEC)
+    moved = store.transition(
+        "r1",
+        TaskStatus.RUNNING,
+        attempt=0,
+        fields={"attempt": 1, "output:1": {"product": "apple"}},
+        events=[event("attempt_started", 1, "w1")],
+    )
+    assert moved
+    state = store.load("r1")
+    assert (state.status, state.attempt) == (TaskStatus.RUNNING, 1)
+    assert state.outputs == {1: {"product": "apple"}}
+    assert types(store, "r1") == ["submitted", "attempt_started"]
+    assert store.events("r1")[-1]["worker"] == "w1"
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_transition_not_allowed_by_the_machine_is_refused(store: RunStore) -> None:
+    store.create("r1", SPEC)
+    assert not store.transition("r1", TaskStatus.VALIDATING, events=[event("output", 1, "")])
+    assert store.status("r1") is TaskStatus.PENDING
+    assert types(store, "r1") == ["submitted"]
+
+
+@pytest.mark.parametrize("terminal", [TaskStatus.SUCCESSFUL, TaskStatus.FAILED])
+@pytest.mark.parametrize("new", list(TaskStatus))
+def test_no_transition_out_of_a_terminal_state(
+    store: RunStore, terminal: TaskStatus, new: TaskStatus
+) -> None:
+    started(store)
+    assert store.transition("r1", TaskStatus.VALIDATING, attempt=1)
+    assert store.transition("r1", terminal, attempt=1)
+    count = len(store.events("r1"))
+    assert not store.transition("r1", new, events=[event("late", 1, "")], fields={"error": "x"})
+    assert store.status("r1") is terminal
+    assert len(store.events("r1")) == count
+    assert store.load("r1").error == ""
+
+
+def test_transition_on_a_wrong_attempt_is_refused(store: RunStore) -> None:
+    started(store)
+    assert not store.transition(
+        "r1", TaskStatus.VALIDATING, attempt=2, events=[event("output", 2, "")]
+    )
+    assert store.status("r1") is TaskStatus.RUNNING
+    assert types(store, "r1") == ["submitted"]
+    assert store.transition("r1", TaskStatus.VALIDATING, attempt=1)
+
+
+def test_transition_of_an_unknown_run_creates_nothing(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    assert not store.transition("ghost", TaskStatus.CANCELLED, events=[event("cancelled", 0, "")])
+    assert redis.keys("*") == []
+
+
+# -- votes, decisions, failures -----------------------------------------------------------
+
+
+def test_record_vote_is_idempotent_but_bills_every_call(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    vote = Vote(issue=0, index=1, is_valid=True, reasoning="fine")
+    usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
+    recorded = event("vote", 1, "w", issue=0, index=1)
+    assert store.record_vote("r1", 1, vote, recorded, usage) is True
+    again = Vote(issue=0, index=1, is_valid=False, reasoning="changed my mind")
+    assert store.record_vote("r1", 1, again, recorded, usage) is False
+    assert store.votes("r1", 1) == [vote]
+    assert types(store, "r1").count("vote") == 1
+    assert store.load("r1").usage == Usage(prompt_tokens=20, completion_tokens=4, total_tokens=24)
+    assert redis.hgetall("quorum:run:{r1}:votes:1") == {"0:1": vote.model_dump_json()}
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_votes_are_kept_per_attempt(store: RunStore) -> None:
+    started(store)
+    store.record_vote("r1", 1, Vote(issue=0, index=0, is_valid=True, reasoning=""), {}, Usage())
+    assert store.votes("r1", 2) == []
+
+
+def test_vote_context_reads_run_decision_and_stored_vote(store: RunStore) -> None:
+    started(store)
+    vote = Vote(issue=0, index=0, is_valid=None, reasoning="validator error")
+    store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())
+    state, decided, stored = store.vote_context("r1", 1, 0, 0)
+    assert state is not None and state.status is TaskStatus.RUNNING
+    assert (decided, stored) == (False, vote)
+    assert store.vote_context("r1", 1, 0, 1)[2] is None
+    assert store.vote_context("ghost", 1, 0, 0) == (None, False, None)
+
+
+def test_decide_once(store: RunStore, redis: fakeredis.FakeRedis) -> None:
+    started(store)
+    first = event("issue_decided", 1, "w", issue=0, outcome="passed", reason="")
+    second = event("issue_decided", 1, "w", issue=0, outcome="failed", reason="")
+    assert store.decide("r1", 1, 0, first) is True
+    assert store.decide("r1", 1, 0, second) is False
+    assert store.decisions("r1", 1) == {0: first}
+    assert types(store, "r1").count("issue_decided") == 1
+    assert store.vote_context("r1", 1, 0, 2)[1] is True
+    assert store.vote_context("r1", 1, 1, 2)[1] is False
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_record_failure_once(store: RunStore) -> None:
+    started(store)
+    failure = FailedAttempt({"quantity": 4}, ["quantity matches: it is 5"])
+    assert store.record_failure("r1", 1, failure, event("validation_failed", 1, ""))
+    other = FailedAttempt({"quantity": 3}, ["other"])
+    assert not store.record_failure("r1", 1, other, event("validation_failed", 1, ""))
+    state = store.load("r1")
+    assert state.failures == {1: FailedAttempt({"quantity": 4}, ["quantity matches: it is 5"])}
+    assert state.last_output == {"quantity": 4}
+    assert types(store, "r1").count("validation_failed") == 1
+
+
+def test_bill_adds_up(store: RunStore) -> None:
+    started(store)
+    store.bill("r1", Usage(prompt_tokens=3, cached_tokens=1))
+    store.bill("r1", Usage(prompt_tokens=4, reasoning_tokens=2))
+    assert store.load("r1").usage == Usage(prompt_tokens=7, cached_tokens=1, reasoning_tokens=2)
+
+
+# -- watch and cancel ---------------------------------------------------------------------
+
+
+def test_watch_yields_events_up_to_the_terminal_one(store: RunStore) -> None:
+    started(store)
+    store.transition("r1", TaskStatus.FAILED, events=[event("failed", 1, "")])
+    store.add_event("r1", event("after_the_end", 1, ""))
+    seen = [e["type"] for e in store.watch("r1", timeout_s=5)]
+    assert seen == ["submitted", "failed"]
+
+
+def test_watch_stops_when_the_timeout_runs_out(store: RunStore) -> None:
+    started(store)
+    began = time.monotonic()
+    seen = [e["type"] for e in store.watch("r1", timeout_s=0.3)]
+    assert seen == ["submitted"]
+    assert time.monotonic() - began < 5
+
+
+def test_cancel(store: RunStore) -> None:
+    store.create("r1", SPEC)
+    assert store.cancel("r1", worker="cli") is True
+    assert store.status("r1") is TaskStatus.CANCELLED
+    assert types(store, "r1") == ["submitted", "cancelled"]
+    assert store.cancel("r1") is False
+    assert types(store, "r1") == ["submitted", "cancelled"]
+
+
+def test_cancel_after_success_changes_nothing(store: RunStore) -> None:
+    started(store)
+    store.transition("r1", TaskStatus.VALIDATING, attempt=1)
+    store.transition("r1", TaskStatus.SUCCESSFUL, attempt=1, fields={"result": {"ok": True}})
+    assert store.cancel("r1") is False
+    state = store.load("r1")
+    assert (state.status, state.result) == (TaskStatus.SUCCESSFUL, {"ok": True})

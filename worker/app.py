@@ -1,0 +1,47 @@
+"""The Celery app. `celery -A worker.app worker` starts a worker that is ready as it is:
+threads pool with concurrency in the hundreds, every Quorum queue, JSON only, late acks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+
+from shared.broker import celery_config
+from shared.settings import Settings, get_settings
+
+__all__ = ["ChordResultBackend", "app", "create_app"]
+
+
+class ChordResultBackend(RedisBackend):
+    """Celery's Redis result backend, minus its pub/sub subscriptions to task results.
+
+    The result backend only carries the votes of a chord header to its `quorum.tally` body,
+    which Redis joins natively; no worker ever waits on a Celery result (the store is the
+    source of truth). Yet the stock backend subscribes to the result channel of every header
+    task a worker launches and, with no one waiting, never unsubscribes (celery#4824): one
+    channel per vote, forever, and the result objects with them.
+    """
+
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        """Track nothing: no one in a worker waits for a result."""
+        return result
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Subscribe to nothing when a job is sent."""
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured for Quorum's jobs."""
+    celery = Celery("quorum", include=["worker.jobs"])
+    celery.conf.update(celery_config(settings))
+    if settings.redis_url.startswith(("redis://", "rediss://")):
+        backend = f"{ChordResultBackend.__module__}:{ChordResultBackend.__qualname__}"
+        celery.conf.result_backend = f"{backend}+{settings.redis_url}"
+    return celery
+
+
+app = create_app(get_settings())

@@ -1,0 +1,198 @@
+"""Quorum's Celery jobs. Each parses its arguments, calls a step in `shared.flow`, and turns
+our errors into a Celery retry (transient) or a failed run (permanent); none raises out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from celery import Task, chord
+from celery.signals import worker_ready
+
+from shared import flow
+from shared.errors import (
+    InvalidRequestError,
+    PermanentLLMError,
+    RoundIncompleteError,
+    StoreError,
+    TransientLLMError,
+)
+from shared.llm import LLMGateway
+from shared.settings import get_settings
+from shared.store import RunStore
+from shared.sweep import Sweeper
+from worker.app import app
+
+__all__ = ["route", "tally", "task_node", "vote"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ROUND_WAITS = 40
+"""Retries of a tally waiting for its round's last votes before it leaves them to the sweep."""
+
+
+@lru_cache(maxsize=1)
+def _resources() -> tuple[RunStore, LLMGateway]:
+    """One store and one LLM client per worker process, made on first use (after any fork)."""
+    settings = get_settings()
+    return RunStore.from_settings(settings), LLMGateway(settings)
+
+
+@worker_ready.connect
+def _warm_up(**_: Any) -> None:
+    """Make the LLM client (TLS context, connection pool) before the first job needs it,
+    and start the sweep for late and stalled runs (one worker of many sweeps at a time)."""
+    _resources()[1].client  # noqa: B018
+    settings = get_settings()
+    Sweeper(
+        lambda: _context_for("sweep"),
+        interval_s=settings.sweep_interval_s,
+        stall_after_s=settings.stall_after_s,
+    ).start()
+
+
+class CeleryEnqueuer:
+    """Sends a run's next jobs as Celery messages."""
+
+    def task_node(self, run_id: str, attempt: int) -> None:
+        """Send `quorum.task_node`."""
+        task_node.apply_async(kwargs={"run_id": run_id, "attempt": attempt})
+
+    def voting_round(self, run_id: str, attempt: int, round_: int, plan: flow.Plan) -> None:
+        """Send one chord: a vote job per planned vote, gathered by `quorum.tally`."""
+        header = [
+            vote.si(run_id=run_id, attempt=attempt, issue=issue, index=index)
+            for issue, indices in plan.items()
+            for index in indices
+        ]
+        chord(header)(tally.s(run_id=run_id, attempt=attempt, round_=round_))
+
+    def route(self, run_id: str, attempt: int) -> None:
+        """Send `quorum.route`."""
+        route.apply_async(kwargs={"run_id": run_id, "attempt": attempt})
+
+
+_ENQUEUER = CeleryEnqueuer()
+
+
+def _context_for(worker: str) -> flow.Context:
+    store, llm = _resources()
+    settings = get_settings()
+    return flow.Context(
+        store=store,
+        llm=llm,
+        enqueue=_ENQUEUER,
+        worker=worker,
+        prices=settings.prices,
+        max_output_bytes=settings.max_payload_bytes,
+    )
+
+
+def _context(job: Task) -> flow.Context:
+    return _context_for(job.request.hostname or "")
+
+
+def _guarded(
+    job: Task,
+    step: Callable[[flow.Context], T],
+    *,
+    exhausted: Callable[[flow.Context, str], T],
+    permanent: Callable[[flow.Context, str], T],
+) -> T:
+    """Run a step; retry transient errors with backoff, hand the others to the callbacks."""
+    settings = get_settings()
+    ctx = _context(job)
+    retries = job.request.retries
+    label = job.request.kwargs or job.request.args
+    try:
+        return step(ctx)
+    except TransientLLMError as exc:
+        if retries >= settings.llm_max_retries:
+            return exhausted(ctx, f"{exc} (after {retries} retries)")
+        delay = flow.backoff_s(retries, retry_after=exc.retry_after, cap=settings.llm_backoff_max_s)
+        log.info("%s %s: transient LLM error, retry in %.1fs: %s", job.name, label, delay, exc)
+        raise job.retry(countdown=delay, max_retries=None) from exc
+    except RoundIncompleteError as exc:
+        if retries >= _ROUND_WAITS:
+            log.warning(
+                "%s %s: gave up waiting, the sweep resumes it: %s", job.name, job.request.args, exc
+            )
+            return exhausted(ctx, "")
+        delay = flow.backoff_s(retries, cap=settings.llm_backoff_max_s)
+        log.info("%s %s: retry in %.1fs: %s", job.name, job.request.args, delay, exc)
+        raise job.retry(countdown=delay, max_retries=None) from exc
+    except StoreError as exc:
+        delay = flow.backoff_s(retries, cap=settings.llm_backoff_max_s)
+        log.warning("%s %s: store unavailable, retry in %.1fs: %s", job.name, label, delay, exc)
+        raise job.retry(countdown=delay, max_retries=None) from exc
+    except (PermanentLLMError, InvalidRequestError) as exc:
+        return permanent(ctx, str(exc))
+    except Exception as exc:  # a bug must end the run visibly, not leave it hanging
+        log.exception("%s %s: unexpected error", job.name, label)
+        return permanent(ctx, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _failing(run_id: str, result: T) -> Callable[[flow.Context, str], T]:
+    def fail(ctx: flow.Context, error: str) -> T:
+        flow.fail_run(ctx, run_id, error, [error])
+        return result
+
+    return fail
+
+
+@app.task(name="quorum.task_node", bind=True, ignore_result=True)
+def task_node(self: Task, run_id: str, attempt: int) -> str:
+    """Call the task model for one attempt and launch its first voting round."""
+    fail = _failing(run_id, "failed")
+    return _guarded(
+        self, lambda ctx: flow.task_node(ctx, run_id, attempt), exhausted=fail, permanent=fail
+    )
+
+
+@app.task(name="quorum.vote", bind=True)
+def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
+    """One validator vote on one issue; an error vote when the validator cannot answer."""
+
+    def error_vote(ctx: flow.Context, error: str) -> dict[str, Any]:
+        return flow.vote_error(ctx, run_id, attempt, issue, index, error)
+
+    def fail(ctx: flow.Context, error: str) -> dict[str, Any]:
+        flow.fail_run(ctx, run_id, error, [error])
+        return error_vote(ctx, error)
+
+    return _guarded(
+        self,
+        lambda ctx: flow.vote(ctx, run_id, attempt, issue, index),
+        exhausted=error_vote,
+        permanent=fail,
+    )
+
+
+@app.task(name="quorum.tally", bind=True, ignore_result=True)
+def tally(
+    self: Task,
+    votes: list[dict[str, Any]],
+    run_id: str,
+    attempt: int,
+    round_: int,
+    planned: list[list[int]] | None = None,
+) -> str:
+    """Decide the issues of a finished voting round (`planned`: its `[issue, index]` votes)."""
+    return _guarded(
+        self,
+        lambda ctx: flow.tally(ctx, run_id, attempt, round_, votes, planned),
+        exhausted=lambda ctx, error: "incomplete",
+        permanent=_failing(run_id, "failed"),
+    )
+
+
+@app.task(name="quorum.route", bind=True, ignore_result=True)
+def route(self: Task, run_id: str, attempt: int) -> str:
+    """Retry a failed attempt with feedback, or end the run FAILED."""
+    fail = _failing(run_id, "failed")
+    return _guarded(
+        self, lambda ctx: flow.route(ctx, run_id, attempt), exhausted=fail, permanent=fail
+    )
