@@ -112,6 +112,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_always_retry": True,
         "result_backend_max_retries": 20,
         "redis_socket_keepalive": True,
+        "redis_max_connections": settings.redis_max_connections,
         "redis_retry_on_timeout": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

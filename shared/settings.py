@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Celery broker URL; defaults to the Redis URL (amqp:// for RabbitMQ)."
     )
+    redis_max_connections: int = Field(
+        1000,
+        gt=0,
+        description="Most connections one process opens to Redis for runs and results; "
+        "past it a command waits for a free connection instead of failing.",
+    )
     namespace: str = Field("quorum", description="Prefix of every Redis key Quorum writes.")
     result_ttl_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long a run and its provenance are kept in Redis."

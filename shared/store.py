@@ -70,18 +70,27 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-def connect(url: str, *, tls: dict[str, Any] | None = None) -> redis.Redis:
+def connect(
+    url: str, *, tls: dict[str, Any] | None = None, max_connections: int = 1000
+) -> redis.Redis:
     """A Redis client that reconnects by itself through restarts and blips.
 
-    `tls` holds the `ssl_*` options of a `rediss://` URL (`Settings.redis_tls`).
+    `tls` holds the `ssl_*` options of a `rediss://` URL (`Settings.redis_tls`). Past
+    `max_connections` a command waits for a free connection: redis-py's default pool (100
+    connections) fails instead, which a worker with 200 threads hits under load.
     """
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=_CLIENT_OPTIONS["socket_timeout"],
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         **_CLIENT_OPTIONS,
         **(tls or {}),
     )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 def _blocks(timeout_s: float | None) -> Iterator[int]:
@@ -136,7 +145,11 @@ class RunStore:
     def from_settings(cls, settings: Settings) -> RunStore:
         """A store on the configured Redis and namespace."""
         return cls(
-            connect(settings.redis_url, tls=settings.redis_tls),
+            connect(
+                settings.redis_url,
+                tls=settings.redis_tls,
+                max_connections=settings.redis_max_connections,
+            ),
             keys=Keys(settings.namespace),
             ttl_s=settings.result_ttl_s,
             url=settings.redis_url,

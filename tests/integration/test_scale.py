@@ -91,3 +91,14 @@ def test_chord_launching_worker_does_not_leak_pubsub_subscriptions(dedicated_sta
     for name in ("numpat", "channels", "client_sub", "client_psub"):
         assert after_500[name] <= after_20[name], f"{name} grew: {after_20} → {after_500}"
     db.close()
+
+
+def test_more_threads_than_redis_connections_wait_instead_of_calling_again(dedicated_stack, scope):
+    # 40 threads share 2 Redis connections: a command waits for a free one. A pool that fails
+    # instead (redis-py's default beyond 100) turns the failed write after a task call into a
+    # retried job and a second, paid LLM call.
+    dedicated_stack.worker(QUORUM_WORKER_CONCURRENCY="40", QUORUM_REDIS_MAX_CONNECTIONS="2")
+    client, simulator = dedicated_stack.client(), dedicated_stack.simulator
+    config = SingleShotValidationConfig(issues=["names a product"])
+    wait_all(submit_many(client, 40, scope, config, latency=0.2), timeout_s=60)
+    assert len(simulator.calls(scope)) == 80  # one task call and one vote per run

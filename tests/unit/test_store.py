@@ -6,13 +6,14 @@ import time
 
 import fakeredis
 import pytest
+from redis import BlockingConnectionPool
 
 from shared.errors import RunNotFoundError
 from shared.keys import Keys
 from shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from shared.prompts import FailedAttempt
 from shared.state import event
-from shared.store import RunStore
+from shared.store import RunStore, connect
 
 SPEC = RunSpec(
     template="Extract: {{ message }}",
@@ -284,3 +285,11 @@ def test_cancel_after_success_changes_nothing(store: RunStore) -> None:
     assert store.cancel("r1") is False
     state = store.load("r1")
     assert (state.status, state.result) == (TaskStatus.SUCCESSFUL, {"ok": True})
+
+
+def test_connect_waits_for_a_free_connection_past_its_limit() -> None:
+    client = connect("redis://127.0.0.1:1/0", max_connections=3)
+    pool = client.connection_pool
+    assert isinstance(pool, BlockingConnectionPool)
+    assert pool.max_connections == 3
+    client.close()
