@@ -40,11 +40,15 @@ def message(tag: str, index: int) -> str:
     return f"I want 5 apples (order {tag}-{index})"
 
 
-def validation_config(mode: str, *, issues: int, count: int, required_ahead: int) -> dict[str, Any]:
+def validation_config(
+    mode: str, *, issues: int, count: int, required_ahead: int, first_round: int | None = None
+) -> dict[str, Any]:
     """A validation config in Quorum's JSON form (the reference driver translates it)."""
     config: dict[str, Any] = {"mode": mode, "issues": list(ISSUES[:issues]), "max_retries": 0}
     if mode != "single_shot":
         config |= {"count": count, "required_ahead": required_ahead}
+    if first_round is not None:
+        config["first_round"] = first_round
     return config
 
 
@@ -154,31 +158,35 @@ def majority_accuracy(p: float, count: int, required_ahead: int = 1) -> float:
     return sum(math.comb(count, s) * p**s * (1 - p) ** (count - s) for s in range(need, count + 1))
 
 
-def race(p: float, *, count: int, k: int, max_votes: int, full_rounds: bool) -> tuple[float, float]:
+def race(
+    p: float,
+    *,
+    count: int,
+    k: int,
+    max_votes: int,
+    full_rounds: bool,
+    first_round: int | None = None,
+) -> tuple[float, float]:
     """Exact expected votes and accuracy of a k-ahead race, validators right with probability
-    `p`: a first round of `count` votes, then rounds of `count` (`full_rounds`) or of
-    `k − |margin|` (Quorum's rule) until `|margin| ≥ k`; undecided at `max_votes` is a fail."""
-    margins: dict[int, float] = {0: 1.0}
-    votes, expected, right = 0, 0.0, 0.0
-    size = count
-    while margins:
-        step: dict[int, float] = {}
-        for margin, prob in margins.items():
-            for s in range(size + 1):
-                m = margin + 2 * s - size
-                step[m] = step.get(m, 0.0) + prob * math.comb(size, s) * p**s * (1 - p) ** (
-                    size - s
-                )
-        votes += size
-        margins = {}
-        for margin, prob in step.items():
-            if abs(margin) >= k or votes >= max_votes:
-                expected += prob * votes
-                right += prob if margin >= k else 0.0
-            else:
-                margins[margin] = prob
-        if margins:
-            # every open margin is odd and below k, so Quorum's next round has one size
-            size = count if full_rounds else k - min(abs(m) for m in margins)
+    `p`: a first round of `first_round` (default `count`) votes, then rounds of `count`
+    (`full_rounds`) or of `k − |margin|` (Quorum's rule) until `|margin| ≥ k`; undecided at
+    `max_votes` is a fail."""
+    open_states: dict[tuple[int, int], float] = {(0, 0): 1.0}  # (margin, votes) → probability
+    expected, right = 0.0, 0.0
+    while open_states:
+        step: dict[tuple[int, int], float] = {}
+        for (margin, votes), prob in open_states.items():
+            size = (
+                (first_round or count) if votes == 0 else count if full_rounds else k - abs(margin)
+            )
             size = min(size, max_votes - votes)
+            for s in range(size + 1):
+                m, n = margin + 2 * s - size, votes + size
+                chance = prob * math.comb(size, s) * p**s * (1 - p) ** (size - s)
+                if abs(m) >= k or n >= max_votes:
+                    expected += chance * n
+                    right += chance if m >= k else 0.0
+                else:
+                    step[m, n] = step.get((m, n), 0.0) + chance
+        open_states = step
     return expected, right

@@ -115,7 +115,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_max_connections": settings.redis_max_connections,
         "redis_retry_on_timeout": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": settings.task_sent_events,
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in settings.queues],
         "task_default_queue": settings.task_queue,
         "task_routes": routes,

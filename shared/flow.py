@@ -29,7 +29,13 @@ from shared.prompts import (
     validator_messages,
 )
 from shared.state import RunState, event
-from shared.voting import Tally, decide_after_round, decide_early, next_round_size
+from shared.voting import (
+    Tally,
+    decide_after_round,
+    decide_early,
+    first_round_size,
+    next_round_size,
+)
 
 __all__ = [
     "Context",
@@ -115,7 +121,7 @@ def _begin_attempt(ctx: Context, state: RunState, attempt: int) -> str:
 
 def _first_round(ctx: Context, state: RunState, attempt: int) -> None:
     config = state.spec.config
-    plan = {issue: list(range(config.count)) for issue in range(len(config.issues))}
+    plan = {issue: list(range(first_round_size(config))) for issue in range(len(config.issues))}
     ctx.enqueue.voting_round(state.run_id, attempt, 1, plan)
 
 
@@ -238,10 +244,10 @@ def _store_vote(
         reasoning=cast.reasoning,
         **extra,
     )
-    if ctx.store.record_vote(run_id, attempt, cast, recorded, usage) and not ctx.over_budget(state):
+    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
+    if stored is not None and not ctx.over_budget(state):
         config = state.spec.config
-        votes = [v.is_valid for v in ctx.store.votes(run_id, attempt) if v.issue == cast.issue]
-        counted = Tally.of(votes)
+        counted = Tally.of(v.is_valid for v in stored if v.issue == cast.issue)
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
             _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)

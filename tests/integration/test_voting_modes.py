@@ -143,3 +143,20 @@ def test_k_ahead_fails_when_validators_lead_against(client, simulator, scope):
         run.result(timeout=20)
     assert "no consensus" not in " ".join(failed.value.reasons)
     assert 3 <= len(simulator.calls(scope, "vote")) <= 5
+
+
+def test_k_ahead_first_round_of_k_votes_decides_with_k_when_they_agree(client, simulator, scope):
+    # first_round = k: the 3 votes of the first round agree and decide; none of count's 5 are
+    # drawn. A split first round (2-1) draws k − 1 = 2 more.
+    config = KAheadVotingValidationConfig(
+        issues=["is polite", "names a product"], count=5, required_ahead=3, first_round=3
+    )
+    votes = {"is polite": True, "names a product": [True, False, True, True, True]}
+    run = submit(client, scope, config, votes=votes)
+
+    assert run.result(timeout=20) == Purchase(**APPLES)
+    assert votes_by_issue(run) == [
+        *[(1, 0, index) for index in range(3)],
+        *[(1, 1, index) for index in range(5)],
+    ]
+    assert len(simulator.calls(scope, "vote")) == 8

@@ -49,3 +49,10 @@ def test_simulator_reads_the_schema_instructor_puts_in_the_prompt() -> None:
     assert call.issue == "The quantity is a number"
     task = analyze([{"role": "system", "content": "Extract: no schema here"}], None)
     assert task.kind == "task"
+
+
+def test_race_opening_with_k_votes_spends_fewer_votes_than_opening_with_count() -> None:
+    opening = race(0.95, count=5, k=3, max_votes=20, full_rounds=False, first_round=3)
+    default = race(0.95, count=5, k=3, max_votes=20, full_rounds=False)
+    assert opening[0] < 0.7 * default[0]
+    assert opening[1] == pytest.approx(default[1], abs=0.01)

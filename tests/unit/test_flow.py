@@ -323,6 +323,23 @@ def test_tally_k_ahead_draws_the_next_round_with_the_next_indices(store: RunStor
     assert flow.tally(ctx, RUN, 1, 2, []) == "succeeded"
 
 
+def test_k_ahead_first_round_plans_that_many_votes_then_the_fewest_that_could_decide(
+    store: RunStore,
+) -> None:
+    llm = FakeLLM(outputs=[json.dumps(GOOD)])
+    config = KAheadVotingValidationConfig(
+        issues=ISSUES[:1], count=5, required_ahead=3, first_round=3
+    )
+    submit(store, config)
+    ctx = context(store, llm)
+    assert flow.task_node(ctx, RUN, 1) == "validating"
+    assert sent(ctx) == [("voting_round", RUN, 1, 1, {0: [0, 1, 2]})]
+    sent(ctx).clear()
+    cast(ctx, llm, 0, True, False, True)
+    assert flow.tally(ctx, RUN, 1, 1, []) == "next round"
+    assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [3, 4]})]
+
+
 def test_tally_counts_skipped_results_when_numbering_the_next_round(store: RunStore) -> None:
     llm = FakeLLM()
     config = KAheadVotingValidationConfig(issues=ISSUES[:1], count=3, required_ahead=2)

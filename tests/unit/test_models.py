@@ -59,6 +59,8 @@ def test_valid_configs_are_accepted(cls: type, fields: dict[str, Any]) -> None:
         (SingleShotValidationConfig, {"max_retries": -1}, "max_retries"),
         (ThresholdVotingValidationConfig, {"max_retries": -1}, "max_retries"),
         (KAheadVotingValidationConfig, {"max_retries": -1}, "max_retries"),
+        (KAheadVotingValidationConfig, {"first_round": 0}, "first_round"),
+        (KAheadVotingValidationConfig, {"count": 3, "first_round": 13}, "first_round"),
         (SingleShotValidationConfig, {"issues": []}, "issues"),
         (ThresholdVotingValidationConfig, {"issues": ["ok", "   "]}, "issues"),
         (KAheadVotingValidationConfig, {"issues": [""]}, "issues"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from shared.broker import celery_config
 from shared.settings import Settings
 
 ENV_NAMES = [
@@ -22,6 +23,8 @@ ENV_NAMES = [
     "QUORUM_RESULT_TTL_S",
     "QUORUM_STRUCTURED_OUTPUT",
     "QUORUM_MAX_PAYLOAD_BYTES",
+    "QUORUM_TASK_SENT_EVENTS",
+    "QUORUM_REDIS_MAX_CONNECTIONS",
 ]
 
 
@@ -108,3 +111,20 @@ def test_settings_are_frozen() -> None:
 def test_every_field_has_a_description() -> None:
     undocumented = [n for n, f in Settings.model_fields.items() if not f.description]
     assert undocumented == []
+
+
+def test_celery_config_sends_task_sent_events_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = celery_config(Settings())
+    assert config["worker_send_task_events"] is True
+    assert config["task_send_sent_event"] is False
+    monkeypatch.setenv("QUORUM_TASK_SENT_EVENTS", "true")
+    assert celery_config(Settings())["task_send_sent_event"] is True
+
+
+def test_celery_config_gives_the_result_backend_the_connection_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUORUM_REDIS_MAX_CONNECTIONS", "300")
+    assert celery_config(Settings())["redis_max_connections"] == 300

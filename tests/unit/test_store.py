@@ -191,9 +191,9 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     vote = Vote(issue=0, index=1, is_valid=True, reasoning="fine")
     usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
     recorded = event("vote", 1, "w", issue=0, index=1)
-    assert store.record_vote("r1", 1, vote, recorded, usage) is True
+    assert store.record_vote("r1", 1, vote, recorded, usage) == [vote]
     again = Vote(issue=0, index=1, is_valid=False, reasoning="changed my mind")
-    assert store.record_vote("r1", 1, again, recorded, usage) is False
+    assert store.record_vote("r1", 1, again, recorded, usage) is None
     assert store.votes("r1", 1) == [vote]
     assert types(store, "r1").count("vote") == 1
     assert store.load("r1").usage == Usage(prompt_tokens=20, completion_tokens=4, total_tokens=24)
@@ -293,3 +293,15 @@ def test_connect_waits_for_a_free_connection_past_its_limit() -> None:
     assert isinstance(pool, BlockingConnectionPool)
     assert pool.max_connections == 3
     client.close()
+
+
+def test_record_vote_loads_its_script_again_after_a_script_flush(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    store.create("r1", SPEC)
+    first = Vote(issue=0, index=0, is_valid=True, reasoning="ok")
+    second = Vote(issue=0, index=1, is_valid=False, reasoning="no")
+    assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()) == [first]
+    redis.script_flush()  # what a Redis restart does
+    stored = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage())
+    assert stored is not None and sorted(v.index for v in stored) == [0, 1]

@@ -114,6 +114,14 @@ def test_k_ahead_cap_reached_undecided_fails_with_no_consensus() -> None:
     assert not decision.passed
 
 
+def test_k_ahead_first_round_opens_with_the_fewest_votes_that_could_decide() -> None:
+    config = KAheadVotingValidationConfig(issues=["x"], count=5, required_ahead=3, first_round=3)
+    assert first_round_size(config) == 3
+    assert decide_after_round(config, tally(3, 0)) == PASSED
+    assert decide_after_round(config, tally(2, 1)) is None
+    assert next_round_size(config, tally(2, 1)) == 2
+
+
 def test_k_ahead_default_cap_is_four_times_count() -> None:
     config = k_ahead(5, 3)
     assert config.max_votes == 20
