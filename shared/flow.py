@@ -280,11 +280,10 @@ def _decide(
 
 
 def _missing(
-    ctx: Context, run_id: str, attempt: int, votes: list[Vote], planned: list[list[int]] | None
+    votes: list[Vote], decided: dict[int, Any], planned: list[list[int]] | None
 ) -> list[tuple[int, int]]:
     """Planned votes of the round neither stored nor made moot by their issue's decision."""
     stored = {(v.issue, v.index) for v in votes}
-    decided = ctx.store.decisions(run_id, attempt)
     return [
         (issue, index)
         for issue, index in planned or []
@@ -311,7 +310,8 @@ def tally(
         return "skipped"
     config = state.spec.config
     votes = ctx.store.votes(run_id, attempt)
-    missing = _missing(ctx, run_id, attempt, votes, planned)
+    decided = ctx.store.decisions(run_id, attempt)
+    missing = _missing(votes, decided, planned)
     if missing:
         raise RoundIncompleteError(f"round {round_} still waits for votes {missing}")
     by_issue: dict[int, list[Vote]] = defaultdict(list)
@@ -320,7 +320,6 @@ def tally(
         by_issue[cast.issue].append(cast)
     for item in [*results, *(v.model_dump() for v in votes)]:
         launched[item["issue"]] = max(launched[item["issue"]], item["index"] + 1)
-    decided = ctx.store.decisions(run_id, attempt)
     plan: Plan = {}
     for issue in range(len(config.issues)):
         if issue in decided:
