@@ -51,7 +51,8 @@ class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashe
     )
     config: dict[str, Any] = Field(
         description='Validation config: {"mode": "single_shot" | "threshold" | "k_ahead", '
-        '"issues": [...], "max_retries", "count", "required_ahead", "max_votes"}.',
+        '"issues": [...], "max_retries", "count", "required_ahead", "max_votes", '
+        '"first_round"}.',
         examples=[{"mode": "threshold", "issues": ["The quantity is a number"], "count": 3}],
     )
     model: str | None = Field(None, description="Task model (default: the workers' default).")
