@@ -431,10 +431,8 @@ class RunStore:
     @_mapped
     def decide(self, run_id: str, attempt: int, issue: int, event: dict[str, Any]) -> bool:
         """Record an issue's decision once (the flag that makes pending votes skip)."""
-        once = self._once(
-            self.keys.decisions(run_id, attempt), run_id, str(issue), json.dumps(event), event
-        )
-        return once is not None
+        key = self.keys.decisions(run_id, attempt)
+        return self._once(key, run_id, str(issue), json.dumps(event), event) is not None
 
     @_mapped
     def decisions(self, run_id: str, attempt: int) -> dict[int, dict[str, Any]]:
@@ -448,8 +446,8 @@ class RunStore:
     ) -> bool:
         """Keep why an attempt failed, for the next attempt's feedback; once per attempt."""
         payload = json.dumps({"output": failure.output, "reasonings": list(failure.reasonings)})
-        once = self._once(self.keys.run(run_id), run_id, f"failure:{attempt}", payload, event)
-        return once is not None
+        key, name = self.keys.run(run_id), f"failure:{attempt}"
+        return self._once(key, run_id, name, payload, event) is not None
 
     # -- the sweep ------------------------------------------------------------------------
 

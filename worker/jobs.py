@@ -157,8 +157,8 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
     """One validator vote on one issue; an error vote when the validator cannot answer.
 
     Its return value still reaches `quorum.tally`: the Redis backend joins a chord's header
-    results in a list of the chord's own, stored or not. Not storing each one besides (a key
-    and a PUBLISH per vote, read by no one) saves about a tenth of a worker's CPU.
+    results in a list of the chord's own, stored or not. Storing each one besides would cost
+    a key and a PUBLISH per vote that no one reads.
     """
 
     def error_vote(ctx: flow.Context, error: str) -> dict[str, Any]:
