@@ -251,7 +251,9 @@ def _store_vote(
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
             _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)
-    log.info(
+    # DEBUG: a line per vote at INFO costs hundreds of threads a lock on the log handler, and
+    # the run's provenance has every vote with its reasoning.
+    log.debug(
         "run %s attempt %d: issue %d vote %d: %s",
         run_id,
         attempt,
