@@ -156,7 +156,8 @@ def _opening_label(opening: int | None) -> str:
 def _variant(record: Record) -> str:
     """The mode, and a K-ahead's first round when it is not `count`."""
     opening = _opening(record)
-    return record["config"]["mode"] + ("" if opening is None else f", first_round {opening}")
+    mode = record["config"]["mode"]
+    return mode if opening is None else f"{mode}, {_opening_label(opening)}"
 
 
 def _overhead_ms(record: Record) -> float:

@@ -40,15 +40,11 @@ def message(tag: str, index: int) -> str:
     return f"I want 5 apples (order {tag}-{index})"
 
 
-def validation_config(
-    mode: str, *, issues: int, count: int, required_ahead: int, first_round: int | None = None
-) -> dict[str, Any]:
+def validation_config(mode: str, *, issues: int, count: int, required_ahead: int) -> dict[str, Any]:
     """A validation config in Quorum's JSON form (the reference driver translates it)."""
     config: dict[str, Any] = {"mode": mode, "issues": list(ISSUES[:issues]), "max_retries": 0}
     if mode != "single_shot":
         config |= {"count": count, "required_ahead": required_ahead}
-    if first_round is not None:
-        config["first_round"] = first_round
     return config
 
 

@@ -70,9 +70,7 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-def connect(
-    url: str, *, tls: dict[str, Any] | None = None, max_connections: int = 1000
-) -> redis.Redis:
+def connect(url: str, *, tls: dict[str, Any] | None = None, max_connections: int) -> redis.Redis:
     """A Redis client that reconnects by itself through restarts and blips.
 
     `tls` holds the `ssl_*` options of a `rediss://` URL (`Settings.redis_tls`). Past
@@ -382,9 +380,11 @@ class RunStore:
         try:
             new, _, *values = send()
         except redis.exceptions.NoScriptError:
-            self.redis.script_load(_RECORD_ONCE)
+            self.redis.script_load(self._record_once.script)
             new, _, *values = send()
-        return (values[0] if values else []) if new else None
+        if not new:
+            return None
+        return values[0] if read_back else []
 
     @_mapped
     def bill(self, run_id: str, usage: Usage) -> None:
