@@ -186,7 +186,7 @@ async def get_result(
     tasks: Tasks,
     timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait.")] = 30.0,
 ) -> RunView:
-    """Wait for the run to end (on its event stream, without polling).
+    """Wait for the run to end (blocking on its done list, without polling).
 
     200: SUCCESSFUL, with the result. 409: FAILED or CANCELLED, with the error and every
     failure reason. 202: not ended within `timeout` seconds; ask again.

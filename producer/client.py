@@ -172,12 +172,10 @@ class TaskRun:
         Raises `TaskFailedError` if the run failed or was cancelled, `RunTimeoutError` if it
         has not ended after `timeout` seconds.
         """
-        for _ in self.watch(timeout=timeout):
-            pass
-        return self._outcome(self.state(), timeout)
+        return self._outcome(self._client.store.wait(self.id, timeout_s=timeout), timeout)
 
     async def result_async(self, timeout: float | None = None) -> Any:
-        """`result()` for asyncio code: waits on the event stream without blocking the loop."""
+        """`result()` for asyncio code: waits without blocking the loop."""
         state = await self._client.store.wait_async(self.id, timeout_s=timeout)
         return self._outcome(state, timeout)
 

@@ -28,6 +28,10 @@ class Keys:
         """Stream: the run's provenance, one entry per event."""
         return self._join("run", f"{{{run_id}}}", "events")
 
+    def done(self, run_id: str) -> str:
+        """List: the final status, pushed once when the run ends; waiters block on it."""
+        return self._join("run", f"{{{run_id}}}", "done")
+
     def votes(self, run_id: str, attempt: int) -> str:
         """Hash: `{issue}:{index}` → vote JSON, each written once."""
         return self._join("run", f"{{{run_id}}}", "votes", attempt)

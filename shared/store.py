@@ -31,8 +31,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
-# KEYS: run, events. ARGV: allowed statuses (comma list), expected attempt ('' = any),
-# new status, ttl, number of events n, the n events (JSON), then field/value pairs to set.
+# KEYS: run, events, and for a terminal status the done list. ARGV: allowed statuses (comma
+# list), expected attempt ('' = any), new status, ttl, number of events n, the n events
+# (JSON), then field/value pairs to set.
 _TRANSITION = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if not cur[1] then return {0, '', ''} end
@@ -46,6 +47,10 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], unpack(ARGV, 6 + n))
 for i = 6, 5 + n do redis.call('XADD', KEYS[2], '*', 'event', ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+if KEYS[3] then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
 return {1, ARGV[3], cur[2]}
 """
 
@@ -63,7 +68,7 @@ return 1
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
     "socket_connect_timeout": 5,
-    # Above the longest XREAD BLOCK (5 s): redis-py's own default would cut those reads short.
+    # Above the longest blocking read (5 s): redis-py's own default would cut those short.
     "socket_timeout": 10,
     "socket_keepalive": True,
     "health_check_interval": 15,
@@ -92,13 +97,19 @@ def connect(url: str, *, tls: dict[str, Any] | None = None, max_connections: int
 
 
 def _blocks(timeout_s: float | None) -> Iterator[int]:
-    """Successive XREAD BLOCK times (ms) until `timeout_s` runs out; endless without one."""
+    """Successive blocking-read times (ms) until `timeout_s` runs out; endless without one."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return
         yield 5000 if left is None else max(1, min(int(left * 1000), 5000))
+
+
+def _ended(status: Any) -> bool:
+    """Whether a run with this status field (a str, or None) has nothing more to wait for
+    (or is gone)."""
+    return status is None or TaskStatus(status).terminal
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
@@ -257,20 +268,39 @@ class RunStore:
                 if event["type"] in _TERMINAL_EVENTS:
                     return
 
+    @_mapped
+    def wait(self, run_id: str, *, timeout_s: float | None) -> RunState:
+        """The run once it is terminal, or as it is when `timeout_s` runs out.
+
+        Blocks on the run's done list, which its final transition pushes to: one wake-up
+        however many events the run appends. BLMOVE puts the entry back where it took it
+        from, so every waiter on the run wakes. Between blocks (5 s at most) the status is
+        read as well, which also ends the wait for a run that has no done list.
+        """
+        done, run = self.keys.done(run_id), self.keys.run(run_id)
+        for block_ms in _blocks(timeout_s):
+            seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
+            if self.redis.blmove(done, done, seconds, "RIGHT", "LEFT"):
+                break
+            if _ended(self.redis.hget(run, "status")):
+                break
+        return self.load(run_id)
+
     async def wait_async(self, run_id: str, *, timeout_s: float | None) -> RunState:
-        """The run once it is terminal, or as it is when `timeout_s` runs out (asyncio)."""
+        """`wait` for asyncio code, on a connection of its own."""
         if self.url is None:
             raise StoreError("this store has no URL to open an asyncio connection with")
-        key, last_id = self.keys.events(run_id), "0-0"
+        done, run = self.keys.done(run_id), self.keys.run(run_id)
         try:
             options = {**_CLIENT_OPTIONS, **(self.tls or {})}
             async with redis.asyncio.Redis.from_url(self.url, **options) as client:
                 for block_ms in _blocks(timeout_s):
-                    entries = _entries(await client.xread({key: last_id}, block=block_ms))
-                    if any(json.loads(f["event"])["type"] in _TERMINAL_EVENTS for _, f in entries):
+                    seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
+                    if await client.blmove(done, done, seconds, "RIGHT", "LEFT"):
                         break
-                    last_id = entries[-1][0] if entries else last_id
-                raw = cast(dict[str, str], await client.hgetall(self.keys.run(run_id)))
+                    if _ended(await client.hget(run, "status")):
+                        break
+                raw = cast(dict[str, str], await client.hgetall(run))
         except redis.RedisError as exc:
             raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
         if not raw:
@@ -301,8 +331,9 @@ class RunStore:
         pairs: list[Any] = ["updated_at", time.time()]
         for name, value in (fields or {}).items():
             pairs += [name, value if isinstance(value, str | int | float) else json.dumps(value)]
+        keys = [self.keys.run(run_id), self.keys.events(run_id)]
         done, *_ = self._transition(
-            keys=[self.keys.run(run_id), self.keys.events(run_id)],
+            keys=[*keys, self.keys.done(run_id)] if new.terminal else keys,
             args=[
                 ",".join(s.value for s in sources_of(new)),
                 "" if attempt is None else str(attempt),

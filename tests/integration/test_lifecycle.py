@@ -153,6 +153,27 @@ def test_async_run_task_raises_task_failed_error(client, simulator, scope):
     assert failed.value.last_output == APPLES
 
 
+def test_every_waiter_on_a_run_wakes_once_it_ends(client, simulator, scope):
+    """Two asyncio waits and two blocking ones on one run: its end wakes them all, at once
+    (a wait the end did not wake would only notice at the status check after a 5 s block)."""
+    run = client.submit(
+        template=TEMPLATE,
+        response_model=Purchase,
+        kwargs={"sim": directive(scope, outputs=[APPLES], latency=0.5, votes={"*": True})},
+        config=SingleShotValidationConfig(issues=["is polite"]),
+    )
+
+    async def main():
+        waits = [run.result_async(timeout=30) for _ in range(2)]
+        waits += [asyncio.to_thread(run.result, 30) for _ in range(2)]
+        return await asyncio.gather(*waits)
+
+    began = time.monotonic()
+    assert asyncio.run(main()) == [Purchase(**APPLES)] * 4
+    assert time.monotonic() - began < 4
+    assert run.result(timeout=0) == Purchase(**APPLES)  # and a wait after the end returns
+
+
 def test_async_wait_outlasts_a_quiet_stretch_of_the_event_stream(dedicated_stack, scope):
     """No event for over 5 s (one slow LLM call) must not break the asyncio wait."""
     dedicated_stack.worker(QUORUM_LLM_TIMEOUT_S="10")

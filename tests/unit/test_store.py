@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import fakeredis
@@ -267,6 +268,50 @@ def test_watch_stops_when_the_timeout_runs_out(store: RunStore) -> None:
     seen = [e["type"] for e in store.watch("r1", timeout_s=0.3)]
     assert seen == ["submitted"]
     assert time.monotonic() - began < 5
+
+
+def test_only_the_final_transition_pushes_the_done_list(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    assert redis.lrange(KEYS.done("r1"), 0, -1) == []
+    store.transition("r1", TaskStatus.SUCCESSFUL, fields={"result": {"x": 1}})
+    assert store.transition("r1", TaskStatus.FAILED) is False  # terminal already: no second push
+    assert redis.lrange(KEYS.done("r1"), 0, -1) == ["SUCCESSFUL"]
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_wait_wakes_when_the_run_ends(store: RunStore) -> None:
+    started(store)
+    ender = threading.Timer(0.2, lambda: store.cancel("r1"))
+    ender.start()
+    began = time.monotonic()
+    state = store.wait("r1", timeout_s=5)
+    assert state.status is TaskStatus.CANCELLED
+    assert 0.15 < time.monotonic() - began < 3
+    assert store.wait("r1", timeout_s=5).status is TaskStatus.CANCELLED  # the entry stays
+
+
+def test_wait_returns_the_live_run_when_the_timeout_runs_out(store: RunStore) -> None:
+    started(store)
+    assert store.wait("r1", timeout_s=0.2).status is TaskStatus.RUNNING
+
+
+def test_wait_ends_for_a_run_that_ended_without_a_done_list(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    """A run ended by an earlier version: the status read between blocks ends the wait."""
+    started(store)
+    store.transition("r1", TaskStatus.FAILED)
+    redis.delete(KEYS.done("r1"))
+    began = time.monotonic()
+    assert store.wait("r1", timeout_s=None).status is TaskStatus.FAILED
+    assert time.monotonic() - began < 6
+
+
+def test_wait_for_an_unknown_run_raises(store: RunStore) -> None:
+    with pytest.raises(RunNotFoundError):
+        store.wait("nope", timeout_s=0.1)
 
 
 def test_cancel(store: RunStore) -> None:
