@@ -62,14 +62,20 @@ def check_template(template: str, kwargs: Mapping[str, Any]) -> str:
     Raises `TemplateError` naming the problem: a syntax error, variables missing from kwargs,
     or an attempt to reach outside the sandbox.
     """
-    tree = _parse(template)
-    unsafe = _unsafe_attributes(tree)
+    unsafe, variables = _template_facts(template)
     if unsafe:
         raise TemplateError(f"template accesses unsafe attributes (sandbox): {', '.join(unsafe)}")
-    missing = sorted(meta.find_undeclared_variables(tree) - set(kwargs))
+    missing = sorted(variables - set(kwargs))
     if missing:
         raise TemplateError(f"template variables missing from kwargs: {', '.join(missing)}")
     return render_task_prompt(template, kwargs)
+
+
+@lru_cache(maxsize=512)
+def _template_facts(template: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A template's unsafe attribute names and the variables it needs, parsed once."""
+    tree = _parse(template)
+    return tuple(_unsafe_attributes(tree)), frozenset(meta.find_undeclared_variables(tree))
 
 
 @lru_cache(maxsize=512)

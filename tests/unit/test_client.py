@@ -105,6 +105,11 @@ def test_spec_survives_the_wire() -> None:
         ),
         ({"response_model": {"type": "string"}}, SchemaError, '"type": "object"'),
         (
+            {"response_model": {"type": "object", "enum": {1, 2}}},
+            SchemaError,
+            "response_model must be JSON-serializable",
+        ),
+        (
             {"config": {"mode": "threshold", "issues": ["x"], "count": 2}},
             InvalidRequestError,
             "odd",
@@ -128,6 +133,7 @@ def test_spec_survives_the_wire() -> None:
         "model instance",
         "bad type",
         "not an object",
+        "set in schema",
         "even count",
         "unknown mode",
         "no issues",
@@ -138,6 +144,18 @@ def test_refuses_bad_input(overrides: dict[str, Any], error: type[Exception], me
     with pytest.raises(error, match=message) as caught:
         build(**overrides)
     assert isinstance(caught.value, ValueError)
+
+
+def test_checks_are_remembered_per_schema_and_template_not_per_answer() -> None:
+    """The schema check and the template parse are cached; what they decide is not reused
+    for a different request."""
+    bad = {"type": "object", "properties": {"a": {"type": "strng"}}}
+    for _ in range(2):
+        with pytest.raises(SchemaError, match="not a valid JSON Schema"):
+            build(response_model=bad)
+        build(template="{{ message }} from {{ shop }}", kwargs={"message": "hi", "shop": "s"})
+        with pytest.raises(TemplateError, match="missing from kwargs: shop"):
+            build(template="{{ message }} from {{ shop }}", kwargs={"message": "hi"})
 
 
 @pytest.mark.parametrize(
