@@ -35,6 +35,11 @@ def _rate(record: Record) -> float:
     return sum(record["passed"]) / record["wall_s"]
 
 
+def _returned(record: Record) -> float:
+    """Runs/s that came back at all, validated or not."""
+    return _runs(record) / record["wall_s"]
+
+
 def _fmt(value: float, digits: int = 0) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
@@ -42,7 +47,7 @@ def _fmt(value: float, digits: int = 0) -> str:
 def _med(records: list[Record], metric: Callable[[Record], float], digits: int = 0) -> str:
     """`median (min–max)` of a metric over repetitions."""
     mid, low, high = spread([metric(r) for r in records])
-    if len(records) < 2:
+    if len(records) < 2 or math.isnan(mid):
         return _fmt(mid, digits)
     return f"{_fmt(mid, digits)} ({_fmt(low, digits)}–{_fmt(high, digits)})"
 
@@ -83,13 +88,18 @@ def _targets(records: list[Record], prof: str) -> list[tuple[str, str, str, str,
         ref_runs = _select(burst, engine="reference")
         q, ref = _value(q_runs, _rate), _value(ref_runs, _rate)
         every = all(all(r["passed"]) for r in q_runs)
+        # Under load the reference returns runs whose validation its timeouts cut short: its
+        # returned rate shows how fast it went, the validated one what the target counts.
+        returned = _value(ref_runs, _returned)
         out.append(
             (
                 f"throughput, {_runs(burst[0])} runs at once, {most} worker(s): ≥ 2× the "
                 "reference's validated runs/s, every run validated",
                 f"{q:.1f}/s, {'all' if every else 'not all'} validated",
-                f"{ref:.1f}/s" if ref_runs else "–",
-                f"{q / ref:.2f}×" if ref_runs and ref else "–",
+                f"{ref:.1f}/s validated ({returned:.1f}/s returned)" if ref_runs else "–",
+                (f"{q / ref:.2f}×" if ref else "∞") + f" ({q / returned:.2f}× its returned)"
+                if ref_runs
+                else "–",
                 every and (not ref_runs or q >= 2 * ref),
             )
         )
@@ -218,6 +228,7 @@ def _burst(records: list[Record]) -> list[str]:
                 engine,
                 str(workers) if engine == "quorum" else "1 (in-process)",
                 _med(rs, _rate, 1),
+                _med(rs, _returned, 1),
                 _med(rs, lambda r: 1000 * percentile(r["latencies"], 50)),
                 _med(rs, lambda r: 1000 * percentile(r["latencies"], 95)),
                 _med(rs, lambda r: sum(r["passed"])) + f" / {_runs(rs[0])}",
@@ -230,6 +241,7 @@ def _burst(records: list[Record]) -> list[str]:
         "engine",
         "processes",
         "validated runs/s",
+        "returned runs/s",
         "p50 ms",
         "p95 ms",
         "validated",
@@ -481,8 +493,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "Same task and config, L = the simulator's latency per call. A run counts when its "
         "output was validated and passed: for Quorum, status `SUCCESSFUL`; for the reference, "
         "its `after_validation` hook fired and said valid (its `run_task` returns the output "
-        "even when a node's internal 60 s timeout cut validation short). Medians over "
-        "repetitions, (min–max) in brackets.",
+        "even when a node's internal 60 s timeout cut validation short). *Returned* counts "
+        "every run that came back, validated or not. Medians over repetitions, (min–max) in "
+        "brackets.",
         "",
         *_burst(records),
         "",

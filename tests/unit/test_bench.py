@@ -1,5 +1,6 @@
-"""The benchmark's pure parts: statistics, the exact vote economy, and the simulator reading
-the schema that instructor's JSON mode (the reference's client) puts in the prompt."""
+"""The benchmark's pure parts: statistics, the exact vote economy, the targets table, and the
+simulator reading the schema that instructor's JSON mode (the reference's client) puts in the
+prompt."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from bench.report import headline
 from bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 from simulator.script import analyze
 
@@ -56,3 +58,25 @@ def test_race_opening_with_k_votes_spends_fewer_votes_than_opening_with_count() 
     default = race(0.95, count=5, k=3, max_votes=20, full_rounds=False)
     assert opening[0] < 0.7 * default[0]
     assert opening[1] == pytest.approx(default[1], abs=0.01)
+
+
+def burst(engine: str, workers: int, passed: int, runs: int, wall_s: float) -> dict[str, object]:
+    return {
+        "engine": engine,
+        "workload": "burst",
+        "workers": workers,
+        "latencies": [1.0] * runs,
+        "passed": [True] * passed + [False] * (runs - passed),
+        "wall_s": wall_s,
+    }
+
+
+def test_throughput_target_counts_validated_runs_and_shows_the_returned_ones() -> None:
+    records = [burst("quorum", 2, 100, 100, 5.0), burst("reference", 0, 25, 100, 10.0)]
+    row = headline({"records": records, "profile": "full"})[2]
+    assert "20.0/s, all validated | 2.5/s validated (10.0/s returned) | 8.00× (2.00× its" in row
+    assert row.endswith("| ✔ |")
+    none = [records[0], burst("reference", 0, 0, 100, 10.0)]
+    assert "| ∞ (2.00× its returned) | ✔ |" in headline({"records": none, "profile": "full"})[2]
+    unvalidated = [burst("quorum", 2, 99, 100, 5.0), records[1]]
+    assert headline({"records": unvalidated, "profile": "full"})[2].endswith("| ✘ |")
