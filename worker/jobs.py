@@ -45,7 +45,7 @@ def _resources() -> tuple[RunStore, LLMGateway]:
 def _warm_up(**_: Any) -> None:
     """Make the LLM client (TLS context, connection pool) before the first job needs it,
     and start the sweep for late and stalled runs (one worker of many sweeps at a time)."""
-    _resources()[1].client  # noqa: B018
+    _resources()[1].warm_up()
     settings = get_settings()
     Sweeper(
         lambda: _context_for("sweep"),

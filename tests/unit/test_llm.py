@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
+from collections import Counter
 
 import openai
 import pytest
 
 from shared.errors import LLMError, PermanentLLMError, TransientLLMError
-from shared.llm import map_error, response_format
+from shared.llm import LLMGateway, map_error, response_format
 from shared.prompts import VOTE_SCHEMA
+from shared.settings import Settings
 from tests.openai_http import http
 
 REQUEST = http.Request("POST", "http://llm.test/v1/chat/completions")
@@ -142,3 +145,31 @@ def test_json_object_dialect() -> None:
         "type": "json_object",
         "schema": VOTE_SCHEMA,
     }
+
+
+def test_threads_take_the_clients_in_turns_and_keep_their_own() -> None:
+    """Each client serves at most 64 threads: 130 threads' worth of concurrency makes 3."""
+    gateway = LLMGateway(Settings(worker_concurrency=130, openai_api_key="k"))
+    held: list[tuple[object, object]] = []
+
+    def use() -> None:
+        held.append((gateway.client, gateway.client))
+
+    threads = [threading.Thread(target=use) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(first is again for first, again in held)
+    assert sorted(Counter(id(first) for first, _ in held).values()) == [2, 2, 2]
+
+
+def test_warm_up_makes_every_client_and_a_given_http_client_means_one() -> None:
+    gateway = LLMGateway(Settings(worker_concurrency=500, openai_api_key="k"))
+    gateway.warm_up()
+    assert len({id(gateway.client), *map(id, gateway._clients)}) == 8
+
+    given = http.Client()
+    single = LLMGateway(Settings(worker_concurrency=500, openai_api_key="k"), http_client=given)
+    single.warm_up()
+    assert single._clients == [single.client]
