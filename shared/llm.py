@@ -133,8 +133,8 @@ per call grows with the number of calls in flight: 800 threads calling the simul
 
 
 class LLMGateway:
-    """The OpenAI clients of a worker process: each thread keeps to one of them, taken in
-    turns, so that none serves more than `_THREADS_PER_CLIENT` threads."""
+    """The OpenAI clients of a worker process, one per `_THREADS_PER_CLIENT` threads of its
+    pool (`QUORUM_WORKER_CONCURRENCY`): each thread keeps to one of them, taken in turns."""
 
     def __init__(self, settings: Settings, *, http_client: Any | None = None) -> None:
         self._settings = settings

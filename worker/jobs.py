@@ -43,7 +43,7 @@ def _resources() -> tuple[RunStore, LLMGateway]:
 
 @worker_ready.connect
 def _warm_up(**_: Any) -> None:
-    """Make the LLM client (TLS context, connection pool) before the first job needs it,
+    """Make the LLM clients (TLS contexts, connection pools) before the first job needs one,
     and start the sweep for late and stalled runs (one worker of many sweeps at a time)."""
     _resources()[1].warm_up()
     settings = get_settings()
