@@ -158,11 +158,11 @@ class LLMGateway:
 
     def warm_up(self) -> None:
         """Make every client now (TLS context, connection pool), before a job needs one."""
-        for index, client in enumerate(self._clients):
-            if client is None:
-                self._make(index)
+        for index in range(len(self._clients)):
+            self._make(index)
 
     def _make(self, index: int) -> openai.OpenAI:
+        """Client `index`, made unless another thread made it first."""
         with self._lock:
             client = self._clients[index]
             if client is None:
