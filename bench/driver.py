@@ -2,10 +2,11 @@
 `python -m bench.driver '<spec JSON>'`.
 
 The spec names the engine (`quorum`: Quorum's producer client, which sends the runs to the
-workers; `reference`: py-ai-toolkit's in-process `run_task`), how many runs, whether they go
-one at a time (`sequential`) or all at once (`burst`), and the validation config. The driver
-prints `BEGIN` when the measured part starts and `RESULT <JSON>` when it ends: per-run
-latencies and outcomes, wall time, this process's CPU seconds and peak RSS.
+workers; `reference`: py-ai-toolkit's in-process `run_task`; `celery`: Celery alone, from
+`bench.floor`), how many runs, whether they go one at a time (`sequential`) or all at once
+(`burst`), and the validation config. The driver prints `BEGIN` when the measured part starts
+and `RESULT <JSON>` when it ends: per-run latencies and outcomes, wall time, this process's
+CPU seconds and peak RSS.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads((argv or sys.argv[1:])[0])
     if spec["engine"] == "quorum":
         result = asyncio.run(quorum(spec))
+    elif spec["engine"] == "celery":
+        from bench.floor import floor
+
+        result = asyncio.run(floor(spec))
     else:
         from bench.reference import reference
 

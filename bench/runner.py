@@ -1,5 +1,6 @@
 """`quorum bench`: start Redis, the simulator and workers, run every workload through Quorum
-and through the reference side by side, and write the report.
+and through the reference side by side, measure Celery alone under the same shapes of jobs
+(`bench.floor`), and write the report.
 
 Each workload runs in a driver process of its own (`bench.driver`); the runner samples the
 CPU time of the worker processes when the driver starts and ends its measured part, so that
@@ -87,15 +88,18 @@ class Bench:
             return json.loads(response.read())
 
     @contextlib.contextmanager
-    def running(self, count: int, **env: str) -> Iterator[list[ManagedProcess]]:
-        """`count` fresh worker processes, started with the documented command."""
+    def running(
+        self, count: int, *, app: str = "worker.app", **env: str
+    ) -> Iterator[list[ManagedProcess]]:
+        """`count` fresh worker processes, started with the documented command (`app`:
+        `bench.floor` for Celery alone)."""
         env = self.stack.env(**env)
         self.concurrency = env.get("QUORUM_WORKER_CONCURRENCY", "default")
         # The documented command at its default log level: at INFO, Celery's two lines per
         # job cost about 5% of a worker's CPU. Without the "ready." line, a ping tells.
         names = [f"bench{n}@{socket.gethostname()}" for n in range(count)]
         workers = [
-            ManagedProcess(f"worker-{n}", [*celery_command(), "-n", name], env=env)
+            ManagedProcess(f"worker-{n}", [*celery_command(app), "-n", name], env=env)
             for n, name in enumerate(names)
         ]
         try:
@@ -121,9 +125,10 @@ class Bench:
             "base_url": self.stack.llm_base_url,
             "tag": uuid.uuid4().hex[:8],
             "timeout_s": self.profile.timeout_s,
+            "latency": latency,
             **spec,
         }
-        pids = [w.pid for w in self.workers] if engine == "quorum" else []
+        pids = [w.pid for w in self.workers] if engine != "reference" else []
         driver = ManagedProcess(
             f"{engine}-{workload}", [sys.executable, "-m", "bench.driver", json.dumps(spec)]
         )
@@ -135,6 +140,9 @@ class Bench:
         finally:
             driver.stop()
         calls = self.sim("GET", "/_sim/calls")
+        measured = json.loads(match.group(1))
+        # Celery alone counts its own jobs in flight: they sleep instead of calling the LLM.
+        measured.setdefault("max_in_flight", self.sim("GET", "/_sim/stats")["max_in_flight"])
         record = {
             "engine": engine,
             "workload": workload,
@@ -143,10 +151,9 @@ class Bench:
             "workers": len(pids),
             "concurrency": self.concurrency if pids else "",
             "config": spec["config"],
-            **json.loads(match.group(1)),
+            **measured,
             "worker_cpu_s": cpu,
             "worker_peak_rss_kb": [_peak_rss_kb(pid) for pid in pids],
-            "max_in_flight": self.sim("GET", "/_sim/stats")["max_in_flight"],
             "llm_calls": sum(c["status"] == 200 for c in calls),
             "votes": sum(c["status"] == 200 and c["kind"] == "vote" for c in calls),
         }
@@ -197,6 +204,7 @@ class Bench:
                 runs=p.inflight_runs,
                 config=single,
             )
+        self.celery_alone()
         for _ in range(p.burst_repeat):
             for count in p.burst_workers:
                 with self.running(count):
@@ -218,6 +226,32 @@ class Bench:
                     config=standard,
                 )
         return self.records
+
+    def celery_alone(self) -> None:
+        """Celery's own floor under the latency and in-flight targets: the same shapes of
+        jobs on a worker configured like Quorum's, sleeping where Quorum calls the LLM."""
+        p = self.profile
+        concurrency = str(p.inflight_concurrency)
+        with self.running(1, app="bench.floor", QUORUM_WORKER_CONCURRENCY=concurrency):
+            for latency in p.latency_levels:
+                self.measure(
+                    "celery",
+                    "latency",
+                    latency=latency,
+                    shape="sequential",
+                    runs=p.latency_runs,
+                    warmup=p.latency_warmup,
+                    votes=p.issues * p.count,
+                    config={"mode": "celery", "votes": p.issues * p.count},
+                )
+            self.measure(
+                "celery",
+                "inflight",
+                latency=p.inflight_latency,
+                shape="burst",
+                runs=p.inflight_runs,
+                config={"mode": "celery"},
+            )
 
     def economy(self) -> None:
         """K-ahead and Threshold against simulated validators of each accuracy, one issue."""

@@ -187,11 +187,11 @@ def start_simulator(*args: str) -> tuple[str, ManagedProcess]:
     return sim.match.group(1), sim
 
 
-def celery_command() -> list[str]:
-    """The documented worker command, `celery -A worker.app worker`."""
+def celery_command(app: str = "worker.app") -> list[str]:
+    """The documented worker command, `celery -A worker.app worker` (or another `app`)."""
     beside = Path(sys.executable).with_name("celery")
     celery = str(beside) if beside.exists() else (shutil.which("celery") or "celery")
-    return [celery, "-A", "worker.app", "worker"]
+    return [celery, "-A", app, "worker"]
 
 
 def start_worker(

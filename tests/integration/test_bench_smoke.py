@@ -1,5 +1,6 @@
 """`quorum bench --quick`: the benchmark command runs end to end in seconds and writes its
-report and plots (the reference part is skipped where py-ai-toolkit is not installed)."""
+report and plots, Celery alone included (the reference part is skipped where py-ai-toolkit is
+not installed)."""
 
 from __future__ import annotations
 
@@ -25,5 +26,8 @@ def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in report
     assert "| latency at L = 50 ms" in report
+    # Celery alone ran on its own worker: its pipeline one at a time, its jobs all at once.
+    assert "| 50 | celery | 100 |" in report
+    assert "| celery | 100 | 40 | 0.3 |" in report
     assert (tmp_path / "bench-latency.png").stat().st_size > 1000
     assert (tmp_path / "benchmarks.json").exists()

@@ -1,6 +1,6 @@
-"""The benchmark's pure parts: statistics, the exact vote economy, the targets table, and the
-simulator reading the schema that instructor's JSON mode (the reference's client) puts in the
-prompt."""
+"""The benchmark's pure parts: statistics, the exact vote economy, the targets table, Celery
+alone's count of jobs at once, and the simulator reading the schema that instructor's JSON
+mode (the reference's client) puts in the prompt."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from bench.floor import peak_overlap
 from bench.report import headline
 from bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 from simulator.script import analyze
@@ -74,9 +75,41 @@ def burst(engine: str, workers: int, passed: int, runs: int, wall_s: float) -> d
 def test_throughput_target_counts_validated_runs_and_shows_the_returned_ones() -> None:
     records = [burst("quorum", 2, 100, 100, 5.0), burst("reference", 0, 25, 100, 10.0)]
     row = headline({"records": records, "profile": "full"})[2]
-    assert "20.0/s, all validated | 2.5/s validated (10.0/s returned) | 8.00× (2.00× its" in row
+    assert "20.0/s, all validated | 2.5/s validated (10.0/s returned) | – | 8.00× (2.00× its" in row
     assert row.endswith("| ✔ |")
     none = [records[0], burst("reference", 0, 0, 100, 10.0)]
     assert "| ∞ (2.00× its returned) | ✔ |" in headline({"records": none, "profile": "full"})[2]
     unvalidated = [burst("quorum", 2, 99, 100, 5.0), records[1]]
     assert headline({"records": unvalidated, "profile": "full"})[2].endswith("| ✘ |")
+
+
+def sequential(engine: str, latency: float, seconds: list[float]) -> dict[str, object]:
+    return {"engine": engine, "workload": "latency", "latency": latency, "latencies": seconds}
+
+
+def inflight(engine: str, most: int) -> dict[str, object]:
+    return {"engine": engine, "workload": "inflight", "max_in_flight": most}
+
+
+def test_targets_show_celery_alone_beside_the_latency_and_in_flight_targets() -> None:
+    records = [
+        sequential("quorum", 0.2, [0.45, 0.46, 0.47]),
+        sequential("reference", 0.2, [0.47, 0.48]),
+        sequential("celery", 0.2, [0.43, 0.44]),
+        inflight("quorum", 260),
+        inflight("reference", 700),
+        inflight("celery", 610),
+    ]
+    latency, calls = headline({"records": records, "profile": "full"})[2:]
+    assert latency.startswith("| latency at L = 200 ms: end to end − 2L ≤ 30 ms | 60 ms | 75 ms")
+    assert "| 35 ms | 0.80× | ✘ |" in latency
+    assert (
+        calls
+        == "| LLM calls one worker process keeps in flight ≥ 500 | 260 | 700 | 610 jobs |  | ✘ |"
+    )
+
+
+def test_peak_overlap_counts_the_jobs_running_at_one_instant() -> None:
+    assert peak_overlap([]) == 0
+    assert peak_overlap([(0.0, 1.0), (0.5, 1.5), (0.9, 2.0), (1.6, 2.5)]) == 3
+    assert peak_overlap([(0.0, 1.0), (1.0, 2.0)]) == 1  # one ends as the next starts
