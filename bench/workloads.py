@@ -92,7 +92,7 @@ _PROFILES = {
         inflight_runs=700,
         inflight_latency=1.0,
         inflight_concurrency=1000,
-        economy_runs=500,
+        economy_runs=1000,
         economy_latency=0.02,
         accuracies=(0.6, 0.8, 0.95),
     ),
