@@ -33,6 +33,10 @@ T = TypeVar("T")
 _ROUND_WAITS = 40
 """Retries of a tally waiting for its round's last votes before it leaves them to the sweep."""
 
+# Every job is declared with `max_retries=None`: `_guarded` counts the retries itself
+# (`QUORUM_LLM_MAX_RETRIES`, `_ROUND_WAITS`). Celery's own default of 3 would otherwise turn a
+# 4th retry into a MaxRetriesExceededError out of the job, leaving the run to the stall sweep.
+
 
 @lru_cache(maxsize=1)
 def _resources() -> tuple[RunStore, LLMGateway]:
@@ -143,7 +147,7 @@ def _failing(run_id: str, result: T) -> Callable[[flow.Context, str], T]:
     return fail
 
 
-@app.task(name="quorum.task_node", bind=True, ignore_result=True)
+@app.task(name="quorum.task_node", bind=True, ignore_result=True, max_retries=None)
 def task_node(self: Task, run_id: str, attempt: int) -> str:
     """Call the task model for one attempt and launch its first voting round."""
     fail = _failing(run_id, "failed")
@@ -152,7 +156,7 @@ def task_node(self: Task, run_id: str, attempt: int) -> str:
     )
 
 
-@app.task(name="quorum.vote", bind=True, ignore_result=True)
+@app.task(name="quorum.vote", bind=True, ignore_result=True, max_retries=None)
 def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
     """One validator vote on one issue; an error vote when the validator cannot answer.
 
@@ -176,7 +180,7 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
     )
 
 
-@app.task(name="quorum.tally", bind=True, ignore_result=True)
+@app.task(name="quorum.tally", bind=True, ignore_result=True, max_retries=None)
 def tally(
     self: Task,
     votes: list[dict[str, Any]],
@@ -194,7 +198,7 @@ def tally(
     )
 
 
-@app.task(name="quorum.route", bind=True, ignore_result=True)
+@app.task(name="quorum.route", bind=True, ignore_result=True, max_retries=None)
 def route(self: Task, run_id: str, attempt: int) -> str:
     """Retry a failed attempt with feedback, or end the run FAILED."""
     fail = _failing(run_id, "failed")

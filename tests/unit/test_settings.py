@@ -128,3 +128,11 @@ def test_celery_config_gives_the_result_backend_the_connection_limit(
 ) -> None:
     monkeypatch.setenv("QUORUM_REDIS_MAX_CONNECTIONS", "300")
     assert celery_config(Settings())["redis_max_connections"] == 300
+
+
+def test_jobs_leave_counting_retries_to_quorum() -> None:
+    """Celery caps `Task.retry(max_retries=None)` at the job's own limit, 3 by default, which
+    would cut short `QUORUM_LLM_MAX_RETRIES` (6) and a tally's waits for its votes (40)."""
+    from worker.jobs import route, tally, task_node, vote
+
+    assert [job.max_retries for job in (task_node, vote, tally, route)] == [None] * 4
