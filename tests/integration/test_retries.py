@@ -170,6 +170,18 @@ def test_transient_errors_past_the_retry_limit_fail_the_run(client, simulator, s
     assert events(run, "retry_scheduled") == []
 
 
+def test_more_transient_errors_than_celerys_default_cap_are_still_retried(dedicated_stack, scope):
+    # Celery caps a job's retries at 3 unless the job says otherwise; Quorum's limit rules.
+    dedicated_stack.worker(QUORUM_LLM_MAX_RETRIES="6")
+    config = SingleShotValidationConfig(issues=["is polite"])
+    client = dedicated_stack.client()
+    run = submit(client, scope, config, outputs=[APPLES], task_faults=["500"] * 5)
+
+    assert run.result(timeout=60) == Purchase(**APPLES)
+    calls = dedicated_stack.simulator.calls(scope, "task")
+    assert [c["fault"] for c in calls] == ["500"] * 5 + [None]
+
+
 # -- permanent lane: the run fails at once with a clear error ---------------------------------
 
 
