@@ -99,15 +99,17 @@ async def floor(spec: dict[str, Any]) -> dict[str, Any]:
     spans: list[tuple[float, float]] = []
     app.conf.broker_url = spec["redis_url"]
 
+    pipeline = spec["shape"] == "sequential"
+
     async def run_one(index: int) -> tuple[bool, bool]:
         key = f"bench:floor:{tag}:{index}"
-        if spec["shape"] == "sequential":
-            await asyncio.to_thread(node.delay, seconds, spec["votes"], key)
+        if pipeline:
+            await asyncio.to_thread(node.delay, seconds, spec["config"]["votes"], key)
         else:
             await asyncio.to_thread(hold.delay, seconds, key)
         async with redis.asyncio.Redis.from_url(spec["redis_url"]) as client:
             answer = await client.blpop([key], timeout=spec["timeout_s"])
-        if answer is not None and spec["shape"] != "sequential":
+        if answer is not None and not pipeline:
             start, end = answer[1].split()
             spans.append((float(start), float(end)))
         return answer is not None, answer is not None

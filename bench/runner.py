@@ -142,7 +142,8 @@ class Bench:
         calls = self.sim("GET", "/_sim/calls")
         measured = json.loads(match.group(1))
         # Celery alone counts its own jobs in flight: they sleep instead of calling the LLM.
-        measured.setdefault("max_in_flight", self.sim("GET", "/_sim/stats")["max_in_flight"])
+        if "max_in_flight" not in measured:
+            measured["max_in_flight"] = self.sim("GET", "/_sim/stats")["max_in_flight"]
         record = {
             "engine": engine,
             "workload": workload,
@@ -187,23 +188,10 @@ class Bench:
                 self.both("cpu", latency=0.0, shape="burst", runs=p.cpu_runs, config=standard)
             self.economy()
             single = validation_config("single_shot", issues=1, count=1, required_ahead=1)
-            self.both(
-                "inflight",
-                latency=p.inflight_latency,
-                shape="burst",
-                runs=p.inflight_runs,
-                config=single,
-            )
+            self.both("inflight", **self.inflight, config=single)
         # Threads are cheap: the same with a pool big enough for more calls than the default.
         with self.running(1, QUORUM_WORKER_CONCURRENCY=str(p.inflight_concurrency)):
-            self.measure(
-                "quorum",
-                "inflight",
-                latency=p.inflight_latency,
-                shape="burst",
-                runs=p.inflight_runs,
-                config=single,
-            )
+            self.measure("quorum", "inflight", **self.inflight, config=single)
         self.celery_alone()
         for _ in range(p.burst_repeat):
             for count in p.burst_workers:
@@ -227,6 +215,12 @@ class Bench:
                 )
         return self.records
 
+    @property
+    def inflight(self) -> dict[str, Any]:
+        """The in-flight workload: all runs at once, at the profile's latency."""
+        p = self.profile
+        return {"latency": p.inflight_latency, "shape": "burst", "runs": p.inflight_runs}
+
     def celery_alone(self) -> None:
         """Celery's own floor under the latency and in-flight targets: the same shapes of
         jobs on a worker configured like Quorum's, sleeping where Quorum calls the LLM."""
@@ -241,17 +235,9 @@ class Bench:
                     shape="sequential",
                     runs=p.latency_runs,
                     warmup=p.latency_warmup,
-                    votes=p.issues * p.count,
                     config={"mode": "celery", "votes": p.issues * p.count},
                 )
-            self.measure(
-                "celery",
-                "inflight",
-                latency=p.inflight_latency,
-                shape="burst",
-                runs=p.inflight_runs,
-                config={"mode": "celery"},
-            )
+            self.measure("celery", "inflight", **self.inflight, config={"mode": "celery"})
 
     def economy(self) -> None:
         """K-ahead and Threshold against simulated validators of each accuracy, one issue."""

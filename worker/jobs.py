@@ -33,9 +33,10 @@ T = TypeVar("T")
 _ROUND_WAITS = 40
 """Retries of a tally waiting for its round's last votes before it leaves them to the sweep."""
 
-# Every job is declared with `max_retries=None`: `_guarded` counts the retries itself
-# (`QUORUM_LLM_MAX_RETRIES`, `_ROUND_WAITS`). Celery's own default of 3 would otherwise turn a
-# 4th retry into a MaxRetriesExceededError out of the job, leaving the run to the stall sweep.
+_JOB: dict[str, Any] = {"bind": True, "ignore_result": True, "max_retries": None}
+"""What every job is declared with. `max_retries=None`: `_guarded` counts the retries itself
+(`QUORUM_LLM_MAX_RETRIES`, `_ROUND_WAITS`); Celery's own default of 3 would otherwise turn a
+4th retry into a MaxRetriesExceededError out of the job, leaving the run to the stall sweep."""
 
 
 @lru_cache(maxsize=1)
@@ -118,7 +119,7 @@ def _guarded(
             return exhausted(ctx, f"{exc} (after {retries} retries)")
         delay = flow.backoff_s(retries, retry_after=exc.retry_after, cap=settings.llm_backoff_max_s)
         log.info("%s %s: transient LLM error, retry in %.1fs: %s", job.name, label, delay, exc)
-        raise job.retry(countdown=delay, max_retries=None) from exc
+        raise job.retry(countdown=delay) from exc
     except RoundIncompleteError as exc:
         if retries >= _ROUND_WAITS:
             log.warning(
@@ -127,11 +128,11 @@ def _guarded(
             return exhausted(ctx, "")
         delay = flow.backoff_s(retries, cap=settings.llm_backoff_max_s)
         log.info("%s %s: retry in %.1fs: %s", job.name, job.request.args, delay, exc)
-        raise job.retry(countdown=delay, max_retries=None) from exc
+        raise job.retry(countdown=delay) from exc
     except StoreError as exc:
         delay = flow.backoff_s(retries, cap=settings.llm_backoff_max_s)
         log.warning("%s %s: store unavailable, retry in %.1fs: %s", job.name, label, delay, exc)
-        raise job.retry(countdown=delay, max_retries=None) from exc
+        raise job.retry(countdown=delay) from exc
     except (PermanentLLMError, InvalidRequestError) as exc:
         return permanent(ctx, str(exc))
     except Exception as exc:  # a bug must end the run visibly, not leave it hanging
@@ -147,7 +148,7 @@ def _failing(run_id: str, result: T) -> Callable[[flow.Context, str], T]:
     return fail
 
 
-@app.task(name="quorum.task_node", bind=True, ignore_result=True, max_retries=None)
+@app.task(name="quorum.task_node", **_JOB)
 def task_node(self: Task, run_id: str, attempt: int) -> str:
     """Call the task model for one attempt and launch its first voting round."""
     fail = _failing(run_id, "failed")
@@ -156,7 +157,7 @@ def task_node(self: Task, run_id: str, attempt: int) -> str:
     )
 
 
-@app.task(name="quorum.vote", bind=True, ignore_result=True, max_retries=None)
+@app.task(name="quorum.vote", **_JOB)
 def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
     """One validator vote on one issue; an error vote when the validator cannot answer.
 
@@ -180,7 +181,7 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
     )
 
 
-@app.task(name="quorum.tally", bind=True, ignore_result=True, max_retries=None)
+@app.task(name="quorum.tally", **_JOB)
 def tally(
     self: Task,
     votes: list[dict[str, Any]],
@@ -198,7 +199,7 @@ def tally(
     )
 
 
-@app.task(name="quorum.route", bind=True, ignore_result=True, max_retries=None)
+@app.task(name="quorum.route", **_JOB)
 def route(self: Task, run_id: str, attempt: int) -> str:
     """Retry a failed attempt with feedback, or end the run FAILED."""
     fail = _failing(run_id, "failed")
