@@ -2,10 +2,10 @@
 worker started like Quorum's (`celery -A bench.floor worker`: the same Celery config, pool and
 result backend), so the report can show how much of Quorum's overhead is Celery's own floor.
 
-- `pipeline`: a job sleeps L, then sends a chord of `votes` jobs that each sleep L, joined by
-  a callback: Quorum's task → vote round → tally, one run at a time.
-- `hold`: jobs that each sleep L, all sent at once; the most that slept at the same time is
-  the most LLM calls a worker could keep in flight if each cost nothing but its job.
+A run is a job that sleeps L, then sends a chord of `votes` jobs that each sleep L, joined by a
+callback: Quorum's task → vote round → tally. Runs go one at a time (`sequential`) for the
+latency floor, or all at once (`burst`) for the in-flight floor: there the most sleeps at the
+same time are the most LLM calls such runs could keep in flight if each cost only its jobs.
 """
 
 from __future__ import annotations
@@ -53,17 +53,25 @@ def _redis() -> redis.Redis:
     return connect(settings.redis_url, max_connections=settings.redis_max_connections)
 
 
-@app.task(name="floor.node", ignore_result=True)
-def node(seconds: float, votes: int, key: str) -> None:
-    """The task call, then its vote round."""
+def _sleep(seconds: float, spans: str | None) -> None:
+    """Sleep like an LLM call; record when in the list `spans`, if given."""
+    started = time.time()
     time.sleep(seconds)
-    chord([vote.si(seconds) for _ in range(votes)])(done.s(key=key))
+    if spans is not None:
+        _redis().rpush(spans, f"{started} {time.time()}")
+
+
+@app.task(name="floor.node", ignore_result=True)
+def node(seconds: float, votes: int, key: str, spans: str | None = None) -> None:
+    """The task call, then its vote round."""
+    _sleep(seconds, spans)
+    chord([vote.si(seconds, spans) for _ in range(votes)])(done.s(key=key))
 
 
 @app.task(name="floor.vote")
-def vote(seconds: float) -> bool:
+def vote(seconds: float, spans: str | None = None) -> bool:
     """One vote."""
-    time.sleep(seconds)
+    _sleep(seconds, spans)
     return True
 
 
@@ -71,14 +79,6 @@ def vote(seconds: float) -> bool:
 def done(votes: list[bool], key: str) -> None:
     """The tally: tell the waiting driver."""
     _redis().rpush(key, len(votes))
-
-
-@app.task(name="floor.hold", ignore_result=True)
-def hold(seconds: float, key: str) -> None:
-    """Sleep like an LLM call; record when."""
-    started = time.time()
-    time.sleep(seconds)
-    _redis().rpush(key, f"{started} {time.time()}")
 
 
 def peak_overlap(spans: list[tuple[float, float]]) -> int:
@@ -91,28 +91,32 @@ def peak_overlap(spans: list[tuple[float, float]]) -> int:
     return peak
 
 
-async def floor(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the spec's shape: `pipeline` runs one at a time (`sequential`), or `hold` jobs
-    all at once (`burst`); a run ends when the driver's Redis list for it gets its answer,
-    read on a connection of its own, as Quorum's producer waits for a run."""
-    seconds, tag = spec["latency"], spec["tag"]
-    spans: list[tuple[float, float]] = []
-    app.conf.broker_url = spec["redis_url"]
+def _span(text: bytes | str) -> tuple[float, float]:
+    start, end = text.split()
+    return float(start), float(end)
 
-    pipeline = spec["shape"] == "sequential"
+
+async def floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the spec's shape, one run at a time (`sequential`) or all at once (`burst`); a run
+    ends when the driver's Redis list for it gets its answer, read on a connection of its
+    own, as Quorum's producer waits for a run. A burst also counts its sleeps in flight."""
+    seconds, tag, votes = spec["latency"], spec["tag"], spec["config"]["votes"]
+    spans = f"bench:floor:{tag}:spans" if spec["shape"] == "burst" else None
+    app.conf.broker_url = spec["redis_url"]
 
     async def run_one(index: int) -> tuple[bool, bool]:
         key = f"bench:floor:{tag}:{index}"
-        if pipeline:
-            await asyncio.to_thread(node.delay, seconds, spec["config"]["votes"], key)
-        else:
-            await asyncio.to_thread(hold.delay, seconds, key)
-        async with redis.asyncio.Redis.from_url(spec["redis_url"]) as client:
+        await asyncio.to_thread(node.delay, seconds, votes, key, spans)
+        # The wait is longer than redis-py's default read timeout (5 s) once a burst queues.
+        waiting = redis.asyncio.Redis.from_url(spec["redis_url"], socket_timeout=None)
+        async with waiting as client:
             answer = await client.blpop([key], timeout=spec["timeout_s"])
-        if answer is not None and not pipeline:
-            start, end = answer[1].split()
-            spans.append((float(start), float(end)))
         return answer is not None, answer is not None
 
     result = await run_workload(spec, run_one)
-    return result | {"max_in_flight": peak_overlap(spans)} if spans else result
+    if spans is None:
+        return result
+    async with redis.asyncio.Redis.from_url(spec["redis_url"]) as client:
+        recorded = await client.lrange(spans, 0, -1)
+        await client.delete(spans)
+    return result | {"max_in_flight": peak_overlap([_span(text) for text in recorded])}

@@ -295,6 +295,7 @@ def _inflight(records: list[Record]) -> list[str]:
             str(_runs(r)),
             f"{r['latency']:.1f}",
             str(r["max_in_flight"]),
+            _fmt(1000 * (r["worker_cpu_s"] if r["workers"] else r["cpu_s"]) / _runs(r), 1),
             _fmt(max(r["worker_peak_rss_kb"] or [r["max_rss_kb"]]) / 1024),
         ]
         for r in _select(records, workload="inflight")
@@ -305,6 +306,7 @@ def _inflight(records: list[Record]) -> list[str]:
         "runs at once",
         "L (s)",
         "most calls in flight",
+        "worker CPU per run (ms)",
         "peak RSS MiB",
     ]
     return _table(head, rows)
@@ -538,9 +540,11 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "",
         "SingleShot runs (1 issue) submitted at once to one worker process, with its default "
         "threads pool and with a larger one (`QUORUM_WORKER_CONCURRENCY`); the simulator "
-        "counts the calls it holds at the same time. *celery* is Celery alone: as many jobs, "
-        "sent at once to a worker with the larger pool, each sleeping L instead of calling the "
-        "LLM; its figure is the most jobs that slept at the same time.",
+        "counts the calls it holds at the same time. *celery* is Celery alone: as many runs of the "
+        "same jobs (a job that sleeps L, then a chord of one job that sleeps L, joined by a "
+        "callback), sent at once to a worker with the larger pool; its figure is the most jobs "
+        "that slept at the same time. CPU per run is the worker process's over the whole "
+        "workload (the reference's: its one process's).",
         "",
         *_inflight(records),
         "",

@@ -237,7 +237,9 @@ class Bench:
                     warmup=p.latency_warmup,
                     config={"mode": "celery", "votes": p.issues * p.count},
                 )
-            self.measure("celery", "inflight", **self.inflight, config={"mode": "celery"})
+            self.measure(
+                "celery", "inflight", **self.inflight, config={"mode": "celery", "votes": 1}
+            )
 
     def economy(self) -> None:
         """K-ahead and Threshold against simulated validators of each accuracy, one issue."""

@@ -26,7 +26,7 @@ def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in report
     assert "| latency at L = 50 ms" in report
-    # Celery alone ran on its own worker: its pipeline one at a time, its jobs all at once.
+    # Celery alone ran on its own worker: its runs one at a time, and all at once.
     assert "| 50 | celery | 100 |" in report
     assert "| celery | 100 | 40 | 0.3 |" in report
     assert (tmp_path / "bench-latency.png").stat().st_size > 1000
