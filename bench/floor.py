@@ -23,7 +23,7 @@ from bench.driver import run_workload
 from shared.broker import celery_config
 from shared.settings import get_settings
 from shared.store import connect
-from worker.app import ChordResultBackend
+from worker.app import chord_backend_url
 
 __all__ = ["app", "floor", "peak_overlap"]
 
@@ -34,9 +34,8 @@ def _app() -> Celery:
     settings = get_settings()
     celery = Celery("bench-floor")
     celery.conf.update(celery_config(settings))
-    backend = f"{ChordResultBackend.__module__}:{ChordResultBackend.__qualname__}"
     celery.conf.update(
-        result_backend=f"{backend}+{settings.redis_url}",
+        result_backend=chord_backend_url(settings.redis_url),
         task_queues=[Queue(QUEUE)],
         task_default_queue=QUEUE,
         task_routes={},

@@ -11,7 +11,7 @@ from celery.backends.redis import RedisBackend
 from shared.broker import celery_config
 from shared.settings import Settings, get_settings
 
-__all__ = ["ChordResultBackend", "app", "create_app"]
+__all__ = ["ChordResultBackend", "app", "chord_backend_url", "create_app"]
 
 
 class ChordResultBackend(RedisBackend):
@@ -34,13 +34,17 @@ class ChordResultBackend(RedisBackend):
         """Subscribe to nothing when a job is sent."""
 
 
+def chord_backend_url(redis_url: str) -> str:
+    """Celery's `result_backend` setting for a `ChordResultBackend` on that Redis."""
+    return f"{ChordResultBackend.__module__}:{ChordResultBackend.__qualname__}+{redis_url}"
+
+
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured for Quorum's jobs."""
     celery = Celery("quorum", include=["worker.jobs"])
     celery.conf.update(celery_config(settings))
     if settings.redis_url.startswith(("redis://", "rediss://")):
-        backend = f"{ChordResultBackend.__module__}:{ChordResultBackend.__qualname__}"
-        celery.conf.result_backend = f"{backend}+{settings.redis_url}"
+        celery.conf.result_backend = chord_backend_url(settings.redis_url)
     return celery
 
 
