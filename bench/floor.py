@@ -23,7 +23,7 @@ from bench.driver import run_workload
 from shared.broker import celery_config
 from shared.settings import get_settings
 from shared.store import connect
-from worker.app import chord_backend_url
+from worker.app import chord_backend
 
 __all__ = ["app", "floor", "peak_overlap"]
 
@@ -35,7 +35,7 @@ def _app() -> Celery:
     celery = Celery("bench-floor")
     celery.conf.update(celery_config(settings))
     celery.conf.update(
-        result_backend=chord_backend_url(settings.redis_url),
+        chord_backend(settings.redis_url),
         task_queues=[Queue(QUEUE)],
         task_default_queue=QUEUE,
         task_routes={},

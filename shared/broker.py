@@ -10,6 +10,7 @@ from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from shared.settings import Settings
+from shared.store import DRIVER_INFO
 
 __all__ = ["JOB_NAMES", "RedisTransport", "celery_config"]
 
@@ -18,7 +19,8 @@ JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
 
 class _Channel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> Any:
-        """Connection parameters; a broker connection error once the channel is closed.
+        """Connection parameters, with the store's `DRIVER_INFO`; a broker connection error
+        once the channel is closed.
 
         When Redis goes away, Celery closes the channel and its connection, and a job that
         finishes afterwards acks through it (and closing restores unacked messages through
@@ -30,7 +32,7 @@ class _Channel(kombu_redis.Channel):
         transport = self.connection
         if transport is None or transport.client is None:
             raise redis.ConnectionError("this broker channel is closed (connection lost)")
-        return super()._connparams(asynchronous=asynchronous)
+        return {**super()._connparams(asynchronous=asynchronous), "driver_info": DRIVER_INFO}
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One Redis client per connection pool, not a new one per command.

@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 import redis.asyncio
+from redis import DriverInfo
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -25,7 +26,7 @@ from shared.prompts import FailedAttempt
 from shared.settings import Settings
 from shared.state import USAGE_FIELDS, RunState, event, usage_counters, usage_of
 
-__all__ = ["RunStore", "connect"]
+__all__ = ["DRIVER_INFO", "RunStore", "connect"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,7 +66,14 @@ return 1
 """
 
 
+DRIVER_INFO = DriverInfo()
+"""What each of our connections tells Redis about its client (CLIENT SETINFO), made once.
+Without it redis-py makes one per connection and looks its own version up in the installed
+packages' metadata each time (a walk of sys.path): 14% of the CPU of a producer that waited
+for 700 runs at once, each wait on a new connection."""
+
 _CLIENT_OPTIONS: dict[str, Any] = {
+    "driver_info": DRIVER_INFO,
     "decode_responses": True,
     "socket_connect_timeout": 5,
     # Above the longest blocking read (5 s): redis-py's own default would cut those short.

@@ -136,3 +136,26 @@ def test_jobs_leave_counting_retries_to_quorum() -> None:
     from worker.jobs import route, tally, task_node, vote
 
     assert [job.max_retries for job in (task_node, vote, tally, route)] == [None] * 4
+
+
+def test_a_worker_shares_one_chord_backend_between_its_threads() -> None:
+    """One backend and pool per process, which waits past the connection limit; the store's
+    connections identify their client without a metadata look-up each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from shared.store import DRIVER_INFO, connect
+    from worker.app import ChordResultBackend, chord_backend, create_app
+
+    app = create_app(Settings(redis_url="redis://localhost:6399/0", redis_max_connections=7))
+    backend = app.backend
+    with ThreadPoolExecutor(4) as threads:
+        assert set(threads.map(lambda _: app.backend, range(8))) == {backend}
+    assert isinstance(backend, ChordResultBackend)
+    pool = backend.client.connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool)
+    assert pool.max_connections == 7
+    assert chord_backend("redis://r:6379/1")["result_backend"].endswith("+redis://r:6379/1")
+    store = connect("redis://localhost:6399/0", max_connections=2).connection_pool
+    assert store.connection_kwargs["driver_info"] is DRIVER_INFO
