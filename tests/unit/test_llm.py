@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import threading
 import time
 from collections import Counter
+from unittest.mock import ANY
 
 import openai
 import pytest
 
 from shared.errors import LLMError, PermanentLLMError, TransientLLMError
-from shared.llm import LLMGateway, map_error, response_format
+from shared.llm import Completion, LLMGateway, map_error, response_format
+from shared.models import Usage
 from shared.prompts import VOTE_SCHEMA
 from shared.settings import Settings
 from tests.openai_http import http
@@ -173,3 +176,66 @@ def test_warm_up_makes_every_client_and_a_given_http_client_means_one() -> None:
     single = LLMGateway(Settings(worker_concurrency=500, openai_api_key="k"), http_client=given)
     single.warm_up()
     assert single._clients == [single.client]
+
+
+def answering(body: object, *, content_type: str = "application/json") -> LLMGateway:
+    """A gateway whose server answers every call with `body` (JSON) and HTTP 200."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    reply = http.Response(200, headers={"content-type": content_type}, text=text)
+    transport = http.MockTransport(lambda request: reply)
+    return LLMGateway(Settings(openai_api_key="k"), http_client=http.Client(transport=transport))
+
+
+def ask(gateway: LLMGateway) -> Completion:
+    return gateway.complete_json(
+        model="m", messages=[{"role": "user", "content": "x"}], schema=VOTE_SCHEMA, name="v"
+    )
+
+
+def test_the_reply_is_read_as_the_server_sent_it() -> None:
+    usage = {
+        "prompt_tokens": 30,
+        "completion_tokens": 12,
+        "total_tokens": 42,
+        "prompt_tokens_details": {"cached_tokens": 10},
+        "completion_tokens_details": {"reasoning_tokens": 4},
+    }
+    message = {"role": "assistant", "content": '{"is_valid": true}'}
+    reply = ask(answering({"choices": [{"index": 0, "message": message}], "usage": usage}))
+    assert reply.content == '{"is_valid": true}'
+    assert reply.usage == Usage(
+        prompt_tokens=30,
+        completion_tokens=12,
+        total_tokens=42,
+        cached_tokens=10,
+        reasoning_tokens=4,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": []},
+        {"choices": [{"message": {"role": "assistant", "content": None}}]},
+        {"choices": [{"finish_reason": "length"}], "usage": None},
+        {"choices": ["?"], "usage": {"total_tokens": "many"}},
+    ],
+)
+def test_a_completion_without_text_or_usage_reads_as_empty_and_free(body: object) -> None:
+    """The step then finds the empty output invalid, as it would any other."""
+    assert ask(answering(body)) == Completion(content="", usage=Usage(), latency_s=ANY)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ([1, 2], "application/json"),
+        ({"error": "busy"}, "application/json"),
+        ("<html>a proxy's error page</html>", "text/html"),
+    ],
+)
+def test_a_reply_that_is_no_chat_completion_is_a_transient_error(
+    body: object, content_type: str
+) -> None:
+    with pytest.raises(TransientLLMError, match="no chat completion"):
+        ask(answering(body, content_type=content_type))
