@@ -101,22 +101,22 @@ def _load(ctx: Context, run_id: str) -> RunState | None:
         return None
 
 
-def _begin_attempt(ctx: Context, state: RunState, attempt: int) -> str:
-    """Move the run into `attempt`; return "call", "relaunch" (redelivered) or "skip"."""
-    if state.status.terminal or state.attempt > attempt:
-        return "skip"
-    if state.attempt == attempt:  # a redelivered job: carry on where the lost one stopped
-        return {TaskStatus.RUNNING: "call", TaskStatus.VALIDATING: "relaunch"}.get(
-            state.status, "skip"
-        )
-    started = ctx.store.transition(
-        state.run_id,
-        TaskStatus.RUNNING,
-        attempt=attempt - 1,
-        fields={"attempt": attempt},
-        events=[event("attempt_started", attempt, ctx.worker)],
-    )
-    return "call" if started else "skip"
+def _begin_attempt(ctx: Context, run_id: str, attempt: int) -> tuple[str, RunState | None]:
+    """Move the run into `attempt`; return "call", "relaunch" (redelivered) or "skip", and the
+    run as it is now (None if it is gone)."""
+    started = event("attempt_started", attempt, ctx.worker)
+    moved, state = ctx.store.begin_attempt(run_id, attempt, started)
+    if state is None:
+        log.info("run %s: gone, job skipped", run_id)
+        return "skip", None
+    if moved:
+        return "call", state
+    if state.status.terminal or state.attempt != attempt:
+        return "skip", state
+    # A redelivered job: carry on where the lost one stopped.
+    return {TaskStatus.RUNNING: "call", TaskStatus.VALIDATING: "relaunch"}.get(
+        state.status, "skip"
+    ), state
 
 
 def _first_round(ctx: Context, state: RunState, attempt: int) -> None:
@@ -127,10 +127,9 @@ def _first_round(ctx: Context, state: RunState, attempt: int) -> None:
 
 def task_node(ctx: Context, run_id: str, attempt: int) -> str:
     """Call the task model for `attempt`, check its output, and launch the first vote round."""
-    state = _load(ctx, run_id)
+    step, state = _begin_attempt(ctx, run_id, attempt)
     if state is None:
         return "skipped"
-    step = _begin_attempt(ctx, state, attempt)
     if step == "relaunch":
         _first_round(ctx, state, attempt)
     if step == "call" and attempt in state.failures:  # redelivered after an invalid output

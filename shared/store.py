@@ -334,30 +334,91 @@ class RunStore:
         """Compare-and-set the status to `new` from any status allowed to reach it.
 
         With `attempt`, the run's current attempt must equal it. The events are appended and
-        the fields set only when the change happens. Returns whether it happened.
+        the fields set only when the change happens. Returns whether it happened. A move to
+        a live status marks progress in the same round trip (whether it happened or not: a
+        job was at work on the run); an ended run leaves the sweep's indices.
         """
+        keys, args = self._transition_call(run_id, new, attempt, events, fields)
+        if new.terminal:
+            done, *_ = self._transition(keys=keys, args=args)
+            if done:
+                self.unindex(run_id)
+        else:
+            touch = functools.partial(self._touch, run_id=run_id)
+            (done, *_), _ = self._script_then(self._transition, keys, args, touch)
+        return bool(done)
+
+    @_mapped
+    def begin_attempt(
+        self, run_id: str, attempt: int, started: dict[str, Any]
+    ) -> tuple[bool, RunState | None]:
+        """Move the run from attempt `attempt − 1` into `attempt` (RUNNING) by compare-and-set
+        with the event `started`, read it back, and mark progress: one round trip.
+
+        Returns whether it moved, and the run as it is now (None if it is gone).
+        """
+        keys, args = self._transition_call(
+            run_id, TaskStatus.RUNNING, attempt - 1, [started], {"attempt": attempt}
+        )
+
+        def then(pipe: Any) -> None:
+            pipe.hgetall(self.keys.run(run_id))
+            self._touch(pipe, run_id)
+
+        (done, *_), raw, _ = self._script_then(self._transition, keys, args, then)
+        return bool(done), RunState.parse(run_id, raw) if raw else None
+
+    def _transition_call(
+        self,
+        run_id: str,
+        new: TaskStatus,
+        attempt: int | None,
+        events: Sequence[dict[str, Any]],
+        fields: dict[str, Any] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of `_TRANSITION` for a move to `new`."""
         pairs: list[Any] = ["updated_at", time.time()]
         for name, value in (fields or {}).items():
             pairs += [name, value if isinstance(value, str | int | float) else json.dumps(value)]
         keys = [self.keys.run(run_id), self.keys.events(run_id)]
-        done, *_ = self._transition(
-            keys=[*keys, self.keys.done(run_id)] if new.terminal else keys,
-            args=[
-                ",".join(s.value for s in sources_of(new)),
-                "" if attempt is None else str(attempt),
-                new.value,
-                self.ttl_s,
-                len(events),
-                *map(json.dumps, events),
-                *pairs,
-            ],
-        )
-        if done:
-            if new.terminal:
-                self.unindex(run_id)
-            else:
-                self.touch(run_id)
-        return bool(done)
+        args = [
+            ",".join(s.value for s in sources_of(new)),
+            "" if attempt is None else str(attempt),
+            new.value,
+            self.ttl_s,
+            len(events),
+            *map(json.dumps, events),
+            *pairs,
+        ]
+        return [*keys, self.keys.done(run_id)] if new.terminal else keys, args
+
+    def _touch(self, pipe: Any, run_id: str) -> None:
+        """`touch`, in a pipeline."""
+        pipe.zadd(self.keys.progress(), {run_id: time.time()}, xx=True)
+
+    def _script_then(
+        self, script: Any, keys: list[str], args: list[Any], then: Callable[[Any], Any]
+    ) -> list[Any]:
+        """Run `script`, then the commands `then` adds to the pipeline, in one round trip.
+
+        The script goes by EVALSHA straight into the pipeline: a `Script` object in a pipeline
+        would cost a SCRIPT EXISTS round trip per call. Redis answers NOSCRIPT only after a
+        restart or SCRIPT FLUSH; then the script is loaded and the pipeline sent again (what
+        `then` adds must be idempotent). The pipeline is no transaction: its commands may
+        touch keys of other hash slots (the sweep's indices).
+        """
+
+        def send() -> list[Any]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                then(pipe)
+                return cast(list[Any], pipe.execute())
+
+        try:
+            return send()
+        except redis.exceptions.NoScriptError:
+            self.redis.script_load(script.script)
+            return send()
 
     @_mapped
     def vote_context(
@@ -399,28 +460,18 @@ class RunStore:
         """Write `name` into the hash at `key` once, in one round trip; mark progress.
 
         Returns None when `name` was already there; else the hash's values (`read_back`) or
-        an empty list. The script goes by EVALSHA straight into the pipeline: a `Script`
-        object in a pipeline would cost a SCRIPT EXISTS round trip per call. Redis answers
-        NOSCRIPT only after a restart or SCRIPT FLUSH; then the script is loaded and the
-        pipeline sent again (the rest of it is idempotent).
+        an empty list.
         """
         billed = [x for pair in usage_counters(usage) for x in pair]
         keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
         args = [name, value, self.ttl_s, json.dumps(event), *billed]
 
-        def send() -> list[Any]:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._record_once.sha, len(keys), *keys, *args)
-                pipe.zadd(self.keys.progress(), {run_id: time.time()}, xx=True)
-                if read_back:
-                    pipe.hvals(key)
-                return cast(list[Any], pipe.execute())
+        def then(pipe: Any) -> None:
+            self._touch(pipe, run_id)
+            if read_back:
+                pipe.hvals(key)
 
-        try:
-            new, _, *values = send()
-        except redis.exceptions.NoScriptError:
-            self.redis.script_load(self._record_once.script)
-            new, _, *values = send()
+        new, _, *values = self._script_then(self._record_once, keys, args, then)
         if not new:
             return None
         return values[0] if read_back else []

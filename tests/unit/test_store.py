@@ -350,3 +350,47 @@ def test_record_vote_loads_its_script_again_after_a_script_flush(
     redis.script_flush()  # what a Redis restart does
     stored = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage())
     assert stored is not None and sorted(v.index for v in stored) == [0, 1]
+
+
+def test_begin_attempt_moves_the_run_and_reads_it_back_in_one_round_trip(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    store.create("r1", SPEC)
+    redis.zadd(KEYS.progress(), {"r1": 1.0})
+    redis.script_load(store._transition.script)  # as after the first use
+    sent: list[int] = []
+    execute = redis.pipeline().__class__.execute
+
+    def counted(pipe: object, *args: object, **kwargs: object) -> object:
+        sent.append(1)
+        return execute(pipe, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(redis.pipeline().__class__, "execute", counted)
+        moved, state = store.begin_attempt("r1", 1, event("attempt_started", 1, "w"))
+    assert sent == [1]
+    assert moved and state is not None
+    assert (state.status, state.attempt, state.spec) == (TaskStatus.RUNNING, 1, SPEC)
+    assert types(store, "r1") == ["submitted", "attempt_started"]
+    assert redis.zscore(KEYS.progress(), "r1") > 1.0
+
+
+def test_begin_attempt_twice_moves_once_and_tells_the_run_as_it_is(store: RunStore) -> None:
+    store.create("r1", SPEC)
+    assert store.begin_attempt("r1", 1, event("attempt_started", 1, ""))[0]
+    again, state = store.begin_attempt("r1", 1, event("attempt_started", 1, ""))
+    assert not again
+    assert state is not None and (state.status, state.attempt) == (TaskStatus.RUNNING, 1)
+    assert types(store, "r1") == ["submitted", "attempt_started"]
+    assert store.begin_attempt("gone", 1, event("attempt_started", 1, "")) == (False, None)
+
+
+def test_begin_attempt_and_transitions_load_their_script_again_after_a_script_flush(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    store.create("r1", SPEC)
+    redis.script_flush()
+    assert store.begin_attempt("r1", 1, event("attempt_started", 1, ""))[0]
+    redis.script_flush()
+    assert store.transition("r1", TaskStatus.VALIDATING, attempt=1)
+    assert store.status("r1") is TaskStatus.VALIDATING
