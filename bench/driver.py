@@ -4,9 +4,11 @@
 The spec names the engine (`quorum`: Quorum's producer client, which sends the runs to the
 workers; `reference`: py-ai-toolkit's in-process `run_task`; `celery`: Celery alone, from
 `bench.floor`), how many runs, whether they go one at a time (`sequential`) or all at once
-(`burst`), and the validation config. The driver prints `BEGIN` when the measured part starts
-and `RESULT <JSON>` when it ends: per-run latencies and outcomes, wall time, this process's
-CPU seconds and peak RSS.
+(`burst`), or all at once before any worker runs (`queued`, Quorum only: the driver prints
+`QUEUED` once it has submitted them all, and the runner then starts the worker), and the
+validation config. The driver prints `BEGIN` when the measured part starts and `RESULT <JSON>`
+when it ends: per-run latencies and outcomes, wall time, this process's CPU seconds and peak
+RSS.
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ async def quorum(spec: dict[str, Any]) -> dict[str, Any]:
     from shared.errors import RunTimeoutError, StoreError, TaskFailedError
 
     client = TaskClient(redis_url=spec["redis_url"])
+    unsent = spec["runs"] if spec["shape"] == "queued" else None
 
     async def run_one(index: int) -> tuple[bool, bool]:
+        nonlocal unsent
         # `run_task` is `submit` in a thread plus `result_async`; done in two steps here so
         # that a wait cut short by the Redis client's own 5 s read timeout (redis-py >= 8,
         # racing the store's 5 s XREAD BLOCK) is resumed instead of lost.
@@ -81,6 +85,10 @@ async def quorum(spec: dict[str, Any]) -> dict[str, Any]:
                 config=spec["config"],
             )
         )
+        if unsent is not None and index >= 0:
+            unsent -= 1
+            if not unsent:
+                print("QUEUED", flush=True)
         deadline = time.monotonic() + spec["timeout_s"]
         while True:
             try:

@@ -114,9 +114,20 @@ class Bench:
     # -- one measurement -----------------------------------------------------------------
 
     def measure(
-        self, engine: str, workload: str, *, latency: float, pass_rate: float = 1.0, **spec: Any
+        self,
+        engine: str,
+        workload: str,
+        *,
+        latency: float,
+        pass_rate: float = 1.0,
+        queued: bool = False,
+        **spec: Any,
     ) -> dict[str, Any]:
-        """Run one workload through one engine in a driver process; record what it measured."""
+        """Run one workload through one engine in a driver process; record what it measured.
+
+        `queued`: the driver submits every run first, and one worker starts (threads:
+        `inflight_concurrency`) only once they all wait in the queue.
+        """
         self.sim("POST", "/_sim/config", {"latency": str(latency), "pass_rate": pass_rate})
         self.sim("DELETE", "/_sim/calls")
         spec = {
@@ -128,17 +139,24 @@ class Bench:
             "latency": latency,
             **spec,
         }
-        pids = [w.pid for w in self.workers] if engine != "reference" else []
+        if queued:
+            spec["shape"] = "queued"
         driver = ManagedProcess(
             f"{engine}-{workload}", [sys.executable, "-m", "bench.driver", json.dumps(spec)]
         )
-        try:
+        with contextlib.ExitStack() as started:
+            started.callback(driver.stop)
             driver.wait_for(r"^BEGIN$", timeout_s=120)
+            if queued:
+                driver.wait_for(r"^QUEUED$", timeout_s=self.profile.timeout_s)
+                threads = str(self.profile.inflight_concurrency)
+                started.enter_context(self.running(1, QUORUM_WORKER_CONCURRENCY=threads))
+            pids = [w.pid for w in self.workers] if engine != "reference" else []
             cpu = _cpu_s(pids)
             match = driver.wait_for(r"^RESULT (.*)$", timeout_s=self.profile.timeout_s + 300)
             cpu = _cpu_s(pids) - cpu
-        finally:
-            driver.stop()
+            peak_rss_kb = [_peak_rss_kb(pid) for pid in pids]
+            concurrency = self.concurrency if pids else ""
         calls = self.sim("GET", "/_sim/calls")
         measured = json.loads(match.group(1))
         # Celery alone counts its own jobs in flight: they sleep instead of calling the LLM.
@@ -150,11 +168,12 @@ class Bench:
             "latency": latency,
             "pass_rate": pass_rate,
             "workers": len(pids),
-            "concurrency": self.concurrency if pids else "",
+            "concurrency": concurrency,
+            "queued": queued,
             "config": spec["config"],
             **measured,
             "worker_cpu_s": cpu,
-            "worker_peak_rss_kb": [_peak_rss_kb(pid) for pid in pids],
+            "worker_peak_rss_kb": peak_rss_kb,
             "llm_calls": sum(c["status"] == 200 for c in calls),
             "votes": sum(c["status"] == 200 and c["kind"] == "vote" for c in calls),
         }
@@ -192,6 +211,9 @@ class Bench:
         # Threads are cheap: the same with a pool big enough for more calls than the default.
         with self.running(1, QUORUM_WORKER_CONCURRENCY=str(p.inflight_concurrency)):
             self.measure("quorum", "inflight", **self.inflight, config=single)
+        # And with every run queued before that worker starts: the producer's CPU, on this
+        # same small machine while the runs arrive, then no longer competes with the worker's.
+        self.measure("quorum", "inflight", **self.inflight, config=single, queued=True)
         self.celery_alone()
         for _ in range(p.burst_repeat):
             for count in p.burst_workers:

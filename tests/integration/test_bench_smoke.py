@@ -33,5 +33,8 @@ def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
     held = re.search(r"\| celery \| 100 \| 40 \| 0\.3 \| (\d+) \| [\d.]+ \|", report)
     assert held is not None and 0 < int(held.group(1)) <= 40
     assert "| most calls in flight | worker CPU per run (ms) |" in report
+    # The same runs queued before a worker started: its calls were counted in flight too.
+    queued = re.search(r"\| quorum \| 100 \| 40 queued first \| 0\.3 \| (\d+) \|", report)
+    assert queued is not None and 0 < int(queued.group(1)) <= 40
     assert (tmp_path / "bench-latency.png").stat().st_size > 1000
     assert (tmp_path / "benchmarks.json").exists()

@@ -87,8 +87,8 @@ def sequential(engine: str, latency: float, seconds: list[float]) -> dict[str, o
     return {"engine": engine, "workload": "latency", "latency": latency, "latencies": seconds}
 
 
-def inflight(engine: str, most: int) -> dict[str, object]:
-    return {"engine": engine, "workload": "inflight", "max_in_flight": most}
+def inflight(engine: str, most: int, *, queued: bool = False) -> dict[str, object]:
+    return {"engine": engine, "workload": "inflight", "max_in_flight": most, "queued": queued}
 
 
 def test_targets_show_celery_alone_beside_the_latency_and_in_flight_targets() -> None:
@@ -103,9 +103,25 @@ def test_targets_show_celery_alone_beside_the_latency_and_in_flight_targets() ->
     latency, calls = headline({"records": records, "profile": "full"})[2:]
     assert latency.startswith("| latency at L = 200 ms: end to end − 2L ≤ 30 ms | 60 ms | 75 ms")
     assert "| 35 ms | 0.80× | ✘ |" in latency
-    assert (
-        calls
-        == "| LLM calls one worker process keeps in flight ≥ 500 | 260 | 700 | 610 jobs |  | ✘ |"
+    assert calls == (
+        "| LLM calls one worker process keeps in flight ≥ 500 | 260 as the runs arrive | 700 "
+        "| 610 jobs |  | ✘ |"
+    )
+
+
+@pytest.mark.parametrize(("queued", "met"), [(480, "✘"), (540, "✔")])
+def test_the_in_flight_target_shows_runs_queued_first_beside_runs_arriving(
+    queued: int, met: str
+) -> None:
+    records = [
+        inflight("quorum", 380),
+        inflight("quorum", 410),
+        inflight("quorum", queued, queued=True),
+    ]
+    calls = headline({"records": records, "profile": "full"})[2]
+    assert calls == (
+        "| LLM calls one worker process keeps in flight ≥ 500 | 410 as the runs arrive; "
+        f"{queued} with every run queued first | – | – |  | {met} |"
     )
 
 
