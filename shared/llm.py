@@ -117,13 +117,14 @@ def _count(data: Any, *path: str) -> int:
     return data if isinstance(data, int) else 0
 
 
-def _usage(raw: Any) -> Usage:
+def _usage(reply: Any) -> Usage:
+    """The tokens a chat completion, as the server sent it, says it used (0 where unsaid)."""
     return Usage(
-        prompt_tokens=_count(raw, "prompt_tokens"),
-        completion_tokens=_count(raw, "completion_tokens"),
-        total_tokens=_count(raw, "total_tokens"),
-        cached_tokens=_count(raw, "prompt_tokens_details", "cached_tokens"),
-        reasoning_tokens=_count(raw, "completion_tokens_details", "reasoning_tokens"),
+        prompt_tokens=_count(reply, "usage", "prompt_tokens"),
+        completion_tokens=_count(reply, "usage", "completion_tokens"),
+        total_tokens=_count(reply, "usage", "total_tokens"),
+        cached_tokens=_count(reply, "usage", "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=_count(reply, "usage", "completion_tokens_details", "reasoning_tokens"),
     )
 
 
@@ -200,7 +201,7 @@ class LLMGateway:
             raise map_error(exc) from exc
         return Completion(
             content=_content(reply),
-            usage=_usage(reply.get("usage")),
+            usage=_usage(reply),
             latency_s=time.perf_counter() - started,
         )
 

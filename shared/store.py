@@ -17,6 +17,7 @@ import redis
 import redis.asyncio
 from redis import DriverInfo
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from shared.errors import RunNotFoundError, StoreError
@@ -392,12 +393,12 @@ class RunStore:
         ]
         return [*keys, self.keys.done(run_id)] if new.terminal else keys, args
 
-    def _touch(self, pipe: Any, run_id: str) -> None:
-        """`touch`, in a pipeline."""
-        pipe.zadd(self.keys.progress(), {run_id: time.time()}, xx=True)
+    def _touch(self, client: Any, run_id: str, at: float | None = None) -> None:
+        """`touch` through `client`: the store's client, or a pipeline."""
+        client.zadd(self.keys.progress(), {run_id: at or time.time()}, xx=True)
 
     def _script_then(
-        self, script: Any, keys: list[str], args: list[Any], then: Callable[[Any], Any]
+        self, script: Script, keys: list[str], args: list[Any], then: Callable[[Any], Any]
     ) -> list[Any]:
         """Run `script`, then the commands `then` adds to the pipeline, in one round trip.
 
@@ -544,7 +545,7 @@ class RunStore:
     @_mapped
     def touch(self, run_id: str, at: float | None = None) -> None:
         """Mark progress on a live run (only one still indexed: a finished run stays out)."""
-        self.redis.zadd(self.keys.progress(), {run_id: at or time.time()}, xx=True)
+        self._touch(self.redis, run_id, at)
 
     @_mapped
     def unindex(self, run_id: str) -> None:
