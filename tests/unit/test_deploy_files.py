@@ -97,7 +97,8 @@ def test_dockerfile_is_slim_non_root_and_pinned():
     ]
     assert pins and all(re.fullmatch(r"[\w.\-\[\]]+==[\w.+\-]+", pin) for pin in pins), pins
     names = {pin.split("==")[0].lower().replace("_", "-") for pin in pins}
-    assert {"celery", "redis", "fastapi", "uvicorn", "flower", "prometheus-client"} <= names
+    expected = {"celery", "redis", "hiredis", "fastapi", "uvicorn", "flower", "prometheus-client"}
+    assert expected <= names
 
 
 # -- Kubernetes -----------------------------------------------------------------------------

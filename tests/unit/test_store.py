@@ -340,6 +340,16 @@ def test_connect_waits_for_a_free_connection_past_its_limit() -> None:
     client.close()
 
 
+def test_connections_parse_and_pack_in_c() -> None:
+    """hiredis, a declared dependency, takes a third of a Redis round trip's client CPU off
+    every connection: the store's, the broker's and the chords'."""
+    connection = connect(
+        "redis://127.0.0.1:1/0", max_connections=1
+    ).connection_pool.make_connection()
+    assert type(connection._parser).__name__ == "_HiredisParser"
+    assert type(connection._command_packer).__name__ == "HiredisRespSerializer"
+
+
 def test_record_vote_loads_its_script_again_after_a_script_flush(
     store: RunStore, redis: fakeredis.FakeRedis
 ) -> None:
