@@ -3,21 +3,165 @@ TLS, and a Redis transport that survives a Redis restart."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from functools import cached_property
+from queue import Empty
 from typing import Any
 
 import redis
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
+from shared.errors import StoreError
 from shared.settings import Settings
 from shared.store import DRIVER_INFO
 
-__all__ = ["JOB_NAMES", "RedisTransport", "celery_config"]
+__all__ = ["JOB_NAMES", "RedisTransport", "celery_config", "published_together"]
 
 JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
 
+_TAKE = """
+local taken = {}
+for i = 1, tonumber(ARGV[1]) do
+  local message = redis.call('RPOP', KEYS[1])
+  if not message then break end
+  local properties = cjson.decode(message)['properties']
+  local tag, info = properties['delivery_tag'], properties['delivery_info']
+  redis.call('ZADD', KEYS[3], ARGV[2], tag)
+  redis.call('HSET', KEYS[2], tag, '[' .. message .. ',' .. cjson.encode(info['exchange'])
+    .. ',' .. cjson.encode(info['routing_key']) .. ']')
+  taken[i] = message
+end
+return taken
+"""
+"""Pop up to ARGV[1] messages off the queue KEYS[1] and record each in the unacked hash
+KEYS[2] and index KEYS[3] (score ARGV[2]), in kombu's own format, all in one atomic step: a
+worker that dies at any point loses none of them (they come back after the visibility
+timeout)."""
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def published_together() -> Iterator[None]:
+    """Send the jobs this thread publishes to a Redis broker inside the block in one round
+    trip when it ends (MULTI/EXEC), instead of one LPUSH each as they are published.
+
+    A voting round's chord then costs one round trip, and its votes reach the queue at once,
+    where a worker takes them in with one more (`_Channel._brpop_read`). If the block raises,
+    nothing is sent; if Redis fails while sending, `StoreError` (the job is retried).
+    """
+    if getattr(_held, "messages", None) is not None:  # nested: the outer block sends
+        yield
+        return
+    held: list[tuple[_Channel, str, str]] = []
+    _held.messages = held
+    try:
+        yield
+    finally:
+        _held.messages = None
+    by_channel: dict[_Channel, list[tuple[str, str]]] = {}
+    for channel, key, message in held:
+        by_channel.setdefault(channel, []).append((key, message))
+    for channel, messages in by_channel.items():
+        channel.push(messages)
+
+
+class _QoS(kombu_redis.QoS):
+    """kombu's unacked index, where `_Channel._brpop_read` may have recorded a message
+    already: `recorded` holds those tags until their message is delivered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Note a delivered message as unacked, in Redis unless the intake did already."""
+        if delivery_tag in self.recorded:
+            self.recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+        else:
+            super().append(message, delivery_tag)
+
 
 class _Channel(kombu_redis.Channel):
+    """kombu's Redis channel, which takes jobs in and sends a chord's in batches, and
+    survives a Redis restart."""
+
+    QoS = _QoS
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "intake_batch")  # type: ignore[assignment]
+    intake_batch = 1
+    """Most messages one wake-up of the message loop takes from a queue (transport option)."""
+
+    def push(self, messages: list[tuple[str, str]]) -> None:
+        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`published_together`)."""
+        try:
+            with self.conn_or_acquire() as client, client.pipeline() as pipe:
+                for key, message in messages:
+                    pipe.lpush(key, message)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"the broker is unavailable: {exc}") from exc
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """LPUSH the message now, or when `published_together` ends."""
+        held = getattr(_held, "messages", None)
+        if held is None or "_publish_batch" in kwargs or queue in (self._expires or {}):
+            super()._put(queue, message, **kwargs)
+            return
+        priority = self._get_message_priority(message, reverse=False)
+        held.append((self, self._q_for_pri(queue, priority), dumps(message)))
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """Deliver the message BRPOP brought, and up to `intake_batch - 1` more waiting in
+        its queue, taken in one more round trip (`_TAKE`).
+
+        kombu's own reads one message per BRPOP, and records it as unacked in another round
+        trip: two round trips per job in the message loop's one thread, which must win the
+        GIL back from hundreds of job threads after each. That paced how fast a worker
+        took in a burst of jobs. As kombu's, but for the batch.
+        """
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                more = self._take(reply[0]) if reply else []
+            except self.connection_errors:
+                # The next poll reconnects.
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            queue = bytes_to_str(reply[0]).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            messages = [loads(bytes_to_str(item)) for item in (reply[1], *more)]
+            self.qos.recorded.update(m["properties"]["delivery_tag"] for m in messages[1:])
+            for message in messages:
+                self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu's own
+            self._flush_brpop_reauth()
+
+    def _take(self, key: bytes) -> list[bytes]:
+        """More messages from the queue at `key`, within the prefetch limit, recorded as
+        unacked (none with a global key prefix, which kombu adds to the keys itself)."""
+        room = self.qos.can_consume_max_estimate()
+        count = self.intake_batch - 1 if room is None else min(room - 1, self.intake_batch - 1)
+        if count <= 0 or self.global_keyprefix:
+            return []
+        keys = [key, self.unacked_key, self.unacked_index_key]
+        return list(self._take_script(keys, [count, time.time()], client=self.client) or [])
+
+    @cached_property
+    def _take_script(self) -> Any:
+        return self.client.register_script(_TAKE)
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         """Connection parameters, with the store's `DRIVER_INFO`; a broker connection error
         once the channel is closed.
@@ -76,6 +220,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
+            "intake_batch": settings.worker_intake_batch,
         }
     tls = settings.redis_tls
     broker_tls = tls if settings.broker.startswith("rediss://") else None

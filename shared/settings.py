@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         500, gt=0, description="Jobs one worker process runs at once (threads pool)."
     )
+    worker_intake_batch: int = Field(
+        64,
+        gt=0,
+        description="Most jobs a worker takes off a Redis queue in one round trip, within "
+        "its concurrency; 1 takes them one by one, which spreads a small round of votes "
+        "over more workers.",
+    )
     worker_pool: str = Field("threads", description="Celery pool: threads suits LLM calls.")
     task_sent_events: bool = Field(
         False,

@@ -12,6 +12,7 @@ from celery import Task, chord
 from celery.signals import worker_ready
 
 from shared import flow
+from shared.broker import published_together
 from shared.errors import (
     InvalidRequestError,
     PermanentLLMError,
@@ -67,13 +68,15 @@ class CeleryEnqueuer:
         task_node.apply_async(kwargs={"run_id": run_id, "attempt": attempt})
 
     def voting_round(self, run_id: str, attempt: int, round_: int, plan: flow.Plan) -> None:
-        """Send one chord: a vote job per planned vote, gathered by `quorum.tally`."""
+        """Send one chord: a vote job per planned vote, gathered by `quorum.tally`, in one
+        round trip to a Redis broker."""
         header = [
             vote.si(run_id=run_id, attempt=attempt, issue=issue, index=index)
             for issue, indices in plan.items()
             for index in indices
         ]
-        chord(header)(tally.s(run_id=run_id, attempt=attempt, round_=round_))
+        with published_together():
+            chord(header)(tally.s(run_id=run_id, attempt=attempt, round_=round_))
 
     def route(self, run_id: str, attempt: int) -> None:
         """Send `quorum.route`."""

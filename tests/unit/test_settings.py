@@ -25,6 +25,7 @@ ENV_NAMES = [
     "QUORUM_MAX_PAYLOAD_BYTES",
     "QUORUM_TASK_SENT_EVENTS",
     "QUORUM_REDIS_MAX_CONNECTIONS",
+    "QUORUM_WORKER_INTAKE_BATCH",
 ]
 
 
@@ -128,6 +129,16 @@ def test_celery_config_gives_the_result_backend_the_connection_limit(
 ) -> None:
     monkeypatch.setenv("QUORUM_REDIS_MAX_CONNECTIONS", "300")
     assert celery_config(Settings())["redis_max_connections"] == 300
+
+
+def test_celery_config_gives_a_redis_broker_the_intake_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert celery_config(Settings())["broker_transport_options"]["intake_batch"] == 64
+    monkeypatch.setenv("QUORUM_WORKER_INTAKE_BATCH", "1")
+    assert celery_config(Settings())["broker_transport_options"]["intake_batch"] == 1
+    monkeypatch.setenv("QUORUM_BROKER_URL", "amqp://guest@rabbit//")
+    assert "intake_batch" not in celery_config(Settings())["broker_transport_options"]
 
 
 def test_jobs_leave_counting_retries_to_quorum() -> None:

@@ -1,0 +1,149 @@
+"""The Redis transport's batches, on a real redis-server: the message loop takes the jobs
+waiting in a queue in one round trip, each recorded as unacked so that none is lost if the
+worker dies, and a chord's jobs are sent in one round trip."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import kombu
+import pytest
+import redis
+
+from producer.stack import start_redis
+from shared.broker import RedisTransport, published_together
+from shared.errors import StoreError
+from tests.integration.conftest import redis_server
+
+pytestmark = pytest.mark.integration
+
+
+class Broker:
+    """A queue and unacked index of the test's own, on this module's Redis."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        tag = uuid.uuid4().hex[:8]
+        self.queue = kombu.Queue(f"batch-{tag}", routing_key=f"batch-{tag}")
+        self.options = {"unacked_key": f"unacked-{tag}", "unacked_index_key": f"index-{tag}"}
+        self.redis = redis.Redis.from_url(url, decode_responses=True)
+
+    def connection(self, **options: Any) -> kombu.Connection:
+        """A connection through Quorum's transport."""
+        return kombu.Connection(
+            self.url, transport=RedisTransport, transport_options={**self.options, **options}
+        )
+
+    def publish(self, conn: kombu.Connection, *numbers: int) -> None:
+        producer = conn.Producer(serializer="json")
+        for n in numbers:
+            producer.publish({"n": n}, routing_key=self.queue.name)
+
+    def waiting(self) -> int:
+        return int(self.redis.llen(self.queue.name))
+
+    def unacked(self) -> tuple[int, int]:
+        """Entries in the unacked hash and in its index."""
+        hash_key, index_key = self.options["unacked_key"], self.options["unacked_index_key"]
+        return int(self.redis.hlen(hash_key)), int(self.redis.zcard(index_key))
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[str]:
+    """A redis-server of this module's own, whose command counts no worker adds to."""
+    yield from redis_server()
+
+
+@pytest.fixture
+def broker(private_redis: str) -> Iterator[Broker]:
+    made = Broker(private_redis)
+    yield made
+    made.redis.delete(made.queue.name, *made.options.values())
+
+
+def drain_once(conn: kombu.Connection, queue: kombu.Queue, prefetch: int) -> list[kombu.Message]:
+    """The messages one wake-up of the message loop delivers."""
+    got: list[kombu.Message] = []
+    consumer = conn.Consumer(queue, callbacks=[lambda _body, message: got.append(message)])
+    consumer.qos(prefetch_count=prefetch)
+    with consumer:
+        conn.drain_events(timeout=2)
+    return got
+
+
+def test_one_read_takes_in_the_waiting_messages_recorded_as_unacked(broker: Broker) -> None:
+    with broker.connection(intake_batch=8) as conn:
+        broker.publish(conn, *range(5))
+
+        got = drain_once(conn, broker.queue, prefetch=100)
+
+        assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4]
+        assert broker.waiting() == 0
+        assert broker.unacked() == (5, 5)
+        for message in got:
+            message.ack()
+        assert broker.unacked() == (0, 0)
+
+
+def test_the_batch_stays_within_the_prefetch_limit_and_the_batch_size(broker: Broker) -> None:
+    with broker.connection(intake_batch=3) as conn:
+        broker.publish(conn, *range(10))
+
+        assert len(drain_once(conn, broker.queue, prefetch=2)) == 2
+        assert len(drain_once(conn, broker.queue, prefetch=100)) == 3
+        assert broker.waiting() == 5
+
+
+def test_a_worker_lost_after_the_read_loses_no_message(broker: Broker) -> None:
+    with broker.connection(intake_batch=8) as conn:
+        broker.publish(conn, *range(4))
+        got = drain_once(conn, broker.queue, prefetch=100)
+        assert len(got) == 4
+        # The worker dies: nothing is acknowledged, nothing restored at shutdown.
+        conn.default_channel.qos._delivered.clear()
+    assert broker.waiting() == 0
+
+    with broker.connection(intake_batch=8, visibility_timeout=0) as later:
+        later.default_channel.qos.restore_visible(num=10)
+        assert broker.unacked() == (0, 0)
+        assert broker.waiting() == 4
+        again = drain_once(later, broker.queue, prefetch=100)
+        assert sorted(m.payload["n"] for m in again) == [0, 1, 2, 3]
+        for message in again:
+            message.ack()
+
+
+def test_a_chord_is_sent_when_the_block_ends_in_one_transaction(broker: Broker) -> None:
+    with broker.connection() as conn:
+        before = broker.redis.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+        with published_together():
+            broker.publish(conn, *range(3))
+            assert broker.waiting() == 0
+        assert broker.waiting() == 3
+        assert broker.redis.info("commandstats")["cmdstat_exec"]["calls"] == before + 1
+        assert [m.payload["n"] for m in drain_once(conn, broker.queue, prefetch=1)] == [0]
+
+
+def test_a_block_that_raises_sends_nothing(broker: Broker) -> None:
+    with broker.connection() as conn:
+        with pytest.raises(RuntimeError), published_together():
+            broker.publish(conn, 1)
+            raise RuntimeError("the job failed before its chord was complete")
+        assert broker.waiting() == 0
+        broker.publish(conn, 2)  # after the block: sent at once again
+        assert broker.waiting() == 1
+
+
+def test_a_broker_lost_before_the_block_ends_is_a_store_error() -> None:
+    url, server = start_redis()
+    try:
+        with kombu.Connection(url, transport=RedisTransport) as conn:
+            producer = conn.Producer(serializer="json")
+            producer.publish({"n": 0}, routing_key="lost")
+            with pytest.raises(StoreError, match="broker is unavailable"), published_together():
+                producer.publish({"n": 1}, routing_key="lost")
+                server.stop()
+    finally:
+        server.stop()
