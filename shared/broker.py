@@ -1,5 +1,6 @@
 """Celery configuration shared by the worker and the producer: JSON only, routes, queues,
-TLS, and a Redis transport that survives a Redis restart."""
+TLS, and a Redis transport that takes jobs in and sends a chord's jobs in batches, and
+survives a Redis restart."""
 
 from __future__ import annotations
 
