@@ -93,11 +93,15 @@ def parse_output(
     return output, f"output does not fit the schema at {where}: {error.message}"
 
 
+def _gone(run_id: str) -> None:
+    log.info("run %s: gone, job skipped", run_id)
+
+
 def _load(ctx: Context, run_id: str) -> RunState | None:
     try:
         return ctx.store.load(run_id)
     except RunNotFoundError:
-        log.info("run %s: gone, job skipped", run_id)
+        _gone(run_id)
         return None
 
 
@@ -107,7 +111,7 @@ def _begin_attempt(ctx: Context, run_id: str, attempt: int) -> tuple[str, RunSta
     started = event("attempt_started", attempt, ctx.worker)
     moved, state = ctx.store.begin_attempt(run_id, attempt, started)
     if state is None:
-        log.info("run %s: gone, job skipped", run_id)
+        _gone(run_id)
         return "skip", None
     if moved:
         return "call", state
@@ -306,12 +310,13 @@ def tally(
     Celery ran the tally early (a redelivered vote counted twice in the chord), and
     `RoundIncompleteError` asks for the tally to be retried once the vote is in.
     """
-    state = _load(ctx, run_id)
-    if state is None or state.attempt != attempt or state.status is not TaskStatus.VALIDATING:
+    state, votes, decided = ctx.store.round_context(run_id, attempt)
+    if state is None:
+        _gone(run_id)
+        return "skipped"
+    if state.attempt != attempt or state.status is not TaskStatus.VALIDATING:
         return "skipped"
     config = state.spec.config
-    votes = ctx.store.votes(run_id, attempt)
-    decided = ctx.store.decisions(run_id, attempt)
     missing = _missing(votes, decided, planned)
     if missing:
         raise RoundIncompleteError(f"round {round_} still waits for votes {missing}")

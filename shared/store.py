@@ -126,6 +126,14 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return [entry for _, entries in reply or [] for entry in entries]
 
 
+def _votes(raw: dict[str, str]) -> list[Vote]:
+    return [Vote.model_validate_json(value) for value in raw.values()]
+
+
+def _decisions(raw: dict[str, str]) -> dict[int, dict[str, Any]]:
+    return {int(issue): json.loads(event) for issue, event in raw.items()}
+
+
 def _mapped(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -516,8 +524,7 @@ class RunStore:
     @_mapped
     def votes(self, run_id: str, attempt: int) -> list[Vote]:
         """Every vote stored for the attempt."""
-        raw = self.redis.hgetall(self.keys.votes(run_id, attempt))
-        return [Vote.model_validate_json(value) for value in raw.values()]
+        return _votes(cast(dict[str, str], self.redis.hgetall(self.keys.votes(run_id, attempt))))
 
     @_mapped
     def decide(self, run_id: str, attempt: int, issue: int, event: dict[str, Any]) -> bool:
@@ -529,7 +536,20 @@ class RunStore:
     def decisions(self, run_id: str, attempt: int) -> dict[int, dict[str, Any]]:
         """The issues decided in the attempt, with their `issue_decided` events."""
         raw = self.redis.hgetall(self.keys.decisions(run_id, attempt))
-        return {int(issue): json.loads(event) for issue, event in raw.items()}
+        return _decisions(cast(dict[str, str], raw))
+
+    @_mapped
+    def round_context(
+        self, run_id: str, attempt: int
+    ) -> tuple[RunState | None, list[Vote], dict[int, dict[str, Any]]]:
+        """In one round trip: the run (None if gone), the attempt's votes and its decided
+        issues."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.hgetall(self.keys.votes(run_id, attempt))
+            pipe.hgetall(self.keys.decisions(run_id, attempt))
+            raw, votes, decisions = pipe.execute()
+        return RunState.parse(run_id, raw) if raw else None, _votes(votes), _decisions(decisions)
 
     @_mapped
     def record_failure(

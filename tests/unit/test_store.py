@@ -219,6 +219,19 @@ def test_vote_context_reads_run_decision_and_stored_vote(store: RunStore) -> Non
     assert store.vote_context("ghost", 1, 0, 0) == (None, False, None)
 
 
+def test_round_context_reads_run_votes_and_decisions_at_once(store: RunStore) -> None:
+    started(store)
+    vote = Vote(issue=1, index=0, is_valid=False, reasoning="no")
+    store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())
+    decided = event("issue_decided", 1, "w", issue=1, outcome="failed", reason="")
+    store.decide("r1", 1, 1, decided)
+    state, votes, decisions = store.round_context("r1", 1)
+    assert state is not None and state.status is TaskStatus.RUNNING
+    assert (votes, decisions) == ([vote], {1: decided})
+    assert store.round_context("r1", 2)[1:] == ([], {})
+    assert store.round_context("ghost", 1) == (None, [], {})
+
+
 def test_decide_once(store: RunStore, redis: fakeredis.FakeRedis) -> None:
     started(store)
     first = event("issue_decided", 1, "w", issue=0, outcome="passed", reason="")
