@@ -5,6 +5,7 @@ survives a Redis restart."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -27,24 +28,38 @@ __all__ = ["JOB_NAMES", "RedisTransport", "celery_config", "published_together"]
 
 JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
 
+log = logging.getLogger(__name__)
+
 _TAKE = """
-local taken = {}
-for i = 1, tonumber(ARGV[1]) do
+local function envelope(message)
+  local ok, decoded = pcall(cjson.decode, message)
+  local properties = ok and type(decoded) == 'table' and decoded['properties']
+  local info = type(properties) == 'table' and properties['delivery_info']
+  if type(info) == 'table' and type(properties['delivery_tag']) == 'string' then
+    return properties['delivery_tag'], info
+  end
+end
+local taken, dropped = {}, {}
+for _ = 1, tonumber(ARGV[1]) do
   local message = redis.call('RPOP', KEYS[1])
   if not message then break end
-  local properties = cjson.decode(message)['properties']
-  local tag, info = properties['delivery_tag'], properties['delivery_info']
-  redis.call('ZADD', KEYS[3], ARGV[2], tag)
-  redis.call('HSET', KEYS[2], tag, '[' .. message .. ',' .. cjson.encode(info['exchange'])
-    .. ',' .. cjson.encode(info['routing_key']) .. ']')
-  taken[i] = message
+  local tag, info = envelope(message)
+  if tag then
+    redis.call('ZADD', KEYS[3], ARGV[2], tag)
+    redis.call('HSET', KEYS[2], tag, '[' .. message .. ',' .. cjson.encode(info['exchange'])
+      .. ',' .. cjson.encode(info['routing_key']) .. ']')
+    table.insert(taken, message)
+  else
+    table.insert(dropped, message)
+  end
 end
-return taken
+return {taken, dropped}
 """
 """Pop up to ARGV[1] messages off the queue KEYS[1] and record each in the unacked hash
 KEYS[2] and index KEYS[3] (score ARGV[2]), in kombu's own format, all in one atomic step: a
 worker that dies at any point loses none of them (they come back after the visibility
-timeout)."""
+timeout). Returns them, and apart those that are no kombu message (which kombu's own read
+would fail on too)."""
 
 _held = threading.local()
 
@@ -120,18 +135,17 @@ class _Channel(kombu_redis.Channel):
         held.append((self, self._q_for_pri(queue, priority), dumps(message)))
 
     def _brpop_read(self, **options: Any) -> bool:
-        """Deliver the message BRPOP brought, and up to `intake_batch - 1` more waiting in
-        its queue, taken in one more round trip (`_TAKE`).
+        """Deliver the message BRPOP brought, as kombu's own does, then up to
+        `intake_batch - 1` more waiting in its queue, taken in one more round trip (`_TAKE`).
 
         kombu's own reads one message per BRPOP, and records it as unacked in another round
         trip: two round trips per job in the message loop's one thread, which must win the
-        GIL back from hundreds of job threads after each. That paced how fast a worker
-        took in a burst of jobs. As kombu's, but for the batch.
+        GIL back from hundreds of job threads after each. That paced how fast a worker took
+        in a burst of jobs.
         """
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
-                more = self._take(reply[0]) if reply else []
             except self.connection_errors:
                 # The next poll reconnects.
                 self.client.connection.disconnect()
@@ -140,24 +154,32 @@ class _Channel(kombu_redis.Channel):
                 raise Empty()
             queue = bytes_to_str(reply[0]).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            messages = [loads(bytes_to_str(item)) for item in (reply[1], *more)]
-            self.qos.recorded.update(m["properties"]["delivery_tag"] for m in messages[1:])
-            for message in messages:
+            self.connection._deliver(loads(bytes_to_str(reply[1])), queue)
+            for message in self._take(reply[0]):
                 self.connection._deliver(message, queue)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own
             self._flush_brpop_reauth()
 
-    def _take(self, key: bytes) -> list[bytes]:
+    def _take(self, key: bytes) -> list[dict[str, Any]]:
         """More messages from the queue at `key`, within the prefetch limit, recorded as
         unacked (none with a global key prefix, which kombu adds to the keys itself)."""
         room = self.qos.can_consume_max_estimate()
-        count = self.intake_batch - 1 if room is None else min(room - 1, self.intake_batch - 1)
+        count = self.intake_batch - 1 if room is None else min(room, self.intake_batch - 1)
         if count <= 0 or self.global_keyprefix:
             return []
         keys = [key, self.unacked_key, self.unacked_index_key]
-        return list(self._take_script(keys, [count, time.time()], client=self.client) or [])
+        try:
+            taken, dropped = self._take_script(keys, [count, time.time()], client=self.client)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        for item in dropped:
+            log.warning("dropped a message that is not kombu's from %r: %.200r", key, item)
+        messages = [loads(bytes_to_str(item)) for item in taken]
+        self.qos.recorded.update(m["properties"]["delivery_tag"] for m in messages)
+        return messages
 
     @cached_property
     def _take_script(self) -> Any:

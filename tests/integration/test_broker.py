@@ -115,6 +115,24 @@ def test_a_worker_lost_after_the_read_loses_no_message(broker: Broker) -> None:
             message.ack()
 
 
+def test_a_message_that_is_not_kombus_is_dropped_and_the_rest_delivered(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    with broker.connection(intake_batch=8) as conn:
+        broker.publish(conn, 0)
+        broker.redis.lpush(broker.queue.name, "not json", '{"properties": 1}')
+        broker.publish(conn, 3)
+
+        got = drain_once(conn, broker.queue, prefetch=100)
+
+        assert [m.payload["n"] for m in got] == [0, 3]
+        assert broker.waiting() == 0
+        assert broker.unacked() == (2, 2)
+        assert caplog.text.count("dropped a message that is not kombu's") == 2
+        for message in got:
+            message.ack()
+
+
 def test_a_chord_is_sent_when_the_block_ends_in_one_transaction(broker: Broker) -> None:
     with broker.connection() as conn:
         before = broker.redis.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
