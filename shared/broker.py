@@ -70,8 +70,9 @@ def published_together() -> Iterator[None]:
     trip when it ends (MULTI/EXEC), instead of one LPUSH each as they are published.
 
     A voting round's chord then costs one round trip, and its votes reach the queue at once,
-    where a worker takes them in with one more (`_Channel._brpop_read`). If the block raises,
-    nothing is sent; if Redis fails while sending, `StoreError` (the job is retried).
+    where a worker's message loop takes them in together (`_Channel._brpop_read`). If the
+    block raises, nothing is sent; if Redis fails while sending, `StoreError` (the job is
+    retried).
     """
     if getattr(_held, "messages", None) is not None:  # nested: the outer block sends
         yield

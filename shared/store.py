@@ -524,7 +524,8 @@ class RunStore:
     @_mapped
     def votes(self, run_id: str, attempt: int) -> list[Vote]:
         """Every vote stored for the attempt."""
-        return _votes(cast(dict[str, str], self.redis.hgetall(self.keys.votes(run_id, attempt))))
+        raw = self.redis.hgetall(self.keys.votes(run_id, attempt))
+        return _votes(cast(dict[str, str], raw))
 
     @_mapped
     def decide(self, run_id: str, attempt: int, issue: int, event: dict[str, Any]) -> bool:
