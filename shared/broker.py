@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from queue import Empty
 from typing import Any
@@ -91,17 +91,14 @@ def published_together() -> Iterator[None]:
 
 
 class _QoS(kombu_redis.QoS):
-    """kombu's unacked index, where `_Channel._brpop_read` may have recorded a message
-    already: `recorded` holds those tags until their message is delivered."""
+    """kombu's unacked index, which `_Channel._brpop_read` may have written already."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.recorded: set[str] = set()
+    taken = False
+    """True while the intake delivers messages that `_TAKE` recorded as unacked."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         """Note a delivered message as unacked, in Redis unless the intake did already."""
-        if delivery_tag in self.recorded:
-            self.recorded.discard(delivery_tag)
+        if self.taken:
             virtual.QoS.append(self, message, delivery_tag)
         else:
             super().append(message, delivery_tag)
@@ -145,23 +142,34 @@ class _Channel(kombu_redis.Channel):
         in a burst of jobs.
         """
         try:
-            try:
-                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:
-                # The next poll reconnects.
-                self.client.connection.disconnect()
-                raise
+            reply = self._on_poll_connection(
+                lambda: self.client.parse_response(self.client.connection, "BRPOP", **options)
+            )
             if not reply:
                 raise Empty()
             queue = bytes_to_str(reply[0]).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             self.connection._deliver(loads(bytes_to_str(reply[1])), queue)
-            for message in self._take(reply[0]):
-                self.connection._deliver(message, queue)
+            taken = self._take(reply[0])
+            self.qos.taken = True
+            try:
+                for message in taken:
+                    self.connection._deliver(message, queue)
+            finally:
+                self.qos.taken = False
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own
             self._flush_brpop_reauth()
+
+    def _on_poll_connection(self, call: Callable[[], Any]) -> Any:
+        """`call`, on the BRPOP connection: dropped on a connection error, as kombu does (the
+        next poll reconnects)."""
+        try:
+            return call()
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
 
     def _take(self, key: bytes) -> list[dict[str, Any]]:
         """More messages from the queue at `key`, within the prefetch limit, recorded as
@@ -171,16 +179,12 @@ class _Channel(kombu_redis.Channel):
         if count <= 0 or self.global_keyprefix:
             return []
         keys = [key, self.unacked_key, self.unacked_index_key]
-        try:
-            taken, dropped = self._take_script(keys, [count, time.time()], client=self.client)
-        except self.connection_errors:
-            self.client.connection.disconnect()
-            raise
+        taken, dropped = self._on_poll_connection(
+            lambda: self._take_script(keys, [count, time.time()], client=self.client)
+        )
         for item in dropped:
             log.warning("dropped a message that is not kombu's from %r: %.200r", key, item)
-        messages = [loads(bytes_to_str(item)) for item in taken]
-        self.qos.recorded.update(m["properties"]["delivery_tag"] for m in messages)
-        return messages
+        return [loads(bytes_to_str(item)) for item in taken]
 
     @cached_property
     def _take_script(self) -> Any:
