@@ -195,19 +195,17 @@ class Bench:
         standard = validation_config("threshold", issues=p.issues, count=p.count, required_ahead=1)
         with self.running(1):
             for latency in p.latency_levels:
-                self.both(
-                    "latency",
-                    latency=latency,
-                    shape="sequential",
-                    runs=p.latency_runs,
-                    warmup=p.latency_warmup,
-                    config=standard,
-                )
+                self.both("latency", **self.one_at_a_time(latency), config=standard)
             for _ in range(p.cpu_repeat):
                 self.both("cpu", latency=0.0, shape="burst", runs=p.cpu_runs, config=standard)
             self.economy()
             single = validation_config("single_shot", issues=1, count=1, required_ahead=1)
             self.both("inflight", **self.inflight, config=single)
+        # One worker process per core, as a deployment runs them: a round's votes spread over
+        # both (each takes at most half of the jobs waiting).
+        with self.running(2):
+            for latency in p.latency_levels:
+                self.measure("quorum", "latency", **self.one_at_a_time(latency), config=standard)
         # Threads are cheap: the same with a pool big enough for more calls than the default.
         with self.running(1, QUORUM_WORKER_CONCURRENCY=str(p.inflight_concurrency)):
             self.measure("quorum", "inflight", **self.inflight, config=single)
@@ -237,6 +235,16 @@ class Bench:
                 )
         return self.records
 
+    def one_at_a_time(self, latency: float) -> dict[str, Any]:
+        """The latency workload: runs one at a time after a warm-up, at `latency`."""
+        p = self.profile
+        return {
+            "latency": latency,
+            "shape": "sequential",
+            "runs": p.latency_runs,
+            "warmup": p.latency_warmup,
+        }
+
     @property
     def inflight(self) -> dict[str, Any]:
         """The in-flight workload: all runs at once, at the profile's latency."""
@@ -248,20 +256,14 @@ class Bench:
         jobs on a worker configured like Quorum's, sleeping where Quorum calls the LLM."""
         p = self.profile
         concurrency = str(p.inflight_concurrency)
-        with self.running(1, app="bench.floor", QUORUM_WORKER_CONCURRENCY=concurrency):
-            for latency in p.latency_levels:
-                self.measure(
-                    "celery",
-                    "latency",
-                    latency=latency,
-                    shape="sequential",
-                    runs=p.latency_runs,
-                    warmup=p.latency_warmup,
-                    config={"mode": "celery", "votes": p.issues * p.count},
-                )
-            self.measure(
-                "celery", "inflight", **self.inflight, config={"mode": "celery", "votes": 1}
-            )
+        shaped = {"mode": "celery", "votes": p.issues * p.count}
+        for count in (1, 2):
+            with self.running(count, app="bench.floor", QUORUM_WORKER_CONCURRENCY=concurrency):
+                for latency in p.latency_levels:
+                    self.measure("celery", "latency", **self.one_at_a_time(latency), config=shaped)
+                if count == 1:
+                    single = {"mode": "celery", "votes": 1}
+                    self.measure("celery", "inflight", **self.inflight, config=single)
 
     def economy(self) -> None:
         """K-ahead and Threshold against simulated validators of each accuracy, one issue."""

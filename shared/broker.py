@@ -40,7 +40,8 @@ local function envelope(message)
   end
 end
 local taken, dropped = {}, {}
-for _ = 1, tonumber(ARGV[1]) do
+local limit = math.min(tonumber(ARGV[1]), math.ceil(redis.call('LLEN', KEYS[1]) / 2))
+for _ = 1, limit do
   local message = redis.call('RPOP', KEYS[1])
   if not message then break end
   local tag, info = envelope(message)
@@ -55,11 +56,15 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 return {taken, dropped}
 """
-"""Pop up to ARGV[1] messages off the queue KEYS[1] and record each in the unacked hash
-KEYS[2] and index KEYS[3] (score ARGV[2]), in kombu's own format, all in one atomic step: a
-worker that dies at any point loses none of them (they come back after the visibility
-timeout). Returns them, and apart those that are no kombu message (which kombu's own read
-would fail on too)."""
+"""Pop up to ARGV[1] messages off the queue KEYS[1], and no more than half of those waiting
+(rounded up), and record each in the unacked hash KEYS[2] and index KEYS[3] (score ARGV[2]),
+in kombu's own format, all in one atomic step: a worker that dies at any point loses none of
+them (they come back after the visibility timeout). Returns them, and apart those that are no
+kombu message (which kombu's own read would fail on too).
+
+Half: the other half is left to the workers beside this one, each blocked in its own BRPOP,
+so that a voting round's votes spread over them instead of all going to the first that wakes
+(its CPU would then pace the whole round). A deep queue still goes in full batches."""
 
 _held = threading.local()
 
@@ -134,7 +139,8 @@ class _Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         """Deliver the message BRPOP brought, as kombu's own does, then up to
-        `intake_batch - 1` more waiting in its queue, taken in one more round trip (`_TAKE`).
+        `intake_batch - 1` more waiting in its queue (at most half of them), taken in one more
+        round trip (`_TAKE`).
 
         kombu's own reads one message per BRPOP, and records it as unacked in another round
         trip: two round trips per job in the message loop's one thread, which must win the

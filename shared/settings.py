@@ -92,8 +92,8 @@ class Settings(BaseSettings):
         64,
         gt=0,
         description="Most jobs a worker takes off a Redis queue in one round trip, within "
-        "its concurrency; 1 takes them one by one, which spreads a small round of votes "
-        "over more workers.",
+        "its concurrency and never more than half of those waiting (the rest is left to the "
+        "workers beside it); 1 takes them one by one.",
     )
     worker_pool: str = Field("threads", description="Celery pool: threads suits LLM calls.")
     task_sent_events: bool = Field(

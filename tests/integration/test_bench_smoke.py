@@ -28,7 +28,10 @@ def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
     assert "## Targets" in report
     assert "| latency at L = 50 ms" in report
     # Celery alone ran on its own worker: its runs one at a time, and all at once.
-    assert "| 50 | celery | 100 |" in report
+    assert "| 50 | celery | 1 | 100 |" in report
+    assert "| 50 | celery | 2 | 100 |" in report
+    # Quorum ran the runs one at a time on one worker process and on two.
+    assert "| 50 | quorum | 2 | 100 |" in report
     # Its 40 runs at once recorded their sleeps: the most at once is its in-flight figure.
     held = re.search(r"\| celery \| 100 \| 40 \| 0\.3 \| (\d+) \| [\d.]+ \|", report)
     assert held is not None and 0 < int(held.group(1)) <= 40

@@ -73,16 +73,41 @@ def drain_once(conn: kombu.Connection, queue: kombu.Queue, prefetch: int) -> lis
     return got
 
 
-def test_one_read_takes_in_the_waiting_messages_recorded_as_unacked(broker: Broker) -> None:
+def drain(conn: kombu.Connection, queue: kombu.Queue) -> list[kombu.Message]:
+    """Every message waiting, over as many wake-ups as it takes."""
+    got: list[kombu.Message] = []
+    while len(got) < 100:
+        try:
+            got += drain_once(conn, queue, prefetch=100)
+        except TimeoutError:
+            return got
+    raise AssertionError("the queue never emptied")
+
+
+def test_one_read_takes_in_messages_recorded_as_unacked(broker: Broker) -> None:
     with broker.connection(intake_batch=8) as conn:
-        broker.publish(conn, *range(5))
+        broker.publish(conn, *range(3))
 
         got = drain_once(conn, broker.queue, prefetch=100)
 
-        assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4]
-        assert broker.waiting() == 0
-        assert broker.unacked() == (5, 5)
+        assert [m.payload["n"] for m in got] == [0, 1]
+        assert broker.waiting() == 1
+        assert broker.unacked() == (2, 2)
         for message in got:
+            message.ack()
+        assert broker.unacked() == (0, 0)
+
+
+def test_one_read_leaves_half_of_the_waiting_messages_to_other_workers(broker: Broker) -> None:
+    with broker.connection(intake_batch=64) as conn, broker.connection(intake_batch=64) as other:
+        broker.publish(conn, *range(9))
+
+        first = drain_once(conn, broker.queue, prefetch=100)  # BRPOP's one, then 4 of 8
+        second = drain_once(other, broker.queue, prefetch=100)  # 1, then 2 of 3
+
+        assert (len(first), len(second), broker.waiting()) == (5, 3, 1)
+        assert broker.unacked() == (8, 8)
+        for message in first + second + drain(conn, broker.queue):
             message.ack()
         assert broker.unacked() == (0, 0)
 
@@ -98,19 +123,19 @@ def test_the_batch_stays_within_the_prefetch_limit_and_the_batch_size(broker: Br
 
 def test_a_worker_lost_after_the_read_loses_no_message(broker: Broker) -> None:
     with broker.connection(intake_batch=8) as conn:
-        broker.publish(conn, *range(4))
+        broker.publish(conn, *range(5))
         got = drain_once(conn, broker.queue, prefetch=100)
-        assert len(got) == 4
+        assert len(got) == 3
         # The worker dies: nothing is acknowledged, nothing restored at shutdown.
         conn.default_channel.qos._delivered.clear()
-    assert broker.waiting() == 0
+    assert broker.waiting() == 2
 
     with broker.connection(intake_batch=8, visibility_timeout=0) as later:
         later.default_channel.qos.restore_visible(num=10)
         assert broker.unacked() == (0, 0)
-        assert broker.waiting() == 4
-        again = drain_once(later, broker.queue, prefetch=100)
-        assert sorted(m.payload["n"] for m in again) == [0, 1, 2, 3]
+        assert broker.waiting() == 5
+        again = drain(later, broker.queue)
+        assert sorted(m.payload["n"] for m in again) == [0, 1, 2, 3, 4]
         for message in again:
             message.ack()
 
@@ -123,7 +148,7 @@ def test_a_message_that_is_not_kombus_is_dropped_and_the_rest_delivered(
         broker.redis.lpush(broker.queue.name, "not json", '{"properties": 1}')
         broker.publish(conn, 3)
 
-        got = drain_once(conn, broker.queue, prefetch=100)
+        got = drain(conn, broker.queue)
 
         assert [m.payload["n"] for m in got] == [0, 3]
         assert broker.waiting() == 0

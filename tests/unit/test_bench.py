@@ -83,8 +83,16 @@ def test_throughput_target_counts_validated_runs_and_shows_the_returned_ones() -
     assert headline({"records": unvalidated, "profile": "full"})[2].endswith("| ✘ |")
 
 
-def sequential(engine: str, latency: float, seconds: list[float]) -> dict[str, object]:
-    return {"engine": engine, "workload": "latency", "latency": latency, "latencies": seconds}
+def sequential(
+    engine: str, latency: float, seconds: list[float], workers: int = 1
+) -> dict[str, object]:
+    return {
+        "engine": engine,
+        "workload": "latency",
+        "latency": latency,
+        "latencies": seconds,
+        "workers": workers,
+    }
 
 
 def inflight(engine: str, most: int, *, queued: bool = False) -> dict[str, object]:
@@ -94,14 +102,16 @@ def inflight(engine: str, most: int, *, queued: bool = False) -> dict[str, objec
 def test_targets_show_celery_alone_beside_the_latency_and_in_flight_targets() -> None:
     records = [
         sequential("quorum", 0.2, [0.45, 0.46, 0.47]),
-        sequential("reference", 0.2, [0.47, 0.48]),
+        sequential("reference", 0.2, [0.47, 0.48], workers=0),
         sequential("celery", 0.2, [0.43, 0.44]),
         inflight("quorum", 260),
         inflight("reference", 700),
         inflight("celery", 610),
     ]
     latency, calls = headline({"records": records, "profile": "full"})[2:]
-    assert latency.startswith("| latency at L = 200 ms: end to end − 2L ≤ 30 ms | 60 ms | 75 ms")
+    assert latency.startswith(
+        "| latency at L = 200 ms, 1 worker process: end to end − 2L ≤ 30 ms | 60 ms | 75 ms"
+    )
     assert "| 35 ms | 0.80× | ✘ |" in latency
     assert calls == (
         "| LLM calls one worker process keeps in flight ≥ 500 | 260 as the runs arrive | 700 "
@@ -129,3 +139,18 @@ def test_peak_overlap_counts_the_jobs_running_at_one_instant() -> None:
     assert peak_overlap([]) == 0
     assert peak_overlap([(0.0, 1.0), (0.5, 1.5), (0.9, 2.0), (1.6, 2.5)]) == 3
     assert peak_overlap([(0.0, 1.0), (1.0, 2.0)]) == 1  # one ends as the next starts
+
+
+def test_the_latency_target_takes_quorum_and_celery_alone_with_the_most_workers() -> None:
+    records = [
+        sequential("quorum", 0.2, [0.45]),
+        sequential("quorum", 0.2, [0.428], workers=2),
+        sequential("reference", 0.2, [0.47], workers=0),
+        sequential("celery", 0.2, [0.43]),
+        sequential("celery", 0.2, [0.42], workers=2),
+    ]
+    latency = headline({"records": records, "profile": "full"})[2]
+    assert latency == (
+        "| latency at L = 200 ms, 2 worker processes: end to end − 2L ≤ 30 ms | 28 ms | 70 ms "
+        "| 20 ms | 0.40× | ✔ |"
+    )
