@@ -47,6 +47,10 @@ def _fmt(value: float, digits: int = 0) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
 
+def _workers(count: int) -> str:
+    return f"{count} worker process{'es' if count > 1 else ''}"
+
+
 def _med(records: list[Record], metric: Callable[[Record], float], digits: int = 0) -> str:
     """`median (min–max)` of a metric over repetitions."""
     mid, low, high = spread([metric(r) for r in records])
@@ -219,10 +223,6 @@ def headline(results: dict[str, Any]) -> list[str]:
 
 
 # -- the sections ------------------------------------------------------------------------
-
-
-def _workers(count: int) -> str:
-    return f"{count} worker process{'es' if count > 1 else ''}"
 
 
 def _latency(records: list[Record]) -> list[str]:
@@ -425,7 +425,7 @@ def _plot_latency(records: list[Record], out: Path) -> str | None:
             yerr = [[e[0] for e in errs], [e[1] for e in errs]]
             label = "Celery alone" if engine == "celery" else engine
             if workers:
-                label += f", {workers} worker{'s' if workers > 1 else ''}"
+                label += f", {_workers(workers)}"
             shade = _COLORS[engine] if workers < 2 else _DARKER[engine]
             ax.bar(xs, ys, width, yerr=yerr, label=label, color=shade)
     ideal = [2000 * x for x in levels]

@@ -27,7 +27,8 @@ def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in report
     assert "| latency at L = 50 ms" in report
-    # Celery alone ran on its own worker: its runs one at a time, and all at once.
+    # Celery alone ran on workers of its own: its runs one at a time (on one worker process
+    # and on two), and all at once.
     assert "| 50 | celery | 1 | 100 |" in report
     assert "| 50 | celery | 2 | 100 |" in report
     # Quorum ran the runs one at a time on one worker process and on two.
