@@ -340,16 +340,21 @@ def tally(
     if plan:
         ctx.enqueue.voting_round(run_id, attempt, round_ + 1, plan)
         return "next round"
-    return _conclude(ctx, state, attempt, votes)
+    return _conclude(ctx, state, attempt, votes, decided)
 
 
-def _conclude(ctx: Context, state: RunState, attempt: int, votes: list[Vote]) -> str:
+def _conclude(
+    ctx: Context,
+    state: RunState,
+    attempt: int,
+    votes: list[Vote],
+    decided: dict[int, dict[str, Any]],
+) -> str:
+    """End the attempt on its decisions: `decided`, as read before the tally decided any."""
     run_id, issues = state.run_id, state.spec.config.issues
-    failed = {
-        issue: decision
-        for issue, decision in ctx.store.decisions(run_id, attempt).items()
-        if decision["outcome"] == "failed"
-    }
+    if len(decided) < len(issues):  # the tally decided the rest: read what stands
+        decided = ctx.store.decisions(run_id, attempt)
+    failed = {issue: d for issue, d in decided.items() if d["outcome"] == "failed"}
     output = state.outputs[attempt]
     if not failed:
         ctx.store.transition(
