@@ -29,6 +29,7 @@ from shared.prompts import (
     validator_messages,
 )
 from shared.state import RunState, event
+from shared.store import RoundContext, vote_slot
 from shared.voting import (
     Tally,
     decide_after_round,
@@ -123,10 +124,16 @@ def _begin_attempt(ctx: Context, run_id: str, attempt: int) -> tuple[str, RunSta
     ), state
 
 
+def _launch(ctx: Context, run_id: str, attempt: int, round_: int, plan: Plan) -> None:
+    """Note a voting round's votes in the store, then send its chord."""
+    ctx.store.plan_round(run_id, attempt, round_, plan)
+    ctx.enqueue.voting_round(run_id, attempt, round_, plan)
+
+
 def _first_round(ctx: Context, state: RunState, attempt: int) -> None:
     config = state.spec.config
     plan = {issue: list(range(first_round_size(config))) for issue in range(len(config.issues))}
-    ctx.enqueue.voting_round(state.run_id, attempt, 1, plan)
+    _launch(ctx, state.run_id, attempt, 1, plan)
 
 
 def task_node(ctx: Context, run_id: str, attempt: int) -> str:
@@ -153,12 +160,12 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
     )
     if reply is None:
         return "failed"
-    ctx.store.bill(run_id, reply.usage)
     output, error = parse_output(
         reply.content, spec.response_schema, max_bytes=ctx.max_output_bytes
     )
     call = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage.model_dump()}
     if error is not None:
+        ctx.store.bill(run_id, reply.usage)
         log.info("run %s attempt %d: invalid output: %s", run_id, attempt, error)
         invalid = event("output_invalid", attempt, ctx.worker, output=output, error=error, **call)
         ctx.store.record_failure(run_id, attempt, FailedAttempt(output, [error]), invalid)
@@ -171,6 +178,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
         attempt=attempt,
         fields={f"output:{attempt}": output},
         events=[event("output", attempt, ctx.worker, output=output, **call)],
+        usage=reply.usage,
     )
     if not moved or ctx.over_budget(state):
         return "skipped"
@@ -192,14 +200,13 @@ def _vote_skip_reason(state: RunState | None, attempt: int, decided: bool) -> st
 def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
     """Ask one validator about one issue, unless the run or issue no longer needs it."""
     state, decided, stored = ctx.store.vote_context(run_id, attempt, issue, index)
-    if stored is not None:
+    if stored is not None:  # a redelivered vote job
+        _finish(ctx, run_id, attempt, issue, index)
         return stored.model_dump()
     reason = _vote_skip_reason(state, attempt, decided)
     if reason is not None or state is None:
-        ctx.store.add_event(
-            run_id,
-            event("vote_skipped", attempt, ctx.worker, issue=issue, index=index, reason=reason),
-        )
+        skip = event("vote_skipped", attempt, ctx.worker, issue=issue, index=index, reason=reason)
+        _finish(ctx, run_id, attempt, issue, index, skip)
         return {"issue": issue, "index": index, "skipped": reason}
     spec = state.spec
     prompt = render_task_prompt(spec.template, spec.kwargs)
@@ -228,6 +235,7 @@ def vote_error(
     """Record an error vote (counts for neither side) when the validator cannot answer."""
     state, _, stored = ctx.store.vote_context(run_id, attempt, issue, index)
     if stored is not None or state is None:
+        _finish(ctx, run_id, attempt, issue, index)
         return stored.model_dump() if stored else {"issue": issue, "index": index}
     cast = Vote(issue=issue, index=index, is_valid=None, reasoning=f"validator error: {reason}")
     return _store_vote(ctx, state, attempt, cast, Usage(), {})
@@ -247,13 +255,15 @@ def _store_vote(
         reasoning=cast.reasoning,
         **extra,
     )
-    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
+    stored, last_of = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
     if stored is not None and not ctx.over_budget(state):
         config = state.spec.config
         counted = Tally.of(v.is_valid for v in stored if v.issue == cast.issue)
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
             _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)
+    if last_of:
+        tally(ctx, run_id, attempt, last_of, claimant=vote_slot(cast.issue, cast.index))
     # DEBUG: a line per vote at INFO costs hundreds of threads a lock on the log handler, and
     # the run's provenance has every vote with its reasoning.
     log.debug(
@@ -265,6 +275,21 @@ def _store_vote(
         cast.is_valid,
     )
     return cast.model_dump()
+
+
+def _finish(
+    ctx: Context,
+    run_id: str,
+    attempt: int,
+    issue: int,
+    index: int,
+    skipped: dict[str, Any] | None = None,
+) -> None:
+    """Mark a vote finished (with the `vote_skipped` event, if it was); tally its round here
+    when it was the round's last vote (a redelivered job: again)."""
+    last_of = ctx.store.finish_vote(run_id, attempt, issue, index, skipped)
+    if last_of:
+        tally(ctx, run_id, attempt, last_of, claimant=vote_slot(issue, index))
 
 
 def _decide(
@@ -284,51 +309,46 @@ def _decide(
     ctx.store.decide(run_id, attempt, issue, decided)
 
 
-def _missing(
-    votes: list[Vote], decided: dict[int, Any], planned: list[list[int]] | None
-) -> list[tuple[int, int]]:
-    """Planned votes of the round neither stored nor made moot by their issue's decision."""
-    stored = {(v.issue, v.index) for v in votes}
-    return [
-        (issue, index)
-        for issue, index in planned or []
-        if (issue, index) not in stored and issue not in decided
-    ]
-
-
-def tally(
-    ctx: Context,
-    run_id: str,
-    attempt: int,
-    round_: int,
-    results: list[dict[str, Any]],
-    planned: list[list[int]] | None = None,
-) -> str:
+def tally(ctx: Context, run_id: str, attempt: int, round_: int, *, claimant: str = "tally") -> str:
     """Decide every issue from the votes in Redis; finish, route, or draw another round.
 
-    `planned` lists the round's `[issue, index]` votes: when one is neither stored nor moot,
-    Celery ran the tally early (a redelivered vote counted twice in the chord), and
-    `RoundIncompleteError` asks for the tally to be retried once the vote is in.
+    A round is tallied once, by whoever claims it first once none of its votes is still out:
+    the vote job that finished its last vote (`claimant`: that vote's slot), right away, or
+    else the chord's `quorum.tally` (`tally`), which Celery sends once every vote job of the
+    round has returned. A tally that comes while votes are still out (Celery counted a
+    redelivered vote twice) raises `RoundIncompleteError`, to be retried once they are in.
     """
-    state, votes, decided = ctx.store.round_context(run_id, attempt)
+    round_ctx = ctx.store.round_context(run_id, attempt, round_, claimant)
+    state = round_ctx.state
     if state is None:
         _gone(run_id)
         return "skipped"
     if state.attempt != attempt or state.status is not TaskStatus.VALIDATING:
         return "skipped"
+    if round_ctx.tallier is None:
+        raise RoundIncompleteError(f"round {round_} still waits for votes")
+    if round_ctx.tallier != claimant:
+        return "skipped"  # tallied by the job that finished its last vote
+    plan = _decide_round(ctx, state, attempt, round_ctx)
+    if plan:
+        _launch(ctx, run_id, attempt, round_ + 1, plan)
+        return "next round"
+    return _conclude(ctx, state, attempt, round_ctx.votes, round_ctx.decided)
+
+
+def _decide_round(ctx: Context, state: RunState, attempt: int, round_ctx: RoundContext) -> Plan:
+    """Decide each open issue that the round's votes settle; plan the next round's votes,
+    numbered after every vote planned so far, for the others."""
     config = state.spec.config
-    missing = _missing(votes, decided, planned)
-    if missing:
-        raise RoundIncompleteError(f"round {round_} still waits for votes {missing}")
     by_issue: dict[int, list[Vote]] = defaultdict(list)
     launched: dict[int, int] = defaultdict(int)
-    for cast in votes:
+    for cast in round_ctx.votes:
         by_issue[cast.issue].append(cast)
-    for item in [*results, *(v.model_dump() for v in votes)]:
-        launched[item["issue"]] = max(launched[item["issue"]], item["index"] + 1)
+    for issue, index in [*round_ctx.planned, *((v.issue, v.index) for v in round_ctx.votes)]:
+        launched[issue] = max(launched[issue], index + 1)
     plan: Plan = {}
     for issue in range(len(config.issues)):
-        if issue in decided:
+        if issue in round_ctx.decided:
             continue
         counted = Tally.of(v.is_valid for v in by_issue[issue])
         decision = decide_after_round(config, counted)
@@ -336,11 +356,8 @@ def tally(
             start = launched[issue]
             plan[issue] = list(range(start, start + next_round_size(config, counted)))
         else:
-            _decide(ctx, run_id, attempt, issue, decision.outcome, decision.reason, counted)
-    if plan:
-        ctx.enqueue.voting_round(run_id, attempt, round_ + 1, plan)
-        return "next round"
-    return _conclude(ctx, state, attempt, votes, decided)
+            _decide(ctx, state.run_id, attempt, issue, decision.outcome, decision.reason, counted)
+    return plan
 
 
 def _conclude(

@@ -40,6 +40,13 @@ class Keys:
         """Hash: issue index → `passed` / `failed`, the early-decision flags votes read."""
         return self._join("run", f"{{{run_id}}}", "decisions", attempt)
 
+    def rounds(self, run_id: str, attempt: int) -> str:
+        """Hash: the attempt's voting rounds. `{issue}:{index}` → the round that planned the
+        vote (negated once the vote has finished), `out/{round}` → the round's votes not yet
+        finished, `tally/{round}` → who tallies the round (the vote that finished it last, or
+        `tally`, the chord's job)."""
+        return self._join("run", f"{{{run_id}}}", "rounds", attempt)
+
     def idempotency(self, key: str) -> str:
         """String: the run id an idempotency key was first used for."""
         return self._join("idem", key)

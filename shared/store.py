@@ -11,6 +11,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
@@ -27,7 +28,7 @@ from shared.prompts import FailedAttempt
 from shared.settings import Settings
 from shared.state import USAGE_FIELDS, RunState, event, usage_counters, usage_of
 
-__all__ = ["DRIVER_INFO", "RunStore", "connect"]
+__all__ = ["DRIVER_INFO", "RoundContext", "RunStore", "connect", "vote_slot"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,16 +57,81 @@ end
 return {1, ARGV[3], cur[2]}
 """
 
-# KEYS: hash, events, run. ARGV: field, value, ttl, event JSON, then usage field/amount pairs.
-# Writes the field once; only the first write appends its event and bills its usage.
-_RECORD_ONCE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', 'event', ARGV[4])
-for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return 1
+_RECORD = """
+local function record(hash, events, run, field, value, ttl, event)
+  if redis.call('HSETNX', hash, field, value) == 0 then return 0 end
+  redis.call('XADD', events, '*', 'event', event)
+  for _, key in ipairs({hash, events, run}) do redis.call('EXPIRE', key, ttl) end
+  return 1
+end
+"""
+"""Lua: write `field` into `hash` once; only the first write appends its event."""
+
+# KEYS: hash, events, run. ARGV: field, value, ttl, event JSON.
+_RECORD_ONCE = _RECORD + "return record(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV, 1, 4))"
+
+# The rounds hash (`Keys.rounds`): a planned vote's field holds its round, negated once the
+# vote has finished; `out/R` counts round R's votes not yet finished; `tally/R` names who
+# tallies round R. A vote finishes once however often its job runs; the one that finishes a
+# round's last vote claims its tally, and gets the round back on every later finish.
+_FINISH = """
+local function finish(rounds, slot, ttl)
+  local r = tonumber(redis.call('HGET', rounds, slot))
+  if not r then return 0 end
+  if r > 0 then
+    redis.call('HSET', rounds, slot, -r)
+    redis.call('EXPIRE', rounds, ttl)
+    if redis.call('HINCRBY', rounds, 'out/' .. r, -1) > 0 then return 0 end
+    redis.call('HSETNX', rounds, 'tally/' .. r, slot)
+  end
+  r = math.abs(r)
+  if redis.call('HGET', rounds, 'tally/' .. r) == slot then return r end
+  return 0
+end
 """
 
+# KEYS: rounds. ARGV: round, ttl, then the round's slots. Plans each slot once.
+_PLAN = """
+for i = 3, #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'out/' .. ARGV[1], 1)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
+# KEYS: votes, events, run, rounds. ARGV: slot, vote JSON, ttl, event JSON, then usage
+# field/amount pairs. Stores the vote once, bills its call every time, and finishes it.
+_RECORD_VOTE = (
+    _RECORD
+    + _FINISH
+    + """
+local new = record(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV, 1, 4))
+for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+return {new, finish(KEYS[4], ARGV[1], ARGV[3])}
+"""
+)
+
+# KEYS: events, rounds. ARGV: slot, ttl, event JSON (none: '').
+_FINISH_VOTE = (
+    _FINISH
+    + """
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return finish(KEYS[2], ARGV[1], ARGV[2])
+"""
+)
+
+# KEYS: rounds. ARGV: round, who asks, ttl. Returns who tallies the round ('' while votes
+# of it are still out); the first to ask once none is out gets it.
+_CLAIM_TALLY = """
+if tonumber(redis.call('HGET', KEYS[1], 'out/' .. ARGV[1]) or '0') > 0 then return '' end
+redis.call('HSETNX', KEYS[1], 'tally/' .. ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('HGET', KEYS[1], 'tally/' .. ARGV[1])
+"""
 
 DRIVER_INFO = DriverInfo()
 """What each of our connections tells Redis about its client (CLIENT SETINFO), made once.
@@ -134,6 +200,32 @@ def _decisions(raw: dict[str, str]) -> dict[int, dict[str, Any]]:
     return {int(issue): json.loads(event) for issue, event in raw.items()}
 
 
+def vote_slot(issue: int, index: int) -> str:
+    """The field of a vote in an attempt's votes and rounds hashes: `{issue}:{index}`."""
+    return f"{issue}:{index}"
+
+
+def _slot(name: str) -> tuple[int, int]:
+    issue, index = name.split(":")
+    return int(issue), int(index)
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a tally works with, read in one round trip (`RunStore.round_context`)."""
+
+    state: RunState | None
+    """The run; None if it is gone."""
+    votes: list[Vote]
+    """The attempt's stored votes."""
+    decided: dict[int, dict[str, Any]]
+    """The attempt's decided issues, with their `issue_decided` events."""
+    planned: list[tuple[int, int]]
+    """Every `(issue, index)` planned in the attempt's rounds so far."""
+    tallier: str | None
+    """Who tallies the round; None while votes of it are still out."""
+
+
 def _mapped(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -166,6 +258,10 @@ class RunStore:
         self.run_timeout_s = run_timeout_s
         self._transition = client.register_script(_TRANSITION)
         self._record_once = client.register_script(_RECORD_ONCE)
+        self._plan = client.register_script(_PLAN)
+        self._record_vote = client.register_script(_RECORD_VOTE)
+        self._finish_vote = client.register_script(_FINISH_VOTE)
+        self._claim_tally = client.register_script(_CLAIM_TALLY)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunStore:
@@ -339,22 +435,26 @@ class RunStore:
         attempt: int | None = None,
         events: Sequence[dict[str, Any]] = (),
         fields: dict[str, Any] | None = None,
+        usage: Usage | None = None,
     ) -> bool:
         """Compare-and-set the status to `new` from any status allowed to reach it.
 
         With `attempt`, the run's current attempt must equal it. The events are appended and
-        the fields set only when the change happens. Returns whether it happened. A move to
-        a live status marks progress in the same round trip (whether it happened or not: a
-        job was at work on the run); an ended run leaves the sweep's indices.
+        the fields set only when the change happens. Returns whether it happened. In the same
+        round trip, whether it happened or not, `usage` (a call's tokens) is billed and a
+        move to a live status marks progress (a job was at work on the run); an ended run
+        leaves the sweep's indices.
         """
         keys, args = self._transition_call(run_id, new, attempt, events, fields)
-        if new.terminal:
-            done, *_ = self._transition(keys=keys, args=args)
-            if done:
-                self.unindex(run_id)
-        else:
-            touch = functools.partial(self._touch, run_id=run_id)
-            (done, *_), _ = self._script_then(self._transition, keys, args, touch)
+
+        def then(pipe: Any) -> None:
+            self._bill(pipe, run_id, usage)
+            if not new.terminal:
+                self._touch(pipe, run_id)
+
+        (done, *_), *_ = self._script_then(self._transition, keys, args, then)
+        if done and new.terminal:
+            self.unindex(run_id)
         return bool(done)
 
     @_mapped
@@ -429,6 +529,11 @@ class RunStore:
             self.redis.script_load(script.script)
             return send()
 
+    def _script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run `script` alone (`_script_then` with nothing after it); its reply."""
+        reply, *_ = self._script_then(script, keys, args, lambda pipe: None)
+        return reply
+
     @_mapped
     def vote_context(
         self, run_id: str, attempt: int, issue: int, index: int
@@ -438,22 +543,13 @@ class RunStore:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.run(run_id))
             pipe.hexists(self.keys.decisions(run_id, attempt), str(issue))
-            pipe.hget(self.keys.votes(run_id, attempt), f"{issue}:{index}")
+            pipe.hget(self.keys.votes(run_id, attempt), vote_slot(issue, index))
             raw, decided, stored = pipe.execute()
         return (
             RunState.parse(run_id, raw) if raw else None,
             bool(decided),
             Vote.model_validate_json(stored) if stored else None,
         )
-
-    @_mapped
-    def add_event(self, run_id: str, event: dict[str, Any]) -> None:
-        """Append one provenance event."""
-        key = self.keys.events(run_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, {"event": json.dumps(event)})
-            pipe.expire(key, self.ttl_s)
-            pipe.execute()
 
     def _once(
         self,
@@ -462,36 +558,26 @@ class RunStore:
         name: str,
         value: str,
         event: dict[str, Any],
-        usage: Usage | None = None,
-        *,
-        read_back: bool = False,
-    ) -> list[str] | None:
-        """Write `name` into the hash at `key` once, in one round trip; mark progress.
-
-        Returns None when `name` was already there; else the hash's values (`read_back`) or
-        an empty list.
-        """
-        billed = [x for pair in usage_counters(usage) for x in pair]
+    ) -> bool:
+        """Write `name` into the hash at `key` once, with its event, in one round trip; mark
+        progress. Returns whether it was written (False: `name` was already there)."""
         keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
-        args = [name, value, self.ttl_s, json.dumps(event), *billed]
-
-        def then(pipe: Any) -> None:
-            self._touch(pipe, run_id)
-            if read_back:
-                pipe.hvals(key)
-
-        new, _, *values = self._script_then(self._record_once, keys, args, then)
-        if not new:
-            return None
-        return values[0] if read_back else []
+        args = [name, value, self.ttl_s, json.dumps(event)]
+        new, _ = self._script_then(
+            self._record_once, keys, args, lambda pipe: self._touch(pipe, run_id)
+        )
+        return bool(new)
 
     @_mapped
     def bill(self, run_id: str, usage: Usage) -> None:
         """Add a call's tokens to the run's totals."""
         with self.redis.pipeline(transaction=True) as pipe:
-            for name, amount in usage_counters(usage):
-                pipe.hincrby(self.keys.run(run_id), name, amount)
+            self._bill(pipe, run_id, usage)
             pipe.execute()
+
+    def _bill(self, pipe: Any, run_id: str, usage: Usage | None) -> None:
+        for name, amount in usage_counters(usage):
+            pipe.hincrby(self.keys.run(run_id), name, amount)
 
     @_mapped
     def usage(self, run_id: str) -> Usage:
@@ -502,24 +588,50 @@ class RunStore:
     @_mapped
     def record_vote(
         self, run_id: str, attempt: int, vote: Vote, event: dict[str, Any], usage: Usage
-    ) -> list[Vote] | None:
-        """Store a vote and bill its call; a redelivered vote is billed but counted once.
+    ) -> tuple[list[Vote] | None, int]:
+        """Store a vote, bill its call and finish it (`finish_vote`), in one round trip; a
+        redelivered vote is billed but counted once.
 
-        Returns the attempt's votes, this one included, if it was new; else None.
+        Returns the attempt's votes, this one included, if it was new (else None), and the
+        round this vote is to tally (else 0).
         """
-        stored = self._once(
+        slot = vote_slot(vote.issue, vote.index)
+        billed = [x for pair in usage_counters(usage) for x in pair]
+        keys = [
             self.keys.votes(run_id, attempt),
-            run_id,
-            f"{vote.issue}:{vote.index}",
-            vote.model_dump_json(),
-            event,
-            usage,
-            read_back=True,
-        )
-        if stored is None:
-            self.bill(run_id, usage)
-            return None
-        return [Vote.model_validate_json(value) for value in stored]
+            self.keys.events(run_id),
+            self.keys.run(run_id),
+            self.keys.rounds(run_id, attempt),
+        ]
+        args = [slot, vote.model_dump_json(), self.ttl_s, json.dumps(event), *billed]
+
+        def then(pipe: Any) -> None:
+            self._touch(pipe, run_id)
+            pipe.hvals(keys[0])
+
+        (new, last_of), _, stored = self._script_then(self._record_vote, keys, args, then)
+        votes = [Vote.model_validate_json(value) for value in stored] if new else None
+        return votes, int(last_of)
+
+    @_mapped
+    def plan_round(
+        self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]]
+    ) -> None:
+        """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
+        a vote planned already keeps its round."""
+        slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
+        self._script(self._plan, [self.keys.rounds(run_id, attempt)], [round_, self.ttl_s, *slots])
+
+    @_mapped
+    def finish_vote(
+        self, run_id: str, attempt: int, issue: int, index: int, event: dict[str, Any] | None
+    ) -> int:
+        """Mark a planned vote finished, once, appending `event` (a skipped vote's); returns
+        the round this vote is to tally: the one whose last vote it finished (also when its
+        job runs again), else 0."""
+        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt)]
+        args = [vote_slot(issue, index), self.ttl_s, json.dumps(event) if event else ""]
+        return int(self._script(self._finish_vote, keys, args))
 
     @_mapped
     def votes(self, run_id: str, attempt: int) -> list[Vote]:
@@ -531,7 +643,7 @@ class RunStore:
     def decide(self, run_id: str, attempt: int, issue: int, event: dict[str, Any]) -> bool:
         """Record an issue's decision once (the flag that makes pending votes skip)."""
         key = self.keys.decisions(run_id, attempt)
-        return self._once(key, run_id, str(issue), json.dumps(event), event) is not None
+        return self._once(key, run_id, str(issue), json.dumps(event), event)
 
     @_mapped
     def decisions(self, run_id: str, attempt: int) -> dict[int, dict[str, Any]]:
@@ -540,17 +652,28 @@ class RunStore:
         return _decisions(cast(dict[str, str], raw))
 
     @_mapped
-    def round_context(
-        self, run_id: str, attempt: int
-    ) -> tuple[RunState | None, list[Vote], dict[int, dict[str, Any]]]:
-        """In one round trip: the run (None if gone), the attempt's votes and its decided
-        issues."""
-        with self.redis.pipeline(transaction=False) as pipe:
+    def round_context(self, run_id: str, attempt: int, round_: int, claimant: str) -> RoundContext:
+        """In one round trip: claim round `round_`'s tally for `claimant` unless someone
+        holds it, and read the run, the attempt's votes, its decided issues and its rounds."""
+        rounds = self.keys.rounds(run_id, attempt)
+
+        def then(pipe: Any) -> None:
             pipe.hgetall(self.keys.run(run_id))
             pipe.hgetall(self.keys.votes(run_id, attempt))
             pipe.hgetall(self.keys.decisions(run_id, attempt))
-            raw, votes, decisions = pipe.execute()
-        return RunState.parse(run_id, raw) if raw else None, _votes(votes), _decisions(decisions)
+            pipe.hgetall(rounds)
+
+        args = [round_, claimant, self.ttl_s]
+        owner, raw, votes, decisions, planned = self._script_then(
+            self._claim_tally, [rounds], args, then
+        )
+        return RoundContext(
+            state=RunState.parse(run_id, raw) if raw else None,
+            votes=_votes(votes),
+            decided=_decisions(decisions),
+            planned=[_slot(name) for name in planned if "/" not in name],
+            tallier=owner or None,
+        )
 
     @_mapped
     def record_failure(
@@ -559,7 +682,7 @@ class RunStore:
         """Keep why an attempt failed, for the next attempt's feedback; once per attempt."""
         payload = json.dumps({"output": failure.output, "reasonings": list(failure.reasonings)})
         key, name = self.keys.run(run_id), f"failure:{attempt}"
-        return self._once(key, run_id, name, payload, event) is not None
+        return self._once(key, run_id, name, payload, event)
 
     # -- the sweep ------------------------------------------------------------------------
 

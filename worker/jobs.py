@@ -198,18 +198,13 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
 
 
 @app.task(name="quorum.tally", **_JOB)
-def tally(
-    self: Task,
-    votes: list[dict[str, Any]],
-    run_id: str,
-    attempt: int,
-    round_: int,
-    planned: list[list[int]] | None = None,
-) -> str:
-    """Decide the issues of a finished voting round (`planned`: its `[issue, index]` votes)."""
+def tally(self: Task, votes: list[dict[str, Any]], run_id: str, attempt: int, round_: int) -> str:
+    """Decide the issues of a finished voting round, unless the vote job that finished the
+    round's last vote did already. `votes`, the round's results as Celery joined them, go
+    unread: the store holds every vote."""
     return _guarded(
         self,
-        lambda ctx: flow.tally(ctx, run_id, attempt, round_, votes, planned),
+        lambda ctx: flow.tally(ctx, run_id, attempt, round_),
         exhausted=lambda ctx, error: "incomplete",
         permanent=_failing(run_id, "failed"),
     )

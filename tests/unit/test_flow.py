@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 
 from shared import flow
-from shared.errors import TransientLLMError
+from shared.errors import StoreError, TransientLLMError
 from shared.keys import Keys
 from shared.llm import Completion
 from shared.models import (
@@ -265,8 +265,49 @@ def test_vote_error_counts_for_neither_side(store: RunStore) -> None:
         assert result["is_valid"] is None
     decided = store.decisions(RUN, 1)[0]
     assert (decided["outcome"], decided["reason"]) == ("failed", "validator unavailable")
-    assert flow.tally(ctx, RUN, 1, 1, []) == "failed"
+    assert sent(ctx) == [("route", RUN, 1)]  # the round's last vote tallied it
     assert store.load(RUN).failures[1].reasonings == [f"{ISSUES[0]}: validator unavailable"]
+
+
+def test_the_rounds_last_vote_tallies_it_and_the_chords_tally_finds_it_done(
+    store: RunStore,
+) -> None:
+    llm = FakeLLM()
+    ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
+    cast(ctx, llm, 0, True, True, True)
+    cast(ctx, llm, 1, True, True)
+    assert store.status(RUN) is TaskStatus.VALIDATING  # vote (1, 2) is still out
+    assert flow.vote(ctx, RUN, 1, 1, 2)["skipped"] == "issue decided"
+    assert store.status(RUN) is TaskStatus.SUCCESSFUL
+    assert flow.tally(ctx, RUN, 1, 1) == "skipped"
+    assert types(store)[-3:] == ["vote_skipped", "validation_passed", "succeeded"]
+    assert types(store).count("succeeded") == 1
+
+
+def test_a_redelivered_last_vote_tallies_its_round_again(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = FakeLLM()
+    ctx = validating(store, SingleShotValidationConfig(issues=ISSUES), llm)
+    cast(ctx, llm, 0, True)
+    llm.verdicts.append(verdict(True))
+    read = store.round_context
+    monkeypatch.setattr(store, "round_context", lambda *a: (_ for _ in ()).throw(StoreError("x")))
+    with pytest.raises(StoreError):  # the job is retried
+        flow.vote(ctx, RUN, 1, 1, 0)
+    monkeypatch.setattr(store, "round_context", read)
+    assert flow.tally(ctx, RUN, 1, 1) == "skipped"  # the chord's tally leaves it to the vote
+    assert store.status(RUN) is TaskStatus.VALIDATING
+    assert flow.vote(ctx, RUN, 1, 1, 0) == {
+        "issue": 1,
+        "index": 0,
+        "is_valid": True,
+        "reasoning": "judged True",
+    }
+    assert store.status(RUN) is TaskStatus.SUCCESSFUL
+    assert flow.vote(ctx, RUN, 1, 0, 0)["is_valid"] is True  # another vote's redelivery
+    assert types(store).count("succeeded") == 1
+    assert len(llm.prompts("quorum_vote")) == 2
 
 
 # -- tally --------------------------------------------------------------------------------
@@ -277,7 +318,7 @@ def test_tally_all_passed_succeeds_with_the_output(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, False, True)
     cast(ctx, llm, 1, True, True)
-    assert flow.tally(ctx, RUN, 1, 1, []) == "succeeded"
+    flow.vote(ctx, RUN, 1, 1, 2)  # skipped: its issue is decided; the round's last vote
     state = store.load(RUN)
     assert (state.status, state.result) == (TaskStatus.SUCCESSFUL, GOOD)
     assert types(store)[-2:] == ["validation_passed", "succeeded"]
@@ -289,7 +330,7 @@ def test_tally_failure_routes_with_every_failing_reasoning(store: RunStore) -> N
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, False, True, False)
     cast(ctx, llm, 1, False, False)
-    assert flow.tally(ctx, RUN, 1, 1, []) == "failed"
+    flow.vote(ctx, RUN, 1, 1, 2)
     assert sent(ctx) == [("route", RUN, 1)]
     failure = store.load(RUN).failures[1]
     assert failure.output == GOOD
@@ -308,7 +349,8 @@ def test_tally_lists_only_the_failed_issues(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, True)
     cast(ctx, llm, 1, True, False, False)
-    assert flow.tally(ctx, RUN, 1, 1, []) == "failed"
+    flow.vote(ctx, RUN, 1, 0, 2)
+    assert sent(ctx) == [("route", RUN, 1)]
     assert all(r.startswith(ISSUES[1]) for r in store.load(RUN).failures[1].reasonings)
 
 
@@ -317,10 +359,10 @@ def test_tally_k_ahead_draws_the_next_round_with_the_next_indices(store: RunStor
     config = KAheadVotingValidationConfig(issues=ISSUES[:1], count=5, required_ahead=3)
     ctx = validating(store, config, llm)
     cast(ctx, llm, 0, False, False, True, True, True)
-    assert flow.tally(ctx, RUN, 1, 1, []) == "next round"
     assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [5, 6]})]
     cast(ctx, llm, 0, True, True, start=5)
-    assert flow.tally(ctx, RUN, 1, 2, []) == "succeeded"
+    assert store.status(RUN) is TaskStatus.SUCCESSFUL
+    assert (flow.tally(ctx, RUN, 1, 1), flow.tally(ctx, RUN, 1, 2)) == ("skipped", "skipped")
 
 
 def test_k_ahead_first_round_plans_that_many_votes_then_the_fewest_that_could_decide(
@@ -336,17 +378,16 @@ def test_k_ahead_first_round_plans_that_many_votes_then_the_fewest_that_could_de
     assert sent(ctx) == [("voting_round", RUN, 1, 1, {0: [0, 1, 2]})]
     sent(ctx).clear()
     cast(ctx, llm, 0, True, False, True)
-    assert flow.tally(ctx, RUN, 1, 1, []) == "next round"
     assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [3, 4]})]
 
 
-def test_tally_counts_skipped_results_when_numbering_the_next_round(store: RunStore) -> None:
+def test_tally_numbers_the_next_round_after_every_vote_planned(store: RunStore) -> None:
     llm = FakeLLM()
     config = KAheadVotingValidationConfig(issues=ISSUES[:1], count=3, required_ahead=2)
     ctx = validating(store, config, llm)
     cast(ctx, llm, 0, True, False)
-    skipped = {"issue": 0, "index": 2, "skipped": "run gone"}
-    assert flow.tally(ctx, RUN, 1, 1, [skipped]) == "next round"
+    assert store.finish_vote(RUN, 1, 0, 2, None) == 1  # finished with nothing stored
+    assert flow.tally(ctx, RUN, 1, 1, claimant="0:2") == "next round"
     assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [3, 4]})]
 
 
@@ -355,10 +396,9 @@ def test_tally_k_ahead_cap_reached_fails_with_no_consensus(store: RunStore) -> N
     config = KAheadVotingValidationConfig(issues=ISSUES[:1], count=1, required_ahead=2, max_votes=2)
     ctx = validating(store, config, llm)
     cast(ctx, llm, 0, True)
-    assert flow.tally(ctx, RUN, 1, 1, []) == "next round"
     assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [1]})]
     cast(ctx, llm, 0, False, start=1)
-    assert flow.tally(ctx, RUN, 1, 2, []) == "failed"
+    assert sent(ctx)[-1] == ("route", RUN, 1)
     assert store.load(RUN).failures[1].reasonings == [
         f"{ISSUES[0]}: vote 1 on issue 0: False",
         f"{ISSUES[0]}: no consensus",
@@ -368,7 +408,7 @@ def test_tally_k_ahead_cap_reached_fails_with_no_consensus(store: RunStore) -> N
 def test_tally_skips_a_stale_attempt(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
-    assert flow.tally(ctx, RUN, 2, 1, []) == "skipped"
+    assert flow.tally(ctx, RUN, 2, 1) == "skipped"
     assert store.status(RUN) is TaskStatus.VALIDATING
 
 
@@ -381,8 +421,8 @@ def failed_attempt(ctx: flow.Context, llm: FakeLLM, attempt: int, output: str) -
     flow.task_node(ctx, RUN, attempt)
     if store_status(ctx) is TaskStatus.VALIDATING:
         llm.verdicts.append(verdict(False, f"attempt {attempt} is wrong"))
-        flow.vote(ctx, RUN, attempt, 0, 0)
-        assert flow.tally(ctx, RUN, attempt, 1, []) == "failed"
+        flow.vote(ctx, RUN, attempt, 0, 0)  # the round's last vote: it tallies the round
+        assert ctx.store.load(RUN).failures.get(attempt) is not None
 
 
 def store_status(ctx: flow.Context) -> TaskStatus:
@@ -433,7 +473,6 @@ def test_the_validator_of_a_retry_sees_the_new_output_and_no_feedback(store: Run
     assert prompt.startswith("# Task\nExtract the purchase from: I want 5 apples\n\n# Output\n")
     assert json.dumps(GOOD) in prompt and "pear" not in prompt
     assert "Previous Evaluations" not in prompt and "attempt 1 is wrong" not in prompt
-    assert flow.tally(ctx, RUN, 2, 1, []) == "succeeded"
     assert store.load(RUN).result == GOOD
 
 

@@ -47,28 +47,30 @@ def store() -> RunStore:
     return RunStore(fakeredis.FakeRedis(decode_responses=True), keys=Keys("quorum"), ttl_s=100)
 
 
-PLAN = [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
-
-
 def test_a_tally_before_its_rounds_last_vote_waits(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, False)  # vote (0, 2) still running, another counted twice
     cast(ctx, llm, 1, True, True)
-    results = [{"issue": i, "index": x} for i, x in PLAN if (i, x) != (0, 2)]
-    with pytest.raises(RoundIncompleteError, match=r"\(0, 2\)"):
-        flow.tally(ctx, RUN, 1, 1, results + results[:1], PLAN)
+    flow.vote(ctx, RUN, 1, 1, 2)
+    with pytest.raises(RoundIncompleteError, match="round 1 still waits for votes"):
+        flow.tally(ctx, RUN, 1, 1)
     assert store.load(RUN).status is TaskStatus.VALIDATING
     cast(ctx, llm, 0, True, start=2)
-    assert flow.tally(ctx, RUN, 1, 1, results, PLAN) == "succeeded"
+    assert store.load(RUN).status is TaskStatus.SUCCESSFUL
 
 
-def test_a_vote_made_moot_by_its_issues_decision_is_not_waited_for(store: RunStore) -> None:
+def test_votes_skipped_once_their_issues_are_decided_still_finish_the_round(
+    store: RunStore,
+) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, True)  # issue 0 decided: vote (0, 2) is skipped
     cast(ctx, llm, 1, True, True)
-    assert flow.tally(ctx, RUN, 1, 1, [], PLAN) == "succeeded"
+    assert flow.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
+    assert store.load(RUN).status is TaskStatus.VALIDATING
+    assert flow.vote(ctx, RUN, 1, 1, 2)["skipped"] == "issue decided"
+    assert store.load(RUN).status is TaskStatus.SUCCESSFUL
 
 
 def test_a_redelivered_task_node_after_an_invalid_output_routes_without_a_call(

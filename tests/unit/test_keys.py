@@ -16,6 +16,7 @@ KEYS = Keys("quorum")
         (KEYS.events("abc"), "quorum:run:{abc}:events"),
         (KEYS.votes("abc", 2), "quorum:run:{abc}:votes:2"),
         (KEYS.decisions("abc", 2), "quorum:run:{abc}:decisions:2"),
+        (KEYS.rounds("abc", 2), "quorum:run:{abc}:rounds:2"),
         (KEYS.idempotency("k"), "quorum:idem:k"),
         (KEYS.runs(), "quorum:runs"),
     ],
@@ -38,6 +39,7 @@ def test_every_key_of_a_run_carries_the_hash_tag_and_the_prefix(namespace: str) 
         keys.votes(run_id, 1),
         keys.votes(run_id, 12),
         keys.decisions(run_id, 3),
+        keys.rounds(run_id, 3),
     ]:
         assert key.startswith(f"{namespace}:run:")
         assert "{" + run_id + "}" in key

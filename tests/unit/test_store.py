@@ -192,9 +192,9 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     vote = Vote(issue=0, index=1, is_valid=True, reasoning="fine")
     usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
     recorded = event("vote", 1, "w", issue=0, index=1)
-    assert store.record_vote("r1", 1, vote, recorded, usage) == [vote]
+    assert store.record_vote("r1", 1, vote, recorded, usage) == ([vote], 0)
     again = Vote(issue=0, index=1, is_valid=False, reasoning="changed my mind")
-    assert store.record_vote("r1", 1, again, recorded, usage) is None
+    assert store.record_vote("r1", 1, again, recorded, usage) == (None, 0)
     assert store.votes("r1", 1) == [vote]
     assert types(store, "r1").count("vote") == 1
     assert store.load("r1").usage == Usage(prompt_tokens=20, completion_tokens=4, total_tokens=24)
@@ -219,17 +219,61 @@ def test_vote_context_reads_run_decision_and_stored_vote(store: RunStore) -> Non
     assert store.vote_context("ghost", 1, 0, 0) == (None, False, None)
 
 
-def test_round_context_reads_run_votes_and_decisions_at_once(store: RunStore) -> None:
+def test_round_context_reads_run_votes_decisions_and_rounds_at_once(store: RunStore) -> None:
     started(store)
     vote = Vote(issue=1, index=0, is_valid=False, reasoning="no")
     store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())
     decided = event("issue_decided", 1, "w", issue=1, outcome="failed", reason="")
     store.decide("r1", 1, 1, decided)
-    state, votes, decisions = store.round_context("r1", 1)
-    assert state is not None and state.status is TaskStatus.RUNNING
-    assert (votes, decisions) == ([vote], {1: decided})
-    assert store.round_context("r1", 2)[1:] == ([], {})
-    assert store.round_context("ghost", 1) == (None, [], {})
+    store.plan_round("r1", 1, 2, {0: [3, 4]})
+    context = store.round_context("r1", 1, 1, "tally")
+    assert context.state is not None and context.state.status is TaskStatus.RUNNING
+    assert (context.votes, context.decided) == ([vote], {1: decided})
+    assert (context.planned, context.tallier) == ([(0, 3), (0, 4)], "tally")
+    empty = store.round_context("r1", 2, 1, "tally")
+    assert (empty.votes, empty.decided, empty.planned) == ([], {}, [])
+    assert store.round_context("ghost", 1, 1, "tally").state is None
+
+
+def finished(store: RunStore, issue: int, index: int) -> int:
+    """Record a passing vote in that slot; the round it is to tally."""
+    vote = Vote(issue=issue, index=index, is_valid=True, reasoning="")
+    return store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())[1]
+
+
+def test_the_job_that_finishes_a_rounds_last_vote_is_to_tally_it(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1], 1: [0]})
+    assert store.round_context("r1", 1, 1, "tally").tallier is None  # votes still out
+    assert finished(store, 0, 0) == 0
+    skipped = event("vote_skipped", 1, "", issue=1, index=0)
+    assert store.finish_vote("r1", 1, 1, 0, skipped) == 0
+    assert finished(store, 0, 1) == 1  # the last of round 1
+    assert store.round_context("r1", 1, 1, "tally").tallier == "0:1"
+    assert store.finish_vote("r1", 1, 0, 1, None) == 1  # its job again: still its to tally
+    assert store.finish_vote("r1", 1, 0, 0, None) == 0
+    assert types(store, "r1").count("vote_skipped") == 1
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_a_round_planned_again_counts_each_vote_once(store: RunStore) -> None:
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1]})
+    assert finished(store, 0, 0) == 0
+    store.plan_round("r1", 1, 1, {0: [0, 1]})  # a redelivered task node sends it again
+    assert finished(store, 0, 1) == 1
+    store.plan_round("r1", 1, 2, {0: [2]})
+    assert store.round_context("r1", 1, 2, "tally").tallier is None
+    assert finished(store, 0, 2) == 2
+
+
+def test_a_round_with_no_votes_out_goes_to_the_first_that_claims_it(store: RunStore) -> None:
+    started(store)
+    assert store.round_context("r1", 1, 1, "tally").tallier == "tally"
+    assert store.round_context("r1", 1, 1, "0:0").tallier == "tally"
+    assert store.finish_vote("r1", 1, 0, 0, None) == 0  # never planned
 
 
 def test_decide_once(store: RunStore, redis: fakeredis.FakeRedis) -> None:
@@ -264,13 +308,21 @@ def test_bill_adds_up(store: RunStore) -> None:
     assert store.load("r1").usage == Usage(prompt_tokens=7, cached_tokens=1, reasoning_tokens=2)
 
 
+def test_a_transition_bills_its_call_whether_it_moves_the_run_or_not(store: RunStore) -> None:
+    started(store)
+    used = Usage(prompt_tokens=3, completion_tokens=2)
+    assert store.transition("r1", TaskStatus.VALIDATING, attempt=1, usage=used)
+    assert not store.transition("r1", TaskStatus.VALIDATING, attempt=2, usage=used)
+    assert store.load("r1").usage == Usage(prompt_tokens=6, completion_tokens=4)
+
+
 # -- watch and cancel ---------------------------------------------------------------------
 
 
 def test_watch_yields_events_up_to_the_terminal_one(store: RunStore) -> None:
     started(store)
     store.transition("r1", TaskStatus.FAILED, events=[event("failed", 1, "")])
-    store.add_event("r1", event("after_the_end", 1, ""))
+    store.finish_vote("r1", 1, 0, 0, event("after_the_end", 1, ""))
     seen = [e["type"] for e in store.watch("r1", timeout_s=5)]
     assert seen == ["submitted", "failed"]
 
@@ -369,9 +421,9 @@ def test_record_vote_loads_its_script_again_after_a_script_flush(
     store.create("r1", SPEC)
     first = Vote(issue=0, index=0, is_valid=True, reasoning="ok")
     second = Vote(issue=0, index=1, is_valid=False, reasoning="no")
-    assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()) == [first]
+    assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()) == ([first], 0)
     redis.script_flush()  # what a Redis restart does
-    stored = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage())
+    stored, _ = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage())
     assert stored is not None and sorted(v.index for v in stored) == [0, 1]
 
 
