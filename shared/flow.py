@@ -262,8 +262,7 @@ def _store_vote(
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
             _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)
-    if last_of:
-        tally(ctx, run_id, attempt, last_of, claimant=vote_slot(cast.issue, cast.index))
+    _tally_if_last(ctx, run_id, attempt, last_of, cast.issue, cast.index)
     # DEBUG: a line per vote at INFO costs hundreds of threads a lock on the log handler, and
     # the run's provenance has every vote with its reasoning.
     log.debug(
@@ -288,6 +287,13 @@ def _finish(
     """Mark a vote finished (with the `vote_skipped` event, if it was); tally its round here
     when it was the round's last vote (a redelivered job: again)."""
     last_of = ctx.store.finish_vote(run_id, attempt, issue, index, skipped)
+    _tally_if_last(ctx, run_id, attempt, last_of, issue, index)
+
+
+def _tally_if_last(
+    ctx: Context, run_id: str, attempt: int, last_of: int, issue: int, index: int
+) -> None:
+    """Tally round `last_of` here, the round whose last vote this job finished (0: none)."""
     if last_of:
         tally(ctx, run_id, attempt, last_of, claimant=vote_slot(issue, index))
 
