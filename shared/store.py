@@ -70,10 +70,9 @@ end
 # KEYS: hash, events, run. ARGV: field, value, ttl, event JSON.
 _RECORD_ONCE = _RECORD + "return record(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV, 1, 4))"
 
-# The rounds hash (`Keys.rounds`): a planned vote's field holds its round, negated once the
-# vote has finished; `out/R` counts round R's votes not yet finished; `tally/R` names who
-# tallies round R. A vote finishes once however often its job runs; the one that finishes a
-# round's last vote claims its tally, and gets the round back on every later finish.
+# Lua: finish a planned vote in the attempt's rounds hash (its fields: `Keys.rounds`). A vote
+# finishes once however often its job runs; the one that finishes a round's last vote claims
+# its tally, and gets the round back on every later finish.
 _FINISH = """
 local function finish(rounds, slot, ttl)
   local r = tonumber(redis.call('HGET', rounds, slot))
@@ -671,7 +670,7 @@ class RunStore:
             state=RunState.parse(run_id, raw) if raw else None,
             votes=_votes(votes),
             decided=_decisions(decisions),
-            planned=[_slot(name) for name in planned if "/" not in name],
+            planned=[_slot(name) for name in planned if "/" not in name],  # not out/, tally/
             tallier=owner or None,
         )
 
