@@ -4,11 +4,10 @@ survives a Redis restart."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cached_property
 from queue import Empty
 from typing import Any
@@ -24,7 +23,13 @@ from shared.errors import StoreError
 from shared.settings import Settings
 from shared.store import DRIVER_INFO
 
-__all__ = ["JOB_NAMES", "RedisTransport", "celery_config", "published_together"]
+__all__ = [
+    "JOB_NAMES",
+    "HeldBack",
+    "RedisTransport",
+    "celery_config",
+    "holds_back",
+]
 
 JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
 
@@ -69,30 +74,43 @@ so that a voting round's votes spread over them instead of all going to the firs
 _held = threading.local()
 
 
-@contextlib.contextmanager
-def published_together() -> Iterator[None]:
-    """Send the jobs this thread publishes to a Redis broker inside the block in one round
-    trip when it ends (MULTI/EXEC), instead of one LPUSH each as they are published.
+def holds_back(broker_url: str) -> bool:
+    """Whether the broker at `broker_url` goes through our Redis transport, whose publishes
+    `HeldBack` can keep back (any other broker sends them at once)."""
+    return broker_url.startswith(("redis://", "rediss://"))
+
+
+class HeldBack:
+    """The jobs this thread publishes to a Redis broker inside `with HeldBack() as held:`,
+    kept back until `held.send()` sends them all in one round trip (MULTI/EXEC), instead of
+    one LPUSH each as they are published.
 
     A voting round's chord then costs one round trip, and its votes reach the queue at once,
-    where a worker's message loop takes them in together (`_Channel._brpop_read`). If the
-    block raises, nothing is sent; if Redis fails while sending, `StoreError` (the job is
-    retried).
+    where a worker's message loop takes them in together (`_Channel._brpop_read`). And it can
+    be built before the run may vote (while the task model is still answering), to be sent
+    once it may. Inside another such block, the outer one holds them. Jobs never sent are
+    never seen by anyone.
     """
-    if getattr(_held, "messages", None) is not None:  # nested: the outer block sends
-        yield
-        return
-    held: list[tuple[_Channel, str, str]] = []
-    _held.messages = held
-    try:
-        yield
-    finally:
-        _held.messages = None
-    by_channel: dict[_Channel, list[tuple[str, str]]] = {}
-    for channel, key, message in held:
-        by_channel.setdefault(channel, []).append((key, message))
-    for channel, messages in by_channel.items():
-        channel.push(messages)
+
+    def __init__(self) -> None:
+        self._messages: list[tuple[_Channel, str, str]] = []
+
+    def __enter__(self) -> HeldBack:
+        if getattr(_held, "messages", None) is None:
+            _held.messages = self._messages
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if _held.messages is self._messages:
+            _held.messages = None
+
+    def send(self) -> None:
+        """LPUSH the held jobs; `StoreError` if Redis fails (the job is retried)."""
+        by_channel: dict[_Channel, list[tuple[str, str]]] = {}
+        for channel, key, message in self._messages:
+            by_channel.setdefault(channel, []).append((key, message))
+        for channel, messages in by_channel.items():
+            channel.push(messages)
 
 
 class _QoS(kombu_redis.QoS):
@@ -119,7 +137,7 @@ class _Channel(kombu_redis.Channel):
     """Most messages one wake-up of the message loop takes from a queue (transport option)."""
 
     def push(self, messages: list[tuple[str, str]]) -> None:
-        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`published_together`)."""
+        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`HeldBack.send`)."""
         try:
             with self.conn_or_acquire() as client, client.pipeline() as pipe:
                 for key, message in messages:
@@ -129,7 +147,7 @@ class _Channel(kombu_redis.Channel):
             raise StoreError(f"the broker is unavailable: {exc}") from exc
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """LPUSH the message now, or when `published_together` ends."""
+        """LPUSH the message now, or when the `HeldBack` block holding it is sent."""
         held = getattr(_held, "messages", None)
         if held is None or "_publish_batch" in kwargs or queue in (self._expires or {}):
             super()._put(queue, message, **kwargs)
@@ -258,10 +276,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     tls = settings.redis_tls
     broker_tls = tls if settings.broker.startswith("rediss://") else None
-    redis_broker = settings.broker.startswith(("redis://", "rediss://"))
     return {
         "broker_url": settings.broker,
-        "broker_transport": f"{__name__}:RedisTransport" if redis_broker else None,
+        "broker_transport": f"{__name__}:RedisTransport" if holds_back(settings.broker) else None,
         "broker_use_ssl": broker_tls,
         "redis_backend_use_ssl": tls,
         "result_backend": settings.redis_url,

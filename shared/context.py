@@ -5,7 +5,7 @@ limits, and how a step ends a run `FAILED`."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,8 +31,12 @@ class Enqueuer(Protocol):
         """Send `quorum.task_node`."""
 
     def voting_round(self, run_id: str, attempt: int, round_: int, plan: Plan) -> None:
-        """Send one chord: a `quorum.vote` per planned vote, then `quorum.tally` (which is
-        given the plan, to tell a complete round from one a redelivered vote cut short)."""
+        """Send one chord: a `quorum.vote` per planned vote, then `quorum.tally`."""
+
+    def prepare_round(
+        self, run_id: str, attempt: int, round_: int, plan: Plan
+    ) -> Callable[[], None]:
+        """Start building that chord now; the function returned sends it (`voting_round`)."""
 
     def route(self, run_id: str, attempt: int) -> None:
         """Send `quorum.route`."""

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -124,16 +125,26 @@ def _begin_attempt(ctx: Context, run_id: str, attempt: int) -> tuple[str, RunSta
     ), state
 
 
-def _launch(ctx: Context, run_id: str, attempt: int, round_: int, plan: Plan) -> None:
-    """Note a voting round's votes in the store, then send its chord."""
+def _launch(
+    ctx: Context,
+    run_id: str,
+    attempt: int,
+    round_: int,
+    plan: Plan,
+    prepared: Callable[[], None] | None = None,
+) -> None:
+    """Note a voting round's votes in the store, then send its chord (`prepared`: the chord
+    built already, `Enqueuer.prepare_round`)."""
     ctx.store.plan_round(run_id, attempt, round_, plan)
-    ctx.enqueue.voting_round(run_id, attempt, round_, plan)
+    if prepared is None:
+        ctx.enqueue.voting_round(run_id, attempt, round_, plan)
+    else:
+        prepared()
 
 
-def _first_round(ctx: Context, state: RunState, attempt: int) -> None:
+def _first_plan(state: RunState) -> Plan:
     config = state.spec.config
-    plan = {issue: list(range(first_round_size(config))) for issue in range(len(config.issues))}
-    _launch(ctx, state.run_id, attempt, 1, plan)
+    return {issue: list(range(first_round_size(config))) for issue in range(len(config.issues))}
 
 
 def task_node(ctx: Context, run_id: str, attempt: int) -> str:
@@ -142,7 +153,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
     if state is None:
         return "skipped"
     if step == "relaunch":
-        _first_round(ctx, state, attempt)
+        _launch(ctx, run_id, attempt, 1, _first_plan(state))
     if step == "call" and attempt in state.failures:  # redelivered after an invalid output
         ctx.enqueue.route(run_id, attempt)
         return "skipped"
@@ -151,6 +162,10 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
     spec = state.spec
     failures = [state.failures[n] for n in sorted(state.failures) if n < attempt]
     prompt = render_task_prompt(spec.template, spec.kwargs)
+    # The first round's chord needs only the plan: it is built while the task model answers,
+    # and sent once the output is stored (never, if it is not).
+    plan = _first_plan(state)
+    first_round = ctx.enqueue.prepare_round(run_id, attempt, 1, plan)
     reply = ctx.call(
         state,
         model=spec.model,
@@ -183,7 +198,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
     if not moved or ctx.over_budget(state):
         return "skipped"
     log.info("run %s attempt %d: output valid, voting", run_id, attempt)
-    _first_round(ctx, state, attempt)
+    _launch(ctx, run_id, attempt, 1, plan, first_round)
     return "validating"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ from celery import Signature, Task, chord
 from celery.signals import worker_ready
 
 from shared import flow
-from shared.broker import published_together
+from shared.broker import HeldBack, holds_back
 from shared.errors import (
     InvalidRequestError,
     PermanentLLMError,
@@ -60,6 +61,19 @@ def _warm_up(**_: Any) -> None:
     ).start()
 
 
+@lru_cache(maxsize=1)
+def _builder() -> ThreadPoolExecutor:
+    """The threads that build a first round's chord while its task call waits (made after
+    any fork). Two: building is CPU work under the GIL, and more would only interleave."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="quorum-chord")
+
+
+def _held_round(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> HeldBack:
+    with HeldBack() as held:
+        round_chord(run_id, attempt, round_, plan).apply_async()
+    return held
+
+
 class CeleryEnqueuer:
     """Sends a run's next jobs as Celery messages."""
 
@@ -69,8 +83,18 @@ class CeleryEnqueuer:
 
     def voting_round(self, run_id: str, attempt: int, round_: int, plan: flow.Plan) -> None:
         """Send one chord (`round_chord`) in one round trip to a Redis broker."""
-        with published_together():
-            round_chord(run_id, attempt, round_, plan).apply_async()
+        _held_round(run_id, attempt, round_, plan).send()
+
+    def prepare_round(
+        self, run_id: str, attempt: int, round_: int, plan: flow.Plan
+    ) -> Callable[[], None]:
+        """Build the round's chord now, in a thread of `_builder`; the function returned sends
+        it (waiting for the build, and raising what it raised). On a broker other than Redis,
+        publishes cannot be held back: the chord is then built and sent when called."""
+        if not holds_back(get_settings().broker):
+            return lambda: self.voting_round(run_id, attempt, round_, plan)
+        built = _builder().submit(_held_round, run_id, attempt, round_, plan)
+        return lambda: built.result().send()
 
     def route(self, run_id: str, attempt: int) -> None:
         """Send `quorum.route`."""

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from producer.stack import start_redis
-from shared.broker import RedisTransport, published_together
+from shared.broker import HeldBack, RedisTransport
 from shared.errors import StoreError
 from tests.integration.conftest import redis_server
 
@@ -158,35 +158,44 @@ def test_a_message_that_is_not_kombus_is_dropped_and_the_rest_delivered(
             message.ack()
 
 
-def test_a_chord_is_sent_when_the_block_ends_in_one_transaction(broker: Broker) -> None:
+def test_held_jobs_are_sent_when_asked_in_one_transaction(broker: Broker) -> None:
     with broker.connection() as conn:
         before = broker.redis.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
-        with published_together():
+        with HeldBack() as held:
             broker.publish(conn, *range(3))
-            assert broker.waiting() == 0
+        assert broker.waiting() == 0
+        held.send()
         assert broker.waiting() == 3
         assert broker.redis.info("commandstats")["cmdstat_exec"]["calls"] == before + 1
         assert [m.payload["n"] for m in drain_once(conn, broker.queue, prefetch=1)] == [0]
 
 
-def test_a_block_that_raises_sends_nothing(broker: Broker) -> None:
+def test_held_jobs_not_sent_are_lost_and_a_nested_block_holds_for_the_outer(
+    broker: Broker,
+) -> None:
     with broker.connection() as conn:
-        with pytest.raises(RuntimeError), published_together():
+        with HeldBack() as outer:
             broker.publish(conn, 1)
-            raise RuntimeError("the job failed before its chord was complete")
+            with HeldBack() as inner:
+                broker.publish(conn, 2)
+            inner.send()
         assert broker.waiting() == 0
-        broker.publish(conn, 2)  # after the block: sent at once again
+        broker.publish(conn, 3)  # after the block: sent at once again
         assert broker.waiting() == 1
+        outer.send()
+        assert broker.waiting() == 3
 
 
-def test_a_broker_lost_before_the_block_ends_is_a_store_error() -> None:
+def test_a_broker_lost_before_held_jobs_are_sent_is_a_store_error() -> None:
     url, server = start_redis()
     try:
         with kombu.Connection(url, transport=RedisTransport) as conn:
             producer = conn.Producer(serializer="json")
             producer.publish({"n": 0}, routing_key="lost")
-            with pytest.raises(StoreError, match="broker is unavailable"), published_together():
+            with HeldBack() as held:
                 producer.publish({"n": 1}, routing_key="lost")
-                server.stop()
+            server.stop()
+            with pytest.raises(StoreError, match="broker is unavailable"):
+                held.send()
     finally:
         server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ class Recorder:
     """The enqueuer: remembers every job that would have been sent."""
 
     sent: list[tuple[Any, ...]] = field(default_factory=list)
+    prepared: list[tuple[Any, ...]] = field(default_factory=list)
 
     def task_node(self, run_id: str, attempt: int) -> None:
         self.sent.append(("task_node", run_id, attempt))
@@ -71,6 +73,12 @@ class Recorder:
         self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]]
     ) -> None:
         self.sent.append(("voting_round", run_id, attempt, round_, plan))
+
+    def prepare_round(
+        self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]]
+    ) -> Callable[[], None]:
+        self.prepared.append((run_id, attempt, round_, plan))
+        return lambda: self.voting_round(run_id, attempt, round_, plan)
 
     def route(self, run_id: str, attempt: int) -> None:
         self.sent.append(("route", run_id, attempt))
@@ -98,8 +106,13 @@ def submit(store: RunStore, config: Any) -> None:
     store.create(RUN, spec)
 
 
+def recorder(ctx: flow.Context) -> Recorder:
+    assert isinstance(ctx.enqueue, Recorder)
+    return ctx.enqueue
+
+
 def sent(ctx: flow.Context) -> list[tuple[Any, ...]]:
-    return ctx.enqueue.sent  # type: ignore[attr-defined]
+    return recorder(ctx).sent
 
 
 def types(store: RunStore) -> list[str]:
@@ -161,9 +174,35 @@ def test_task_node_invalid_output_is_a_failed_attempt(
     assert state.status is TaskStatus.RUNNING
     [reason] = state.failures[1].reasonings
     assert error in reason
-    assert sent(ctx) == [("route", RUN, 1)]
+    assert sent(ctx) == [("route", RUN, 1)]  # the first round, built, is never sent
+    assert recorder(ctx).prepared == [(RUN, 1, 1, {0: [0, 1, 2], 1: [0, 1, 2]})]
     assert store.events(RUN)[-1]["type"] == "output_invalid"
     assert error in store.events(RUN)[-1]["error"]
+
+
+def test_task_node_builds_the_first_round_during_its_call_and_sends_it_once_voting(
+    store: RunStore,
+) -> None:
+    llm = FakeLLM(outputs=[json.dumps(GOOD)])
+    submit(store, SingleShotValidationConfig(issues=ISSUES[:1]))
+    ctx = context(store, llm)
+    seen: list[Any] = []
+
+    def prepare_round(*args: Any) -> Callable[[], None]:
+        seen.append(("built", len(llm.calls)))
+        send = Recorder.prepare_round(recorder(ctx), *args)
+
+        def sent_when() -> None:
+            rounds = store.redis.hgetall(store.keys.rounds(RUN, 1))
+            seen.append(("sent", store.load(RUN).status, rounds.get("0:0")))
+            send()
+
+        return sent_when
+
+    recorder(ctx).prepare_round = prepare_round  # type: ignore[method-assign]
+    assert flow.task_node(ctx, RUN, 1) == "validating"
+    assert seen == [("built", 0), ("sent", TaskStatus.VALIDATING, "1")]
+    assert sent(ctx) == [("voting_round", RUN, 1, 1, {0: [0]})]
 
 
 def test_task_node_skips_a_terminal_run_or_a_stale_attempt(store: RunStore) -> None:
