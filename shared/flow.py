@@ -270,14 +270,20 @@ def _store_vote(
         reasoning=cast.reasoning,
         **extra,
     )
-    stored, last_of = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
-    if stored is not None and not ctx.over_budget(state):
+    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
+    if stored.votes is not None and ctx.over_budget(state):
+        return cast.model_dump()  # the run ended FAILED: nothing left to decide
+    # An issue is decided early here unless it is already, or this job tallies the round
+    # (the tally decides every open issue, with the same rule and every vote).
+    if stored.votes is not None and not stored.decided and stored.tally is None:
         config = state.spec.config
-        counted = Tally.of(v.is_valid for v in stored if v.issue == cast.issue)
+        counted = Tally.of(v.is_valid for v in stored.votes if v.issue == cast.issue)
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
             _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)
-    _tally_if_last(ctx, run_id, attempt, last_of, cast.issue, cast.index)
+    if stored.last_of:
+        slot = vote_slot(cast.issue, cast.index)
+        tally(ctx, run_id, attempt, stored.last_of, claimant=slot, round_ctx=stored.tally)
     # DEBUG: a line per vote at INFO costs hundreds of threads a lock on the log handler, and
     # the run's provenance has every vote with its reasoning.
     log.debug(
@@ -302,20 +308,15 @@ def _finish(
     """Mark a vote finished (with the `vote_skipped` event, if it was); tally its round here
     when it was the round's last vote (a redelivered job: again)."""
     last_of = ctx.store.finish_vote(run_id, attempt, issue, index, skipped)
-    _tally_if_last(ctx, run_id, attempt, last_of, issue, index)
-
-
-def _tally_if_last(
-    ctx: Context, run_id: str, attempt: int, last_of: int, issue: int, index: int
-) -> None:
-    """Tally round `last_of` here, the round whose last vote this job finished (0: none)."""
     if last_of:
         tally(ctx, run_id, attempt, last_of, claimant=vote_slot(issue, index))
 
 
 def _decide(
     ctx: Context, run_id: str, attempt: int, issue: int, outcome: str, reason: str, t: Tally
-) -> None:
+) -> dict[str, Any] | None:
+    """Record an issue's decision; its `issue_decided` event, or None if a job beside this
+    one decided the issue first."""
     decided = event(
         "issue_decided",
         attempt,
@@ -327,10 +328,18 @@ def _decide(
         failing=t.failing,
         errors=t.errors,
     )
-    ctx.store.decide(run_id, attempt, issue, decided)
+    return decided if ctx.store.decide(run_id, attempt, issue, decided) else None
 
 
-def tally(ctx: Context, run_id: str, attempt: int, round_: int, *, claimant: str = "tally") -> str:
+def tally(
+    ctx: Context,
+    run_id: str,
+    attempt: int,
+    round_: int,
+    *,
+    claimant: str = "tally",
+    round_ctx: RoundContext | None = None,
+) -> str:
     """Decide every issue from the votes in Redis; finish, route, or draw another round.
 
     A round is tallied once, by whoever claims it first once none of its votes is still out:
@@ -338,8 +347,10 @@ def tally(ctx: Context, run_id: str, attempt: int, round_: int, *, claimant: str
     else the chord's `quorum.tally` (`tally`), which Celery sends once every vote job of the
     round has returned. A tally that comes while votes are still out (Celery counted a
     redelivered vote twice) raises `RoundIncompleteError`, to be retried once they are in.
+    `round_ctx`: what the tally works with, if the claimant read it already (`record_vote`).
     """
-    round_ctx = ctx.store.round_context(run_id, attempt, round_, claimant)
+    if round_ctx is None:
+        round_ctx = ctx.store.round_context(run_id, attempt, round_, claimant)
     state = round_ctx.state
     if state is None:
         _gone(run_id)
@@ -350,16 +361,24 @@ def tally(ctx: Context, run_id: str, attempt: int, round_: int, *, claimant: str
         raise RoundIncompleteError(f"round {round_} still waits for votes")
     if round_ctx.tallier != claimant:
         return "skipped"  # tallied by the job that finished its last vote
-    plan = _decide_round(ctx, state, attempt, round_ctx)
+    decided = dict(round_ctx.decided)
+    plan = _decide_round(ctx, state, attempt, round_ctx, decided)
     if plan:
         _launch(ctx, run_id, attempt, round_ + 1, plan)
         return "next round"
-    return _conclude(ctx, state, attempt, round_ctx.votes, round_ctx.decided)
+    return _conclude(ctx, state, attempt, round_ctx.votes, decided)
 
 
-def _decide_round(ctx: Context, state: RunState, attempt: int, round_ctx: RoundContext) -> Plan:
-    """Decide each open issue that the round's votes settle; plan the next round's votes,
-    numbered after every vote planned so far, for the others."""
+def _decide_round(
+    ctx: Context,
+    state: RunState,
+    attempt: int,
+    round_ctx: RoundContext,
+    decided: dict[int, dict[str, Any]],
+) -> Plan:
+    """Decide each open issue that the round's votes settle, adding the decisions made to
+    `decided`; plan the next round's votes, numbered after every vote planned so far, for
+    the others."""
     config = state.spec.config
     by_issue: dict[int, list[Vote]] = defaultdict(list)
     launched: dict[int, int] = defaultdict(int)
@@ -369,7 +388,7 @@ def _decide_round(ctx: Context, state: RunState, attempt: int, round_ctx: RoundC
         launched[issue] = max(launched[issue], index + 1)
     plan: Plan = {}
     for issue in range(len(config.issues)):
-        if issue in round_ctx.decided:
+        if issue in decided:
             continue
         counted = Tally.of(v.is_valid for v in by_issue[issue])
         decision = decide_after_round(config, counted)
@@ -377,7 +396,11 @@ def _decide_round(ctx: Context, state: RunState, attempt: int, round_ctx: RoundC
             start = launched[issue]
             plan[issue] = list(range(start, start + next_round_size(config, counted)))
         else:
-            _decide(ctx, state.run_id, attempt, issue, decision.outcome, decision.reason, counted)
+            made = _decide(
+                ctx, state.run_id, attempt, issue, decision.outcome, decision.reason, counted
+            )
+            if made is not None:
+                decided[issue] = made
     return plan
 
 
@@ -388,9 +411,10 @@ def _conclude(
     votes: list[Vote],
     decided: dict[int, dict[str, Any]],
 ) -> str:
-    """End the attempt on its decisions: `decided`, as read before the tally decided any."""
+    """End the attempt on its decisions: `decided`, unless a job beside the tally decided an
+    issue first, whose decision stands."""
     run_id, issues = state.run_id, state.spec.config.issues
-    if len(decided) < len(issues):  # the tally decided the rest: read what stands
+    if len(decided) < len(issues):  # read what stands
         decided = ctx.store.decisions(run_id, attempt)
     failed = {issue: d for issue, d in decided.items() if d["outcome"] == "failed"}
     output = state.outputs[attempt]

@@ -28,7 +28,7 @@ from shared.prompts import FailedAttempt
 from shared.settings import Settings
 from shared.state import USAGE_FIELDS, RunState, event, usage_counters, usage_of
 
-__all__ = ["DRIVER_INFO", "RoundContext", "RunStore", "connect", "vote_slot"]
+__all__ = ["DRIVER_INFO", "RecordedVote", "RoundContext", "RunStore", "connect", "vote_slot"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,15 +99,22 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
 
-# KEYS: votes, events, run, rounds. ARGV: slot, vote JSON, ttl, event JSON, then usage
-# field/amount pairs. Stores the vote once, bills its call every time, and finishes it.
+# KEYS: votes, events, run, rounds, decisions. ARGV: slot, vote JSON, ttl, event JSON, issue,
+# then usage field/amount pairs. Stores the vote once, bills its call every time, and finishes
+# it. Returns whether it was new, whether its issue is decided, the round it is to tally (0:
+# none) and, for that tally, the run, decisions and rounds hashes.
 _RECORD_VOTE = (
     _RECORD
     + _FINISH
     + """
 local new = record(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV, 1, 4))
-for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
-return {new, finish(KEYS[4], ARGV[1], ARGV[3])}
+for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+local decided = redis.call('HEXISTS', KEYS[5], ARGV[5])
+local r = finish(KEYS[4], ARGV[1], ARGV[3])
+if r == 0 then return {new, decided, r} end
+local hashes = {}
+for i, key in ipairs({KEYS[3], KEYS[5], KEYS[4]}) do hashes[i] = redis.call('HGETALL', key) end
+return {new, decided, r, unpack(hashes)}
 """
 )
 
@@ -223,6 +230,37 @@ class RoundContext:
     """Every `(issue, index)` planned in the attempt's rounds so far."""
     tallier: str | None
     """Who tallies the round; None while votes of it are still out."""
+
+
+def _round_context(
+    run_id: str,
+    raw: dict[str, str],
+    votes: list[Vote],
+    decisions: dict[str, str],
+    rounds: dict[str, str],
+    tallier: str | None,
+) -> RoundContext:
+    return RoundContext(
+        state=RunState.parse(run_id, raw) if raw else None,
+        votes=votes,
+        decided=_decisions(decisions),
+        planned=[_slot(name) for name in rounds if "/" not in name],  # not out/, tally/
+        tallier=tallier,
+    )
+
+
+@dataclass(frozen=True)
+class RecordedVote:
+    """What storing a vote tells its job (`RunStore.record_vote`)."""
+
+    votes: list[Vote] | None
+    """The attempt's votes, this one included, if it was new (else None)."""
+    decided: bool
+    """Whether the vote's issue was decided already."""
+    last_of: int
+    """The round this vote is to tally (0: none)."""
+    tally: RoundContext | None
+    """What that tally works with, claimed for this vote's slot."""
 
 
 def _mapped(method: Callable[P, R]) -> Callable[P, R]:
@@ -587,13 +625,10 @@ class RunStore:
     @_mapped
     def record_vote(
         self, run_id: str, attempt: int, vote: Vote, event: dict[str, Any], usage: Usage
-    ) -> tuple[list[Vote] | None, int]:
+    ) -> RecordedVote:
         """Store a vote, bill its call and finish it (`finish_vote`), in one round trip; a
-        redelivered vote is billed but counted once.
-
-        Returns the attempt's votes, this one included, if it was new (else None), and the
-        round this vote is to tally (else 0).
-        """
+        redelivered vote is billed but counted once. When this vote is to tally its round,
+        what the tally works with comes back in the same round trip."""
         slot = vote_slot(vote.issue, vote.index)
         billed = [x for pair in usage_counters(usage) for x in pair]
         keys = [
@@ -601,16 +636,22 @@ class RunStore:
             self.keys.events(run_id),
             self.keys.run(run_id),
             self.keys.rounds(run_id, attempt),
+            self.keys.decisions(run_id, attempt),
         ]
-        args = [slot, vote.model_dump_json(), self.ttl_s, json.dumps(event), *billed]
+        args = [slot, vote.model_dump_json(), self.ttl_s, json.dumps(event), vote.issue, *billed]
 
         def then(pipe: Any) -> None:
             self._touch(pipe, run_id)
             pipe.hvals(keys[0])
 
-        (new, last_of), _, stored = self._script_then(self._record_vote, keys, args, then)
-        votes = [Vote.model_validate_json(value) for value in stored] if new else None
-        return votes, int(last_of)
+        recorded, _, stored = self._script_then(self._record_vote, keys, args, then)
+        new, decided, last_of, *hashes = recorded
+        votes = [Vote.model_validate_json(value) for value in stored]
+        tally = None
+        if last_of:
+            raw, decisions, rounds = (dict(zip(h[::2], h[1::2], strict=True)) for h in hashes)
+            tally = _round_context(run_id, raw, votes, decisions, rounds, slot)
+        return RecordedVote(votes if new else None, bool(decided), int(last_of), tally)
 
     @_mapped
     def plan_round(
@@ -663,16 +704,10 @@ class RunStore:
             pipe.hgetall(rounds)
 
         args = [round_, claimant, self.ttl_s]
-        owner, raw, votes, decisions, planned = self._script_then(
+        owner, raw, votes, decisions, rounds = self._script_then(
             self._claim_tally, [rounds], args, then
         )
-        return RoundContext(
-            state=RunState.parse(run_id, raw) if raw else None,
-            votes=_votes(votes),
-            decided=_decisions(decisions),
-            planned=[_slot(name) for name in planned if "/" not in name],  # not out/, tally/
-            tallier=owner or None,
-        )
+        return _round_context(run_id, raw, _votes(votes), decisions, rounds, owner or None)
 
     @_mapped
     def record_failure(

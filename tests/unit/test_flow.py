@@ -323,6 +323,23 @@ def test_the_rounds_last_vote_tallies_it_and_the_chords_tally_finds_it_done(
     assert types(store).count("succeeded") == 1
 
 
+def test_the_last_vote_tallies_from_what_storing_it_read_and_decides_its_own_issue(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = FakeLLM()
+    ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
+    cast(ctx, llm, 0, True, True)
+    assert flow.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
+    cast(ctx, llm, 1, True, False)
+    monkeypatch.setattr(store, "round_context", lambda *a: pytest.fail("read the round again"))
+    cast(ctx, llm, 1, False, start=2)
+    assert sent(ctx) == [("route", RUN, 1)]  # issue 1 failed
+    assert store.load(RUN).failures[1].reasonings[-1].endswith("vote 2 on issue 1: False")
+    decided = [e for e in store.events(RUN) if e["type"] == "issue_decided"]
+    assert [(e["issue"], e["outcome"]) for e in decided] == [(0, "passed"), (1, "failed")]
+    assert decided[1]["worker"] == "w1" and (decided[1]["passing"], decided[1]["failing"]) == (1, 2)
+
+
 def test_a_redelivered_last_vote_tallies_its_round_again(
     store: RunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -330,11 +347,11 @@ def test_a_redelivered_last_vote_tallies_its_round_again(
     ctx = validating(store, SingleShotValidationConfig(issues=ISSUES), llm)
     cast(ctx, llm, 0, True)
     llm.verdicts.append(verdict(True))
-    read = store.round_context
-    monkeypatch.setattr(store, "round_context", lambda *a: (_ for _ in ()).throw(StoreError("x")))
+    write = store.transition
+    monkeypatch.setattr(store, "transition", lambda *a, **k: (_ for _ in ()).throw(StoreError("x")))
     with pytest.raises(StoreError):  # the job is retried
         flow.vote(ctx, RUN, 1, 1, 0)
-    monkeypatch.setattr(store, "round_context", read)
+    monkeypatch.setattr(store, "transition", write)
     assert flow.tally(ctx, RUN, 1, 1) == "skipped"  # the chord's tally leaves it to the vote
     assert store.status(RUN) is TaskStatus.VALIDATING
     assert flow.vote(ctx, RUN, 1, 1, 0) == {

@@ -14,7 +14,7 @@ from shared.keys import Keys
 from shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from shared.prompts import FailedAttempt
 from shared.state import event
-from shared.store import RunStore, connect
+from shared.store import RecordedVote, RunStore, connect
 
 SPEC = RunSpec(
     template="Extract: {{ message }}",
@@ -192,9 +192,9 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     vote = Vote(issue=0, index=1, is_valid=True, reasoning="fine")
     usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
     recorded = event("vote", 1, "w", issue=0, index=1)
-    assert store.record_vote("r1", 1, vote, recorded, usage) == ([vote], 0)
+    assert store.record_vote("r1", 1, vote, recorded, usage) == RecordedVote([vote], False, 0, None)
     again = Vote(issue=0, index=1, is_valid=False, reasoning="changed my mind")
-    assert store.record_vote("r1", 1, again, recorded, usage) == (None, 0)
+    assert store.record_vote("r1", 1, again, recorded, usage).votes is None
     assert store.votes("r1", 1) == [vote]
     assert types(store, "r1").count("vote") == 1
     assert store.load("r1").usage == Usage(prompt_tokens=20, completion_tokens=4, total_tokens=24)
@@ -238,7 +238,7 @@ def test_round_context_reads_run_votes_decisions_and_rounds_at_once(store: RunSt
 def finished(store: RunStore, issue: int, index: int) -> int:
     """Record a passing vote in that slot; the round it is to tally."""
     vote = Vote(issue=issue, index=index, is_valid=True, reasoning="")
-    return store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())[1]
+    return store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage()).last_of
 
 
 def test_the_job_that_finishes_a_rounds_last_vote_is_to_tally_it(
@@ -267,6 +267,27 @@ def test_a_round_planned_again_counts_each_vote_once(store: RunStore) -> None:
     store.plan_round("r1", 1, 2, {0: [2]})
     assert store.round_context("r1", 1, 2, "tally").tallier is None
     assert finished(store, 0, 2) == 2
+
+
+def test_the_last_vote_gets_its_issues_decision_and_its_tallys_context_in_one_step(
+    store: RunStore,
+) -> None:
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1], 1: [0]})
+    first = Vote(issue=0, index=0, is_valid=True, reasoning="")
+    assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()).tally is None
+    decided = event("issue_decided", 1, "w", issue=0, outcome="passed", reason="")
+    store.decide("r1", 1, 0, decided)
+    second = Vote(issue=0, index=1, is_valid=True, reasoning="")
+    assert store.record_vote("r1", 1, second, event("vote", 1, ""), Usage()).decided
+    last = Vote(issue=1, index=0, is_valid=False, reasoning="no")
+    recorded = store.record_vote("r1", 1, last, event("vote", 1, ""), Usage())
+    assert (recorded.decided, recorded.last_of) == (False, 1)
+    assert recorded.tally == store.round_context("r1", 1, 1, "1:0")
+    assert recorded.tally is not None and recorded.tally.tallier == "1:0"
+    assert recorded.tally.decided == {0: decided}
+    assert sorted(recorded.tally.planned) == [(0, 0), (0, 1), (1, 0)]
+    assert recorded.tally.state is not None and recorded.tally.state.run_id == "r1"
 
 
 def test_a_round_with_no_votes_out_goes_to_the_first_that_claims_it(store: RunStore) -> None:
@@ -421,9 +442,9 @@ def test_record_vote_loads_its_script_again_after_a_script_flush(
     store.create("r1", SPEC)
     first = Vote(issue=0, index=0, is_valid=True, reasoning="ok")
     second = Vote(issue=0, index=1, is_valid=False, reasoning="no")
-    assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()) == ([first], 0)
+    assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()).votes == [first]
     redis.script_flush()  # what a Redis restart does
-    stored, _ = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage())
+    stored = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage()).votes
     assert stored is not None and sorted(v.index for v in stored) == [0, 1]
 
 
