@@ -1,9 +1,14 @@
-"""The chord a voting round sends, built without a broker."""
+"""The chord a voting round sends, built without a broker, and when a task job builds it."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from celery.utils.saferepr import saferepr
 
+from shared.settings import Settings
+from worker import jobs
 from worker.jobs import round_chord
 
 
@@ -31,3 +36,35 @@ def test_a_round_chord_shows_its_arguments_as_celery_would_without_its_saferepr(
         assert job.options["kwargsrepr"] == saferepr(job.kwargs)
     assert sent.body.options["kwargsrepr"] == saferepr(sent.body.kwargs)
     assert sent.body.options["argsrepr"] == "([the 2 votes of round 1],)"
+
+
+class _Held:
+    def __init__(self, built: list[str]) -> None:
+        self.built = built
+
+    def send(self) -> None:
+        self.built.append("sent")
+
+
+@pytest.mark.parametrize(("running", "ahead"), [(1, True), (jobs._BUILD_AHEAD_BELOW + 1, False)])
+def test_a_first_round_is_built_during_the_call_unless_the_worker_is_busy(
+    monkeypatch: pytest.MonkeyPatch, running: int, ahead: bool
+) -> None:
+    built: list[str] = []
+
+    def held_round(*args: object) -> _Held:
+        built.append(threading.current_thread().name)
+        return _Held(built)
+
+    settings = Settings(broker_url="redis://localhost:6379/0")
+    monkeypatch.setattr(jobs, "get_settings", lambda: settings)
+    monkeypatch.setattr(jobs, "_held_round", held_round)
+    monkeypatch.setattr(jobs, "active_requests", [object()] * running)
+
+    send = jobs.CeleryEnqueuer().prepare_round("r1", 1, 1, {0: [0, 1]})
+    jobs._builder().submit(lambda: None).result()  # any build submitted has run by now
+
+    assert len(built) == int(ahead)
+    send()
+    assert built[0].startswith("quorum-chord") == ahead
+    assert built[1:] == ["sent"]
