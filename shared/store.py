@@ -240,6 +240,7 @@ def _round_context(
     rounds: dict[str, str],
     tallier: str | None,
 ) -> RoundContext:
+    """A `RoundContext` from the run, decisions and rounds hashes as Redis returns them."""
     return RoundContext(
         state=RunState.parse(run_id, raw) if raw else None,
         votes=votes,
@@ -646,6 +647,8 @@ class RunStore:
 
         recorded, _, stored = self._script_then(self._record_vote, keys, args, then)
         new, decided, last_of, *hashes = recorded
+        if not (new or last_of):  # a redelivered vote, not the round's last: nothing to read
+            return RecordedVote(None, bool(decided), 0, None)
         votes = [Vote.model_validate_json(value) for value in stored]
         tally = None
         if last_of:
