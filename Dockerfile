@@ -19,10 +19,12 @@ COPY shared shared
 COPY worker worker
 COPY producer producer
 COPY simulator simulator
+COPY bench bench
+COPY quorum quorum
 RUN pip install -c constraints.txt '.[api,flower]'
 
 USER quorum
 VOLUME ["/data"]
 EXPOSE 5555 8000 8080
 # Each service picks its role with its own command; a bare `docker run` starts a worker.
-CMD ["celery", "-A", "worker.app", "worker", "--loglevel", "INFO"]
+CMD ["celery", "-A", "quorum.worker.app", "worker", "--loglevel", "INFO"]

@@ -1,9 +1,9 @@
 """One workload in its own process, so that its CPU and memory are measured apart:
-`python -m bench.driver '<spec JSON>'`.
+`python -m quorum.bench.driver '<spec JSON>'`.
 
 The spec names the engine (`quorum`: Quorum's producer client, which sends the runs to the
 workers; `reference`: py-ai-toolkit's in-process `run_task`; `celery`: Celery alone, from
-`bench.floor`), how many runs, whether they go one at a time (`sequential`) or all at once
+`quorum.bench.floor`), how many runs, whether they go one at a time (`sequential`) or all at once
 (`burst`), or all at once before any worker runs (`queued`, Quorum only: the driver prints
 `QUEUED` once it has submitted them all, and the runner then starts the worker), and the
 validation config. The driver prints `BEGIN` when the measured part starts and `RESULT <JSON>`
@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.workloads import PURCHASE_SCHEMA, TEMPLATE, message
+from quorum.bench.workloads import PURCHASE_SCHEMA, TEMPLATE, message
 
 __all__ = ["Outcome", "main", "run_workload"]
 
@@ -66,8 +66,8 @@ async def run_workload(spec: dict[str, Any], run_one: RunOne) -> dict[str, Any]:
 
 async def quorum(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs through Quorum's producer client (`TaskClient.run_task`)."""
-    from producer import TaskClient
-    from shared.errors import RunTimeoutError, StoreError, TaskFailedError
+    from quorum.producer import TaskClient
+    from quorum.shared.errors import RunTimeoutError, StoreError, TaskFailedError
 
     client = TaskClient(redis_url=spec["redis_url"])
     unsent = spec["runs"] if spec["shape"] == "queued" else None
@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if spec["engine"] == "quorum":
         result = asyncio.run(quorum(spec))
     elif spec["engine"] == "celery":
-        from bench.floor import floor
+        from quorum.bench.floor import floor
 
         result = asyncio.run(floor(spec))
     else:
-        from bench.reference import reference
+        from quorum.bench.reference import reference
 
         result = asyncio.run(reference(spec))
     print("RESULT " + json.dumps(result), flush=True)

@@ -1,6 +1,7 @@
 """Celery alone: the shapes of Quorum's jobs with a sleep where the LLM call would be, on a
-worker started like Quorum's (`celery -A bench.floor worker`: the same Celery config, pool and
-result backend), so the report can show how much of Quorum's overhead is Celery's own floor.
+worker started like Quorum's (`celery -A quorum.bench.floor worker`: the same Celery config,
+pool and result backend), so the report can show how much of Quorum's overhead is Celery's own
+floor.
 
 A run is a job that sleeps L, then sends a chord of `votes` jobs that each sleep L, joined by a
 callback: Quorum's task → vote round → tally. Runs go one at a time (`sequential`) for the
@@ -19,11 +20,11 @@ import redis.asyncio
 from celery import Celery, chord
 from kombu import Queue
 
-from bench.driver import run_workload
-from shared.broker import celery_config
-from shared.settings import get_settings
-from shared.store import connect
-from worker.app import chord_backend
+from quorum.bench.driver import run_workload
+from quorum.shared.broker import celery_config
+from quorum.shared.settings import get_settings
+from quorum.shared.store import connect
+from quorum.worker.app import chord_backend
 
 __all__ = ["app", "floor", "peak_overlap"]
 

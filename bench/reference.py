@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bench.driver import run_workload
-from bench.workloads import TEMPLATE, message
+from quorum.bench.driver import run_workload
+from quorum.bench.workloads import TEMPLATE, message
 
 __all__ = ["available", "reference", "version"]
 

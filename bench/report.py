@@ -1,5 +1,5 @@
 """The report of a benchmark invocation: `benchmarks.md` (tables of medians and spreads) and
-its plots (`bench-*.png`), from the records `bench.runner` collected."""
+its plots (`bench-*.png`), from the records `quorum.bench.runner` collected."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
+from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 
 __all__ = ["headline", "write_report"]
 
@@ -533,8 +533,8 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "",
         "*Celery alone* is Celery's own floor on this machine, measured in the same invocation: "
         "the same shapes of jobs on a worker with Quorum's Celery config, pool and result "
-        "backend (`celery -A bench.floor worker`), each job sleeping where Quorum's would call "
-        "the LLM. Quorum cannot do better than the Celery it runs on.",
+        "backend (`celery -A quorum.bench.floor worker`), each job sleeping where Quorum's "
+        "would call the LLM. Quorum cannot do better than the Celery it runs on.",
         "",
         "## 1. Latency: one run at a time",
         "",

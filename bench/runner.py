@@ -1,8 +1,8 @@
 """`quorum bench`: start Redis, the simulator and workers, run every workload through Quorum
 and through the reference side by side, measure Celery alone under the same shapes of jobs
-(`bench.floor`), and write the report.
+(`quorum.bench.floor`), and write the report.
 
-Each workload runs in a driver process of its own (`bench.driver`); the runner samples the
+Each workload runs in a driver process of its own (`quorum.bench.driver`); the runner samples the
 CPU time of the worker processes when the driver starts and ends its measured part, so that
 CPU per run counts exactly the Quorum processes (workers and producer) while they work.
 """
@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 from celery import Celery
 
-from bench import reference
-from bench.workloads import Profile, profile, validation_config
-from producer.stack import ManagedProcess, Stack, celery_command
+from quorum.bench import reference
+from quorum.bench.workloads import Profile, profile, validation_config
+from quorum.producer.stack import ManagedProcess, Stack, celery_command
 
 __all__ = ["Bench", "run_bench"]
 
@@ -89,10 +89,10 @@ class Bench:
 
     @contextlib.contextmanager
     def running(
-        self, count: int, *, app: str = "worker.app", **env: str
+        self, count: int, *, app: str = "quorum.worker.app", **env: str
     ) -> Iterator[list[ManagedProcess]]:
         """`count` fresh worker processes, started with the documented command (`app`:
-        `bench.floor` for Celery alone)."""
+        `quorum.bench.floor` for Celery alone)."""
         env = self.stack.env(**env)
         self.concurrency = env.get("QUORUM_WORKER_CONCURRENCY", "default")
         # The documented command at its default log level: at INFO, Celery's two lines per
@@ -142,7 +142,7 @@ class Bench:
         if queued:
             spec["shape"] = "queued"
         driver = ManagedProcess(
-            f"{engine}-{workload}", [sys.executable, "-m", "bench.driver", json.dumps(spec)]
+            f"{engine}-{workload}", [sys.executable, "-m", "quorum.bench.driver", json.dumps(spec)]
         )
         with contextlib.ExitStack() as started:
             started.callback(driver.stop)
@@ -258,7 +258,9 @@ class Bench:
         concurrency = str(p.inflight_concurrency)
         shaped = {"mode": "celery", "votes": p.issues * p.count}
         for count in (1, 2):
-            with self.running(count, app="bench.floor", QUORUM_WORKER_CONCURRENCY=concurrency):
+            with self.running(
+                count, app="quorum.bench.floor", QUORUM_WORKER_CONCURRENCY=concurrency
+            ):
                 for latency in p.latency_levels:
                     self.measure("celery", "latency", **self.one_at_a_time(latency), config=shaped)
                 if count == 1:
@@ -333,7 +335,7 @@ def _versions() -> dict[str, str]:
 
 def run_bench(*, quick: bool, out: Path, command: str) -> int:
     """Run the benchmark and write `benchmarks.md`, its plots and the raw results to `out`."""
-    from bench.report import write_report
+    from quorum.bench.report import write_report
 
     prof = profile("quick" if quick else "full")
     with_reference = reference.available()

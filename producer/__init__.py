@@ -1,5 +1,5 @@
 """What other services use to run validated LLM tasks: the Python client and the CLI."""
 
-from producer.client import TaskClient, TaskRun
+from quorum.producer.client import TaskClient, TaskRun
 
 __all__ = ["TaskClient", "TaskRun"]

@@ -9,7 +9,7 @@ For producers in other languages; the response model is a JSON Schema. It is a t
     GET  /v1/runs/{id}/result       wait up to ?timeout= s: 200 result, 409 failed or
                                     cancelled (with reasons), 202 not ended yet (ask again)
     POST /v1/runs/{id}/cancel       → {id, cancelled, status}
-    GET  /metrics                   run-level Prometheus metrics (`producer.metrics`)
+    GET  /metrics                   run-level Prometheus metrics (`quorum.producer.metrics`)
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
 
 With `QUORUM_API_TOKEN` set, every route but /healthz (the OpenAPI document included) requires
@@ -30,11 +30,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
-from producer.client import TaskClient
-from producer.metrics import RunMetrics
-from shared.errors import InvalidRequestError, RunNotFoundError, StoreError
-from shared.models import TaskStatus, Usage
-from shared.settings import Settings, get_settings
+from quorum.producer.client import TaskClient
+from quorum.producer.metrics import RunMetrics
+from quorum.shared.errors import InvalidRequestError, RunNotFoundError, StoreError
+from quorum.shared.models import TaskStatus, Usage
+from quorum.shared.settings import Settings, get_settings
 
 __all__ = ["create_app"]
 
@@ -318,5 +318,6 @@ def _errors(app: FastAPI) -> None:
 
 
 def main_app() -> FastAPI:
-    """The application for the process's settings (`uvicorn --factory producer.api:main_app`)."""
+    """The application for the process's settings
+    (`uvicorn --factory quorum.producer.api:main_app`)."""
     return create_app(get_settings())

@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from producer.client import TaskClient
-from shared.errors import QuorumError, TaskFailedError
-from shared.settings import get_settings
+from quorum.producer.client import TaskClient
+from quorum.shared.errors import QuorumError, TaskFailedError
+from quorum.shared.settings import get_settings
 
 __all__ = ["describe", "main", "summarize"]
 
@@ -136,7 +136,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from producer.stack import celery_command
+    from quorum.producer.stack import celery_command
 
     command = [*celery_command(), *args.celery_args]
     os.execvp(command[0], command)
@@ -145,21 +145,21 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from producer.api import create_app
+    from quorum.producer.api import create_app
 
     uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level="info")
     return 0
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from simulator.server import main as sim_main
+    from quorum.simulator.server import main as sim_main
 
     sim_main(args.sim_args)
     return 0
 
 
 def _local_extra_missing() -> bool:
-    from producer.localllm import INSTALL_HINT, missing_packages
+    from quorum.producer.localllm import INSTALL_HINT, missing_packages
 
     absent = missing_packages()
     if absent:
@@ -168,7 +168,7 @@ def _local_extra_missing() -> bool:
 
 
 def _cmd_llm_serve(args: argparse.Namespace) -> int:
-    from producer.localllm import start_local_llm, worker_env
+    from quorum.producer.localllm import start_local_llm, worker_env
 
     if _local_extra_missing():
         return 2
@@ -185,7 +185,7 @@ def _cmd_llm_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from producer.demo import run_demo
+    from quorum.producer.demo import run_demo
 
     if args.llm == "local" and _local_extra_missing():
         return 2
@@ -193,7 +193,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from bench.runner import run_bench
+    from quorum.bench.runner import run_bench
 
     command = "quorum bench" + (" --quick" if args.quick else "") + f" --out {args.out}"
     return run_bench(quick=args.quick, out=Path(args.out), command=command)
@@ -231,7 +231,9 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--timeout", type=float)
         if name == "provenance":
             command.add_argument("--json", action="store_true")
-    worker = add("worker", _cmd_worker, "Start a worker: celery -A worker.app worker [ARGS].")
+    worker = add(
+        "worker", _cmd_worker, "Start a worker: celery -A quorum.worker.app worker [ARGS]."
+    )
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)
     api = add("api", _cmd_api, "Serve the HTTP API (needs quorum[api]).")
     api.add_argument("--host", default="127.0.0.1")

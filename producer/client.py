@@ -13,19 +13,19 @@ import jsonschema
 from celery import Celery
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from shared.broker import celery_config
-from shared.errors import (
+from quorum.shared.broker import celery_config
+from quorum.shared.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
     RunTimeoutError,
     SchemaError,
     TaskFailedError,
 )
-from shared.models import RunSpec, TaskStatus, ValidationConfig
-from shared.prompts import check_template
-from shared.settings import Settings, get_settings
-from shared.state import RunState
-from shared.store import RunStore
+from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
+from quorum.shared.prompts import check_template
+from quorum.shared.settings import Settings, get_settings
+from quorum.shared.state import RunState
+from quorum.shared.store import RunStore
 
 __all__ = ["TaskClient", "TaskRun", "build_spec"]
 

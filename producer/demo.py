@@ -10,16 +10,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from producer.cli import describe, summarize
-from producer.client import TaskClient
-from producer.stack import Stack
-from shared.errors import TaskFailedError
-from shared.models import (
+from quorum.producer.cli import describe, summarize
+from quorum.producer.client import TaskClient
+from quorum.producer.stack import Stack
+from quorum.shared.errors import TaskFailedError
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     ThresholdVotingValidationConfig,
 )
-from shared.settings import Settings
+from quorum.shared.settings import Settings
 
 __all__ = ["Purchase", "Story", "run_demo", "story"]
 
@@ -151,7 +151,7 @@ def run_demo(settings: Settings, *, seed: int = 7, llm: str = "sim") -> int:
         else:
             print(f"LLM: {settings.openai_base_url or 'OpenAI'}, model {settings.model}")
         worker = stack.worker(**env)
-        print(f"Worker: started (pid {worker.pid}) with `celery -A worker.app worker`")
+        print(f"Worker: started (pid {worker.pid}) with `celery -A quorum.worker.app worker`")
         client = TaskClient(settings=settings.model_copy(update={"redis_url": redis_url}))
         try:
             runs = [_run_one(client, c, m) for m in messages for c in CONFIGS]

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from producer.stack import ManagedProcess, free_port
+from quorum.producer.stack import ManagedProcess, free_port
 
 __all__ = [
     "MODEL_ALIAS",

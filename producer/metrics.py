@@ -24,10 +24,10 @@ from typing import Any
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.errors import RunNotFoundError
-from shared.models import TaskStatus
-from shared.state import RunState
-from shared.store import RunStore
+from quorum.shared.errors import RunNotFoundError
+from quorum.shared.models import TaskStatus
+from quorum.shared.state import RunState
+from quorum.shared.store import RunStore
 
 __all__ = ["RunFacts", "RunMetrics", "facts_of"]
 

@@ -180,15 +180,15 @@ def start_simulator(*args: str) -> tuple[str, ManagedProcess]:
     """Start the LLM simulator on a free port; return its base URL (…/v1) and process."""
     sim = ManagedProcess(
         "simulator",
-        [sys.executable, "-m", "simulator", "--port", "0", *args],
+        [sys.executable, "-m", "quorum.simulator", "--port", "0", *args],
         ready=r"simulator listening on (http://\S+/v1)",
     )
     assert sim.match is not None
     return sim.match.group(1), sim
 
 
-def celery_command(app: str = "worker.app") -> list[str]:
-    """The documented worker command, `celery -A worker.app worker` (or another `app`)."""
+def celery_command(app: str = "quorum.worker.app") -> list[str]:
+    """The documented worker command, `celery -A quorum.worker.app worker` (or another `app`)."""
     beside = Path(sys.executable).with_name("celery")
     celery = str(beside) if beside.exists() else (shutil.which("celery") or "celery")
     return [celery, "-A", app, "worker"]
@@ -232,7 +232,7 @@ class Stack(contextlib.ExitStack):
 
     def local_llm(self) -> dict[str, str]:
         """Serve the local model (the `local` extra); return the environment workers need."""
-        from producer.localllm import start_local_llm, worker_env
+        from quorum.producer.localllm import start_local_llm, worker_env
 
         self.llm_base_url, server = start_local_llm()
         self.callback(server.stop)

@@ -19,9 +19,9 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from shared.errors import StoreError
-from shared.settings import Settings
-from shared.store import DRIVER_INFO
+from quorum.shared.errors import StoreError
+from quorum.shared.settings import Settings
+from quorum.shared.store import DRIVER_INFO
 
 __all__ = [
     "JOB_NAMES",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from shared.models import RunSpec, Usage
-from shared.settings import Price
+from quorum.shared.models import RunSpec, Usage
+from quorum.shared.settings import Price
 
 __all__ = ["estimate", "exceeded", "priced"]
 

@@ -9,12 +9,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shared import budget
-from shared.llm import Completion
-from shared.models import TaskStatus
-from shared.settings import Price
-from shared.state import RunState, event
-from shared.store import RunStore
+from quorum.shared import budget
+from quorum.shared.llm import Completion
+from quorum.shared.models import TaskStatus
+from quorum.shared.settings import Price
+from quorum.shared.state import RunState, event
+from quorum.shared.store import RunStore
 
 __all__ = ["LLM", "Context", "Enqueuer", "Plan", "fail_run"]
 

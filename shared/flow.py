@@ -18,10 +18,10 @@ from typing import Any
 
 import jsonschema
 
-from shared.context import Context, Enqueuer, Plan, fail_run
-from shared.errors import RoundIncompleteError, RunNotFoundError, TransientLLMError
-from shared.models import TaskStatus, Usage, Vote
-from shared.prompts import (
+from quorum.shared.context import Context, Enqueuer, Plan, fail_run
+from quorum.shared.errors import RoundIncompleteError, RunNotFoundError, TransientLLMError
+from quorum.shared.models import TaskStatus, Usage, Vote
+from quorum.shared.prompts import (
     VOTE_SCHEMA,
     FailedAttempt,
     feedback_section,
@@ -29,9 +29,9 @@ from shared.prompts import (
     task_messages,
     validator_messages,
 )
-from shared.state import RunState, event
-from shared.store import RoundContext, vote_slot
-from shared.voting import (
+from quorum.shared.state import RunState, event
+from quorum.shared.store import RoundContext, vote_slot
+from quorum.shared.voting import (
     Tally,
     decide_after_round,
     decide_early,

@@ -33,9 +33,9 @@ from typing import Any
 
 import openai
 
-from shared.errors import LLMError, PermanentLLMError, TransientLLMError
-from shared.models import Usage
-from shared.settings import Dialect, Settings
+from quorum.shared.errors import LLMError, PermanentLLMError, TransientLLMError
+from quorum.shared.models import Usage
+from quorum.shared.settings import Dialect, Settings
 
 __all__ = ["Completion", "LLMGateway", "map_error", "refuses_json_schema", "response_format"]
 

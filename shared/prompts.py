@@ -11,7 +11,7 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from shared.errors import TemplateError
+from quorum.shared.errors import TemplateError
 
 __all__ = [
     "VOTE_SCHEMA",

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.models import RunSpec, TaskStatus, Usage
-from shared.prompts import FailedAttempt
+from quorum.shared.models import RunSpec, TaskStatus, Usage
+from quorum.shared.prompts import FailedAttempt
 
 __all__ = ["USAGE_FIELDS", "RunState", "event", "usage_counters", "usage_of"]
 

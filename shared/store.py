@@ -21,12 +21,12 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from shared.errors import RunNotFoundError, StoreError
-from shared.keys import Keys
-from shared.models import RunSpec, TaskStatus, Usage, Vote, sources_of
-from shared.prompts import FailedAttempt
-from shared.settings import Settings
-from shared.state import USAGE_FIELDS, RunState, event, usage_counters, usage_of
+from quorum.shared.errors import RunNotFoundError, StoreError
+from quorum.shared.keys import Keys
+from quorum.shared.models import RunSpec, TaskStatus, Usage, Vote, sources_of
+from quorum.shared.prompts import FailedAttempt
+from quorum.shared.settings import Settings
+from quorum.shared.state import USAGE_FIELDS, RunState, event, usage_counters, usage_of
 
 __all__ = ["DRIVER_INFO", "RecordedVote", "RoundContext", "RunStore", "connect", "vote_slot"]
 

@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import QuorumError, RunNotFoundError
-from shared.flow import Context, fail_run
-from shared.models import TaskStatus
-from shared.state import RunState
+from quorum.shared.errors import QuorumError, RunNotFoundError
+from quorum.shared.flow import Context, fail_run
+from quorum.shared.models import TaskStatus
+from quorum.shared.state import RunState
 
 __all__ = ["Sweeper", "expire", "resume", "sweep"]
 

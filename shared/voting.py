@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.models import KAheadVotingValidationConfig, ValidationConfig
+from quorum.shared.models import KAheadVotingValidationConfig, ValidationConfig
 
 __all__ = [
     "Decision",

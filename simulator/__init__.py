@@ -1,12 +1,12 @@
 """OpenAI-compatible LLM simulator for tests, the demo and benchmarks.
 
-Run it with ``python -m simulator --port 0 --latency 0.2``; script behaviour per run by putting
-``<<sim:{...}>>`` directives in prompts (see ``simulator.script``).
+Run it with ``python -m quorum.simulator --port 0 --latency 0.2``; script behaviour per run by
+putting ``<<sim:{...}>>`` directives in prompts (see ``quorum.simulator.script``).
 """
 
-from simulator.config import Latency, SimConfig, build_parser, parse_args, parse_latency
-from simulator.fake import fake_value, violating_value
-from simulator.script import (
+from quorum.simulator.config import Latency, SimConfig, build_parser, parse_args, parse_latency
+from quorum.simulator.fake import fake_value, violating_value
+from quorum.simulator.script import (
     CallInfo,
     Decision,
     Directive,
@@ -15,7 +15,7 @@ from simulator.script import (
     decide,
     parse_directive,
 )
-from simulator.server import main, make_app, serve
+from quorum.simulator.server import main, make_app, serve
 
 __all__ = [
     "CallInfo",

@@ -1,6 +1,6 @@
-"""Run the simulator: ``python -m simulator --port 8000 ...``."""
+"""Run the simulator: ``python -m quorum.simulator --port 8000 ...``."""
 
-from simulator.server import main
+from quorum.simulator.server import main
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.errors import FAULT_NAMES
+from quorum.simulator.errors import FAULT_NAMES
 
 DIALECTS = ("any", "json_object", "json_schema")
 DEFAULT_FAULTS = ("429", "500", "timeout", "invalid_json")
@@ -216,10 +216,10 @@ def _arg(convert: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the ``python -m simulator`` argument parser."""
+    """Build the ``python -m quorum.simulator`` argument parser."""
     d = SimConfig()
     p = argparse.ArgumentParser(
-        prog="python -m simulator", description="OpenAI-compatible LLM simulator for tests."
+        prog="python -m quorum.simulator", description="OpenAI-compatible LLM simulator for tests."
     )
     p.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
     p.add_argument(

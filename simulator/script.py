@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from simulator.config import Latency, SimConfig, parse_latency
-from simulator.errors import FAULT_NAMES, HTTP_FAULTS
-from simulator.fake import fake_value, violating_value
+from quorum.simulator.config import Latency, SimConfig, parse_latency
+from quorum.simulator.errors import FAULT_NAMES, HTTP_FAULTS
+from quorum.simulator.fake import fake_value, violating_value
 
 DIRECTIVE_OPEN = "<<sim:"
 DIRECTIVE_CLOSE = ">>"

@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.config import RUNTIME_FIXED, SimConfig, from_mapping, parse_args
-from simulator.errors import LLAMA_CPP_JSON_SCHEMA_ERROR, error_body, fault_error
-from simulator.script import DirectiveError, analyze, decide, message_text
-from simulator.state import SimState
+from quorum.simulator.config import RUNTIME_FIXED, SimConfig, from_mapping, parse_args
+from quorum.simulator.errors import LLAMA_CPP_JSON_SCHEMA_ERROR, error_body, fault_error
+from quorum.simulator.script import DirectiveError, analyze, decide, message_text
+from quorum.simulator.state import SimState
 
 STATE_KEY = web.AppKey("simulator_state", SimState)
 CLIENT_CLOSED = 499  # logged status of calls whose client went away first
@@ -278,6 +278,6 @@ def serve(config: SimConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: ``python -m simulator [options]``."""
+    """Command-line entry point: ``python -m quorum.simulator [options]``."""
     config = parse_args(sys.argv[1:] if argv is None else argv)
     serve(config)

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.config import SimConfig
+from quorum.simulator.config import SimConfig
 
 
 @dataclass(slots=True, kw_only=True)

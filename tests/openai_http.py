@@ -4,6 +4,6 @@ Tests that build SDK responses or mock its transport take it from here (the gate
 look-up), so that they run against whichever SDK version the environment resolved.
 """
 
-from shared.llm import _http as http
+from quorum.shared.llm import _http as http
 
 __all__ = ["http"]

@@ -1,3 +1,3 @@
-"""Quorum's Celery worker: the app (`worker.app`) and its jobs (`worker.jobs`)."""
+"""Quorum's Celery worker: the app (`quorum.worker.app`) and its jobs (`quorum.worker.jobs`)."""
 
 __all__: list[str] = []

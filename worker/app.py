@@ -1,4 +1,4 @@
-"""The Celery app. `celery -A worker.app worker` starts a worker that is ready as it is:
+"""The Celery app. `celery -A quorum.worker.app worker` starts a worker that is ready as it is:
 threads pool with concurrency in the hundreds, every Quorum queue, JSON only, late acks."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import redis
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
-from shared.broker import celery_config
-from shared.settings import Settings, get_settings
+from quorum.shared.broker import celery_config
+from quorum.shared.settings import Settings, get_settings
 
 __all__ = ["ChordResultBackend", "app", "chord_backend", "create_app"]
 
@@ -58,7 +58,7 @@ def chord_backend(redis_url: str) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured for Quorum's jobs."""
-    celery = Celery("quorum", include=["worker.jobs"])
+    celery = Celery("quorum", include=["quorum.worker.jobs"])
     celery.conf.update(celery_config(settings))
     if settings.redis_url.startswith(("redis://", "rediss://")):
         celery.conf.update(chord_backend(settings.redis_url))

@@ -1,4 +1,4 @@
-"""Quorum's Celery jobs. Each parses its arguments, calls a step in `shared.flow`, and turns
+"""Quorum's Celery jobs. Each parses its arguments, calls a step in `quorum.shared.flow`, and turns
 our errors into a Celery retry (transient) or a failed run (permanent); none raises out."""
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from celery import Signature, Task, chord
 from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
-from shared import flow
-from shared.broker import HeldBack, holds_back
-from shared.errors import (
+from quorum.shared import flow
+from quorum.shared.broker import HeldBack, holds_back
+from quorum.shared.errors import (
     InvalidRequestError,
     PermanentLLMError,
     RoundIncompleteError,
     StoreError,
     TransientLLMError,
 )
-from shared.llm import LLMGateway
-from shared.settings import get_settings
-from shared.store import RunStore
-from shared.sweep import Sweeper
-from worker.app import app
+from quorum.shared.llm import LLMGateway
+from quorum.shared.settings import get_settings
+from quorum.shared.store import RunStore
+from quorum.shared.sweep import Sweeper
+from quorum.worker.app import app
 
 __all__ = ["round_chord", "route", "tally", "task_node", "vote"]
 

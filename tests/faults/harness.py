@@ -18,10 +18,16 @@ from typing import Any
 
 import redis
 
-from producer import TaskClient, TaskRun
-from producer.stack import ManagedProcess, free_port, start_redis, start_simulator, start_worker
-from shared.keys import Keys
-from shared.models import TaskStatus
+from quorum.producer import TaskClient, TaskRun
+from quorum.producer.stack import (
+    ManagedProcess,
+    free_port,
+    start_redis,
+    start_simulator,
+    start_worker,
+)
+from quorum.shared.keys import Keys
+from quorum.shared.models import TaskStatus
 from tests.integration.helpers import APPLES, PEARS, TEMPLATE, Purchase, Simulator, directive
 
 # Workers recover a dead worker's jobs within seconds, and stalled runs within ten.

@@ -1,5 +1,5 @@
 """Fixtures of the integration tests: a real redis-server, the LLM simulator over HTTP, and
-worker processes started with the documented command `celery -A worker.app worker`.
+worker processes started with the documented command `celery -A quorum.worker.app worker`.
 
 One Redis, one simulator, one default worker and one client serve the whole session. Tests
 that need other worker settings start their own worker on their own Redis (`dedicated_stack`).
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from producer import TaskClient
-from producer.stack import ManagedProcess, start_redis, start_simulator, start_worker
+from quorum.producer import TaskClient
+from quorum.producer.stack import ManagedProcess, start_redis, start_simulator, start_worker
 from tests.integration.helpers import FAST_WORKER_ENV, Simulator
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from producer import TaskClient, TaskRun
-from simulator.control import SimulatorControl
+from quorum.producer import TaskClient, TaskRun
+from quorum.simulator.control import SimulatorControl
 
 # Worker settings that keep fault tests quick: a short HTTP timeout, short backoff, few retries.
 FAST_WORKER_ENV = {

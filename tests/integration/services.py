@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from producer.stack import ManagedProcess, celery_command, free_port
+from quorum.producer.stack import ManagedProcess, celery_command, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer import TaskClient
-from producer.stack import ManagedProcess
+from quorum.producer import TaskClient
+from quorum.producer.stack import ManagedProcess
 from tests.integration.helpers import APPLES, Purchase, directive
 from tests.integration.services import http, start_api
 

@@ -10,19 +10,19 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from producer import TaskClient
-from shared.errors import (
+from quorum.producer import TaskClient
+from quorum.shared.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
     SchemaError,
     TemplateError,
 )
-from shared.models import (
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     ThresholdVotingValidationConfig,
 )
-from shared.settings import Settings
+from quorum.shared.settings import Settings
 from tests.integration.helpers import Purchase
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ def test_quick_bench_writes_the_report_and_its_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the bench extra is not installed")
     pytest.importorskip("psutil", reason="the bench extra is not installed")
     done = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "quorum.producer.cli", "bench", "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=240,

@@ -12,9 +12,9 @@ import kombu
 import pytest
 import redis
 
-from producer.stack import start_redis
-from shared.broker import HeldBack, RedisTransport
-from shared.errors import StoreError
+from quorum.producer.stack import start_redis
+from quorum.shared.broker import HeldBack, RedisTransport
+from quorum.shared.errors import StoreError
 from tests.integration.conftest import redis_server
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.stack import ManagedProcess, free_port
+from quorum.producer.stack import ManagedProcess, free_port
 from tests.deployfiles import COMPOSE_FILE, ROOT, Local, localize
 from tests.integration.helpers import APPLES, Purchase, directive
 from tests.integration.services import flower_tasks, http, poll

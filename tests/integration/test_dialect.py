@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer import TaskClient
-from producer.stack import start_redis, start_simulator, start_worker
-from shared.models import ThresholdVotingValidationConfig
+from quorum.producer import TaskClient
+from quorum.producer.stack import start_redis, start_simulator, start_worker
+from quorum.shared.models import ThresholdVotingValidationConfig
 from tests.integration.helpers import APPLES, FAST_WORKER_ENV, Purchase, Simulator, directive
 
 pytestmark = pytest.mark.integration

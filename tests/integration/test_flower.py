@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from producer import TaskClient
-from shared.models import ThresholdVotingValidationConfig
+from quorum.producer import TaskClient
+from quorum.shared.models import ThresholdVotingValidationConfig
 from tests.integration.helpers import APPLES, Purchase, directive
 from tests.integration.services import flower_tasks, http, poll, start_flower
 

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from shared.errors import RunNotFoundError, TaskFailedError
-from shared.models import (
+from quorum.shared.errors import RunNotFoundError, TaskFailedError
+from quorum.shared.models import (
     SingleShotValidationConfig,
     TaskStatus,
     ThresholdVotingValidationConfig,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from producer.stack import start_simulator
-from shared.models import ThresholdVotingValidationConfig
+from quorum.producer.stack import start_simulator
+from quorum.shared.models import ThresholdVotingValidationConfig
 from tests.integration.helpers import APPLES, TEMPLATE, Purchase, Simulator, directive, events
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection
 
-from producer import TaskClient
-from producer.stack import ManagedProcess, start_worker
-from shared.settings import Settings
+from quorum.producer import TaskClient
+from quorum.producer.stack import ManagedProcess, start_worker
+from quorum.shared.settings import Settings
 from tests.integration.conftest import worker_env
 from tests.integration.helpers import Simulator
 from tests.integration.test_lifecycle import (  # noqa: F401  # collected again, on RabbitMQ

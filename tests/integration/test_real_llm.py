@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from producer import TaskClient
-from producer.localllm import (
+from quorum.producer import TaskClient
+from quorum.producer.localllm import (
     INSTALL_HINT,
     MODEL_ALIAS,
     missing_packages,
@@ -29,16 +29,16 @@ from producer.localllm import (
     start_local_llm,
     worker_env,
 )
-from producer.stack import ManagedProcess, free_port, start_redis, start_worker
-from shared.models import (
+from quorum.producer.stack import ManagedProcess, free_port, start_redis, start_worker
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     TaskStatus,
     ThresholdVotingValidationConfig,
     ValidationConfig,
 )
-from shared.settings import Settings
-from shared.voting import Tally, decide_after_round, decide_early
+from quorum.shared.settings import Settings
+from quorum.shared.voting import Tally, decide_after_round, decide_early
 from tests.integration.helpers import Purchase
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_llm]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shared.errors import TaskFailedError
-from shared.models import (
+from quorum.shared.errors import TaskFailedError
+from quorum.shared.models import (
     SingleShotValidationConfig,
     TaskStatus,
     ThresholdVotingValidationConfig,

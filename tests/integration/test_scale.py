@@ -9,7 +9,11 @@ import time
 import pytest
 import redis
 
-from shared.models import SingleShotValidationConfig, TaskStatus, ThresholdVotingValidationConfig
+from quorum.shared.models import (
+    SingleShotValidationConfig,
+    TaskStatus,
+    ThresholdVotingValidationConfig,
+)
 from tests.integration.helpers import APPLES, Purchase, directive
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ import kombu
 import pytest
 import redis
 
-from producer import TaskClient
-from producer.stack import free_port, start_redis, start_simulator, start_worker
-from shared.models import SingleShotValidationConfig, TaskStatus
-from shared.settings import Settings
+from quorum.producer import TaskClient
+from quorum.producer.stack import free_port, start_redis, start_simulator, start_worker
+from quorum.shared.models import SingleShotValidationConfig, TaskStatus
+from quorum.shared.settings import Settings
 from tests.integration.helpers import APPLES, FAST_WORKER_ENV, Purchase, directive, wait_until
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from producer import stack
-from simulator.control import SimulatorControl
+from quorum.producer import stack
+from quorum.simulator.control import SimulatorControl
 
 pytestmark = pytest.mark.integration
 

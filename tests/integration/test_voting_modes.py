@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import TaskFailedError
-from shared.models import (
+from quorum.shared.errors import TaskFailedError
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     TaskStatus,

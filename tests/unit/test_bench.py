@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from bench.floor import peak_overlap
-from bench.report import headline
-from bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
-from simulator.script import analyze
+from quorum.bench.floor import peak_overlap
+from quorum.bench.report import headline
+from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
+from quorum.simulator.script import analyze
 
 
 def test_percentile_interpolates_and_spread_is_median_min_max() -> None:

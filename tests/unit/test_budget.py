@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.budget import estimate, exceeded, priced
-from shared.models import RunSpec, SingleShotValidationConfig, Usage
-from shared.settings import Price, Settings
+from quorum.shared.budget import estimate, exceeded, priced
+from quorum.shared.models import RunSpec, SingleShotValidationConfig, Usage
+from quorum.shared.settings import Price, Settings
 
 PRICE = Price(prompt=1.0, completion=4.0, cached=0.5, reasoning=8.0)
 

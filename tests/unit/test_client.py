@@ -7,15 +7,20 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from producer.client import build_spec
-from shared.errors import InvalidRequestError, PayloadTooLargeError, SchemaError, TemplateError
-from shared.models import (
+from quorum.producer.client import build_spec
+from quorum.shared.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    SchemaError,
+    TemplateError,
+)
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     RunSpec,
     SingleShotValidationConfig,
     ThresholdVotingValidationConfig,
 )
-from shared.settings import Settings
+from quorum.shared.settings import Settings
 
 
 class Purchase(BaseModel):

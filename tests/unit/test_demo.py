@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from producer import cli, localllm
-from producer.demo import ISSUES, story
+from quorum.producer import cli, localllm
+from quorum.producer.demo import ISSUES, story
 
 
 def ev(type_: str, attempt: int, **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.settings import Settings
+from quorum.shared.settings import Settings
 from tests.deployfiles import (
     K8S_DIR,
     ROOT,

@@ -10,11 +10,11 @@ from typing import Any
 import fakeredis
 import pytest
 
-from shared import flow
-from shared.errors import StoreError, TransientLLMError
-from shared.keys import Keys
-from shared.llm import Completion
-from shared.models import (
+from quorum.shared import flow
+from quorum.shared.errors import StoreError, TransientLLMError
+from quorum.shared.keys import Keys
+from quorum.shared.llm import Completion
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     RunSpec,
     SingleShotValidationConfig,
@@ -22,8 +22,8 @@ from shared.models import (
     ThresholdVotingValidationConfig,
     Usage,
 )
-from shared.state import event
-from shared.store import RunStore
+from quorum.shared.state import event
+from quorum.shared.store import RunStore
 
 RUN = "r1"
 SCHEMA = {

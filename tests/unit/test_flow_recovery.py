@@ -10,21 +10,21 @@ from typing import Any
 import fakeredis
 import pytest
 
-from shared import flow
-from shared.budget import estimate
-from shared.errors import RoundIncompleteError
-from shared.keys import Keys
-from shared.llm import Completion
-from shared.models import (
+from quorum.shared import flow
+from quorum.shared.budget import estimate
+from quorum.shared.errors import RoundIncompleteError
+from quorum.shared.keys import Keys
+from quorum.shared.llm import Completion
+from quorum.shared.models import (
     RunSpec,
     SingleShotValidationConfig,
     TaskStatus,
     ThresholdVotingValidationConfig,
     Usage,
 )
-from shared.prompts import render_task_prompt, validator_messages
-from shared.settings import Price
-from shared.store import RunStore
+from quorum.shared.prompts import render_task_prompt, validator_messages
+from quorum.shared.settings import Price
+from quorum.shared.store import RunStore
 from tests.unit.test_flow import (
     GOOD,
     ISSUES,

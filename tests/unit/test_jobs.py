@@ -7,9 +7,9 @@ import threading
 import pytest
 from celery.utils.saferepr import saferepr
 
-from shared.settings import Settings
-from worker import jobs
-from worker.jobs import round_chord
+from quorum.shared.settings import Settings
+from quorum.worker import jobs
+from quorum.worker.jobs import round_chord
 
 
 def test_a_round_chord_has_a_vote_per_planned_vote_and_the_tally_as_its_body() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.keys import Keys
+from quorum.shared.keys import Keys
 
 KEYS = Keys("quorum")
 

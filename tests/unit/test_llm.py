@@ -12,11 +12,11 @@ from unittest.mock import ANY
 import openai
 import pytest
 
-from shared.errors import LLMError, PermanentLLMError, TransientLLMError
-from shared.llm import Completion, LLMGateway, map_error, response_format
-from shared.models import Usage
-from shared.prompts import VOTE_SCHEMA
-from shared.settings import Settings
+from quorum.shared.errors import LLMError, PermanentLLMError, TransientLLMError
+from quorum.shared.llm import Completion, LLMGateway, map_error, response_format
+from quorum.shared.models import Usage
+from quorum.shared.prompts import VOTE_SCHEMA
+from quorum.shared.settings import Settings
 from tests.openai_http import http
 
 REQUEST = http.Request("POST", "http://llm.test/v1/chat/completions")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from shared.errors import PermanentLLMError, TransientLLMError
-from shared.llm import LLMGateway
-from shared.prompts import VOTE_SCHEMA
-from shared.settings import Settings
+from quorum.shared.errors import PermanentLLMError, TransientLLMError
+from quorum.shared.llm import LLMGateway
+from quorum.shared.prompts import VOTE_SCHEMA
+from quorum.shared.settings import Settings
 from tests.openai_http import http
 
 # llama-cpp-python's answer to {"type": "json_schema"}: its pydantic error, as HTTP 500.

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from shared.errors import PermanentLLMError, TransientLLMError
-from shared.llm import LLMGateway, _plain_http
-from shared.settings import Settings
-from simulator.errors import LLAMA_CPP_JSON_SCHEMA_ERROR
+from quorum.shared.errors import PermanentLLMError, TransientLLMError
+from quorum.shared.llm import LLMGateway, _plain_http
+from quorum.shared.settings import Settings
+from quorum.simulator.errors import LLAMA_CPP_JSON_SCHEMA_ERROR
 
 SCHEMA = {"type": "object", "properties": {"product": {"type": "string"}}}
 COMPLETION = {

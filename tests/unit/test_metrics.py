@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from producer.metrics import RunMetrics, facts_of, families
-from shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig
-from shared.state import RunState
+from quorum.producer.metrics import RunMetrics, facts_of, families
+from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig
+from quorum.shared.state import RunState
 
 SPEC = RunSpec(
     template="t",

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from shared.models import (
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     RunSpec,
     SingleShotValidationConfig,

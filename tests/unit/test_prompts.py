@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shared.errors import InvalidRequestError, TemplateError
-from shared.prompts import (
+from quorum.shared.errors import InvalidRequestError, TemplateError
+from quorum.shared.prompts import (
     VOTE_SCHEMA,
     FailedAttempt,
     check_template,

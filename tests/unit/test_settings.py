@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from shared.broker import celery_config
-from shared.settings import Settings
+from quorum.shared.broker import celery_config
+from quorum.shared.settings import Settings
 
 ENV_NAMES = [
     "QUORUM_REDIS_URL",
@@ -144,7 +144,7 @@ def test_celery_config_gives_a_redis_broker_the_intake_batch(
 def test_jobs_leave_counting_retries_to_quorum() -> None:
     """Celery caps `Task.retry(max_retries=None)` at the job's own limit, 3 by default, which
     would cut short `QUORUM_LLM_MAX_RETRIES` (6) and a tally's waits for its votes (40)."""
-    from worker.jobs import route, tally, task_node, vote
+    from quorum.worker.jobs import route, tally, task_node, vote
 
     assert [job.max_retries for job in (task_node, vote, tally, route)] == [None] * 4
 
@@ -156,8 +156,8 @@ def test_a_worker_shares_one_chord_backend_between_its_threads() -> None:
 
     import redis
 
-    from shared.store import DRIVER_INFO, connect
-    from worker.app import ChordResultBackend, chord_backend, create_app
+    from quorum.shared.store import DRIVER_INFO, connect
+    from quorum.worker.app import ChordResultBackend, chord_backend, create_app
 
     app = create_app(Settings(redis_url="redis://localhost:6399/0", redis_max_connections=7))
     backend = app.backend

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from simulator.config import Latency, SimConfig, from_mapping, parse_args, parse_latency
-from simulator.fake import fake_value, violating_value
-from simulator.script import (
+from quorum.simulator.config import Latency, SimConfig, from_mapping, parse_args, parse_latency
+from quorum.simulator.fake import fake_value, violating_value
+from quorum.simulator.script import (
     CallInfo,
     DirectiveError,
     analyze,

@@ -9,12 +9,12 @@ import fakeredis
 import pytest
 from redis import BlockingConnectionPool
 
-from shared.errors import RunNotFoundError
-from shared.keys import Keys
-from shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
-from shared.prompts import FailedAttempt
-from shared.state import event
-from shared.store import RecordedVote, RunStore, connect
+from quorum.shared.errors import RunNotFoundError
+from quorum.shared.keys import Keys
+from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
+from quorum.shared.prompts import FailedAttempt
+from quorum.shared.state import event
+from quorum.shared.store import RecordedVote, RunStore, connect
 
 SPEC = RunSpec(
     template="Extract: {{ message }}",

@@ -9,10 +9,10 @@ import time
 import fakeredis
 import pytest
 
-from shared import flow, sweep
-from shared.keys import Keys
-from shared.models import SingleShotValidationConfig, TaskStatus
-from shared.store import RunStore
+from quorum.shared import flow, sweep
+from quorum.shared.keys import Keys
+from quorum.shared.models import SingleShotValidationConfig, TaskStatus
+from quorum.shared.store import RunStore
 from tests.unit.test_flow import GOOD, RUN, FakeLLM, Recorder, sent, submit
 
 CONFIG = SingleShotValidationConfig(issues=["is polite"], max_retries=1)

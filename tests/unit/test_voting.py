@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.models import (
+from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     ThresholdVotingValidationConfig,
 )
-from shared.voting import (
+from quorum.shared.voting import (
     NO_CONSENSUS,
     VALIDATOR_UNAVAILABLE,
     Decision,

@@ -1,0 +1,54 @@
+"""Quorum: validated LLM tasks on Celery and Redis.
+
+Everything a producer needs is importable from here::
+
+    from quorum import TaskClient, ThresholdVotingValidationConfig
+
+The code lives in four subpackages: `quorum.shared` (what workers and producers both import),
+`quorum.worker` (the Celery app: `celery -A quorum.worker.app worker`), `quorum.producer`
+(the Python client, the HTTP API, the CLI) and `quorum.simulator` (the OpenAI-compatible LLM
+simulator).
+"""
+
+from quorum.producer.client import TaskClient, TaskRun
+from quorum.shared.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    QuorumError,
+    RunNotFoundError,
+    RunTimeoutError,
+    SchemaError,
+    StoreError,
+    TaskFailedError,
+    TemplateError,
+)
+from quorum.shared.models import (
+    KAheadVotingValidationConfig,
+    SingleShotValidationConfig,
+    TaskStatus,
+    ThresholdVotingValidationConfig,
+    Usage,
+    ValidationConfig,
+)
+from quorum.shared.settings import Settings
+
+__all__ = [
+    "InvalidRequestError",
+    "KAheadVotingValidationConfig",
+    "PayloadTooLargeError",
+    "QuorumError",
+    "RunNotFoundError",
+    "RunTimeoutError",
+    "SchemaError",
+    "Settings",
+    "SingleShotValidationConfig",
+    "StoreError",
+    "TaskClient",
+    "TaskFailedError",
+    "TaskRun",
+    "TaskStatus",
+    "TemplateError",
+    "ThresholdVotingValidationConfig",
+    "Usage",
+    "ValidationConfig",
+]
