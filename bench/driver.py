@@ -65,34 +65,29 @@ async def run_workload(spec: dict[str, Any], run_one: RunOne) -> dict[str, Any]:
 
 
 async def quorum(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs through Quorum's producer client (`TaskClient.run_task`)."""
-    from quorum.producer import TaskClient
+    """Runs through Quorum's asyncio producer client (`AsyncTaskClient`)."""
+    from quorum.producer import AsyncTaskClient
     from quorum.shared.errors import RunTimeoutError, StoreError, TaskFailedError
 
-    client = TaskClient(redis_url=spec["redis_url"])
+    client = AsyncTaskClient(redis_url=spec["redis_url"])
     unsent = spec["runs"] if spec["shape"] == "queued" else None
 
     async def run_one(index: int) -> tuple[bool, bool]:
         nonlocal unsent
-        # `run_task` is `submit` in a thread plus `result_async`; done in two steps here so
-        # that a wait cut short by the Redis client's own 5 s read timeout (redis-py >= 8,
-        # racing the store's 5 s XREAD BLOCK) is resumed instead of lost.
-        run = await asyncio.to_thread(
-            lambda: client.submit(
-                template=TEMPLATE,
-                response_model=PURCHASE_SCHEMA,
-                kwargs={"message": message(spec["tag"], index)},
-                config=spec["config"],
-            )
+        run = await client.submit(
+            template=TEMPLATE,
+            response_model=PURCHASE_SCHEMA,
+            kwargs={"message": message(spec["tag"], index)},
+            config=spec["config"],
         )
         if unsent is not None and index >= 0:
             unsent -= 1
             if not unsent:
                 print("QUEUED", flush=True)
         deadline = time.monotonic() + spec["timeout_s"]
-        while True:
+        while True:  # a wait cut short by a Redis read timeout is resumed, not lost
             try:
-                await run.result_async(max(deadline - time.monotonic(), 0.001))
+                await run.result(max(deadline - time.monotonic(), 0.001))
             except TaskFailedError as exc:
                 return "validation failed" in str(exc), False
             except RunTimeoutError:
@@ -106,7 +101,7 @@ async def quorum(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         return await run_workload(spec, run_one)
     finally:
-        client.close()
+        await client.close()
 
 
 def main(argv: list[str] | None = None) -> int:

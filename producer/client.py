@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from quorum.shared.settings import Settings, get_settings
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
 
-__all__ = ["TaskClient", "TaskRun", "build_spec"]
+__all__ = ["TaskClient", "TaskRun", "build_spec", "outcome"]
 
 _CONFIG = TypeAdapter(ValidationConfig)
 ResponseModel = type[BaseModel] | dict[str, Any]
@@ -157,7 +156,13 @@ class TaskRun:
     ) -> None:
         self._client = client
         self.id = run_id
-        self._model = response_model if isinstance(response_model, type) else None
+        self.response_model = response_model if isinstance(response_model, type) else None
+        """The Pydantic class `result()` returns an instance of (None: the output as JSON)."""
+
+    @property
+    def store(self) -> RunStore:
+        """The store the run lives in."""
+        return self._client.store
 
     def __repr__(self) -> str:
         return f"TaskRun(id={self.id!r})"
@@ -189,29 +194,28 @@ class TaskRun:
         Raises `TaskFailedError` if the run failed or was cancelled, `RunTimeoutError` if it
         has not ended after `timeout` seconds.
         """
-        return self._outcome(self._client.store.wait(self.id, timeout_s=timeout), timeout)
+        state = self._client.store.wait(self.id, timeout_s=timeout)
+        return outcome(state, timeout, self.response_model)
 
-    async def result_async(self, timeout: float | None = None) -> Any:
-        """`result()` for asyncio code: waits without blocking the loop."""
-        state = await self._client.store.wait_async(self.id, timeout_s=timeout)
-        return self._outcome(state, timeout)
 
-    def _outcome(self, state: RunState, timeout: float | None) -> Any:
-        if state.status is TaskStatus.SUCCESSFUL:
-            return self._model.model_validate(state.result) if self._model else state.result
-        if not state.status.terminal:
-            raise RunTimeoutError(
-                f"run {self.id} has not ended after {timeout}s (status {state.status.value})"
-            )
-        reasons = state.reasons or [state.error or state.status.value.lower()]
-        raise TaskFailedError(
-            f"run {self.id} {state.status.value}: {state.error or 'cancelled'}",
-            status=state.status,
-            reasons=reasons,
-            last_output=state.last_output,
-            code=state.code or ("cancelled" if state.status is TaskStatus.CANCELLED else ""),
-            usage=state.usage,
+def outcome(state: RunState, timeout: float | None, model: type[BaseModel] | None) -> Any:
+    """What waiting `timeout` seconds for a run gave: its output (an instance of `model` if
+    there is one), or the error that says why there is none."""
+    if state.status is TaskStatus.SUCCESSFUL:
+        return model.model_validate(state.result) if model else state.result
+    if not state.status.terminal:
+        raise RunTimeoutError(
+            f"run {state.run_id} has not ended after {timeout}s (status {state.status.value})"
         )
+    reasons = state.reasons or [state.error or state.status.value.lower()]
+    raise TaskFailedError(
+        f"run {state.run_id} {state.status.value}: {state.error or 'cancelled'}",
+        status=state.status,
+        reasons=reasons,
+        last_output=state.last_output,
+        code=state.code or ("cancelled" if state.status is TaskStatus.CANCELLED else ""),
+        usage=state.usage,
+    )
 
 
 class TaskClient:
@@ -286,15 +290,13 @@ class TaskClient:
         self.store.status(run_id)
         return TaskRun(self, run_id, response_model)
 
-    async def run_task(self, *, timeout: float | None = None, **request: Any) -> Any:
-        """Submit a task and await its validated result (see `submit` for the arguments).
-
-        Raises `TaskFailedError` if the run fails, `RunTimeoutError` after `timeout` seconds.
-        """
-        run = await asyncio.to_thread(lambda: self.submit(**request))
-        return await run.result_async(timeout)
-
     def close(self) -> None:
         """Release the client's connections."""
         self.store.redis.close()
         self._celery.close()
+
+    def __enter__(self) -> TaskClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

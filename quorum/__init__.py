@@ -10,6 +10,7 @@ The code lives in four subpackages: `quorum.shared` (what workers and producers 
 simulator).
 """
 
+from quorum.producer.async_client import AsyncTaskClient, AsyncTaskRun
 from quorum.producer.client import TaskClient, TaskRun
 from quorum.shared.errors import (
     InvalidRequestError,
@@ -33,6 +34,8 @@ from quorum.shared.models import (
 from quorum.shared.settings import Settings
 
 __all__ = [
+    "AsyncTaskClient",
+    "AsyncTaskRun",
     "InvalidRequestError",
     "KAheadVotingValidationConfig",
     "PayloadTooLargeError",

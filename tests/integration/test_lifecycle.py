@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from quorum import AsyncTaskClient
 from quorum.shared.errors import RunNotFoundError, TaskFailedError
 from quorum.shared.models import (
     SingleShotValidationConfig,
@@ -123,30 +124,32 @@ def test_json_schema_response_model_returns_a_dict_and_get_finds_the_run(client,
         client.get("no-such-run")
 
 
-def test_async_run_task_returns_the_model_instance(client, simulator, scope):
+def test_async_client_returns_the_model_instance(client, simulator, scope):
     async def main():
-        return await client.run_task(
-            template=TEMPLATE,
-            response_model=Purchase,
-            kwargs={"sim": directive(scope, outputs=[APPLES], votes={"*": True})},
-            config=ThresholdVotingValidationConfig(issues=["is polite"]),
-            timeout=20,
-        )
+        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+            run = await aclient.submit(
+                template=TEMPLATE,
+                response_model=Purchase,
+                kwargs={"sim": directive(scope, outputs=[APPLES], votes={"*": True})},
+                config=ThresholdVotingValidationConfig(issues=["is polite"]),
+            )
+            return await run.result(timeout=20)
 
     result = asyncio.run(main())
     assert isinstance(result, Purchase)
     assert result == Purchase(**APPLES)
 
 
-def test_async_run_task_raises_task_failed_error(client, simulator, scope):
+def test_async_client_raises_task_failed_error(client, simulator, scope):
     async def main():
-        return await client.run_task(
-            template=TEMPLATE,
-            response_model=Purchase,
-            kwargs={"sim": directive(scope, outputs=[APPLES], votes={"*": False})},
-            config=SingleShotValidationConfig(issues=["is polite"], max_retries=0),
-            timeout=20,
-        )
+        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+            run = await aclient.submit(
+                template=TEMPLATE,
+                response_model=Purchase,
+                kwargs={"sim": directive(scope, outputs=[APPLES], votes={"*": False})},
+                config=SingleShotValidationConfig(issues=["is polite"], max_retries=0),
+            )
+            return await run.result(timeout=20)
 
     with pytest.raises(TaskFailedError) as failed:
         asyncio.run(main())
@@ -164,9 +167,12 @@ def test_every_waiter_on_a_run_wakes_once_it_ends(client, simulator, scope):
     )
 
     async def main():
-        waits = [run.result_async(timeout=30) for _ in range(2)]
-        waits += [asyncio.to_thread(run.result, 30) for _ in range(2)]
-        return await asyncio.gather(*waits)
+        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+            arun = await aclient.get(run.id, response_model=Purchase)
+            assert not (await arun.status()).terminal
+            waits = [arun.result(timeout=30) for _ in range(2)]
+            waits += [asyncio.to_thread(run.result, 30) for _ in range(2)]
+            return await asyncio.gather(*waits)
 
     began = time.monotonic()
     assert asyncio.run(main()) == [Purchase(**APPLES)] * 4
@@ -180,13 +186,14 @@ def test_async_wait_outlasts_a_quiet_stretch_of_the_event_stream(dedicated_stack
     client = dedicated_stack.client()
 
     async def main():
-        return await client.run_task(
-            template=TEMPLATE,
-            response_model=Purchase,
-            kwargs={"sim": directive(scope, outputs=[APPLES], latency=5.5, votes={"*": True})},
-            config=SingleShotValidationConfig(issues=["is polite"]),
-            timeout=30,
-        )
+        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+            run = await aclient.submit(
+                template=TEMPLATE,
+                response_model=Purchase,
+                kwargs={"sim": directive(scope, outputs=[APPLES], latency=5.5, votes={"*": True})},
+                config=SingleShotValidationConfig(issues=["is polite"]),
+            )
+            return await run.result(timeout=30)
 
     assert asyncio.run(main()) == Purchase(**APPLES)
 

@@ -22,8 +22,8 @@ from quorum.shared.settings import Settings
 from tests.integration.conftest import worker_env
 from tests.integration.helpers import Simulator
 from tests.integration.test_lifecycle import (  # noqa: F401  # collected again, on RabbitMQ
-    test_async_run_task_raises_task_failed_error,
-    test_async_run_task_returns_the_model_instance,
+    test_async_client_raises_task_failed_error,
+    test_async_client_returns_the_model_instance,
     test_cancel_during_the_task_call_ends_the_run_and_starts_no_llm_call,
     test_json_schema_response_model_returns_a_dict_and_get_finds_the_run,
     test_same_idempotency_key_gives_one_run_executed_once,
