@@ -170,7 +170,7 @@ def get_run(run_id: str, tasks: Tasks) -> RunView:
 @runs.get("/{run_id}/events")
 def get_events(run_id: str, tasks: Tasks) -> list[dict[str, Any]]:
     """The run's provenance: attempts, outputs, votes, decisions, with workers and usage."""
-    return tasks.get(run_id).provenance()
+    return [event.model_dump(mode="json") for event in tasks.get(run_id).provenance()]
 
 
 @runs.get(

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from quorum.producer.client import ResponseModel, TaskClient, TaskRun, outcome
+from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import Settings
 from quorum.shared.state import RunState
@@ -33,7 +34,7 @@ class AsyncTaskRun:
         """The run's current status."""
         return await asyncio.to_thread(self._run.status)
 
-    async def provenance(self) -> list[dict[str, Any]]:
+    async def provenance(self) -> list[Event | OtherEvent]:
         """Every event of the run, oldest first."""
         return await asyncio.to_thread(self._run.provenance)
 

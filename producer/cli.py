@@ -14,6 +14,7 @@ from typing import Any
 
 from quorum.producer.client import TaskClient
 from quorum.shared.errors import QuorumError, TaskFailedError
+from quorum.shared.events import CallEvent, Event, OtherEvent
 from quorum.shared.settings import get_settings
 
 __all__ = ["describe", "main", "summarize"]
@@ -21,7 +22,7 @@ __all__ = ["describe", "main", "summarize"]
 _MARK = {True: "✔", False: "✘", None: "?"}
 
 
-def describe(event: dict[str, Any]) -> str:
+def describe(event: Event | OtherEvent) -> str:
     """One readable line for a provenance event."""
     kind, attempt = event["type"], event.get("attempt", 0)
     head = f"[attempt {attempt}] {kind}" if attempt else kind
@@ -46,7 +47,7 @@ def describe(event: dict[str, Any]) -> str:
     return f"{head}: {detail}{worker}".rstrip(": ") if detail else f"{head}{worker}"
 
 
-def summarize(events: Sequence[dict[str, Any]], issues: Sequence[str]) -> str:
+def summarize(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> str:
     """A short provenance summary: attempts, votes per issue, decisions, tokens."""
     attempts = sorted({e["attempt"] for e in events if e.get("attempt")})
     lines = []
@@ -69,7 +70,7 @@ def summarize(events: Sequence[dict[str, Any]], issues: Sequence[str]) -> str:
                 marks = "".join(_MARK[v.get("is_valid")] for v in votes)
                 verdict = f"{decided['outcome']} {decided.get('reason') or ''}" if decided else "-"
                 lines.append(f"    {issue[:60]!r}: {marks} → {verdict.strip()}")
-    tokens = sum(e.get("usage", {}).get("total_tokens", 0) for e in events)
+    tokens = sum(e.usage.total_tokens for e in events if isinstance(e, CallEvent) and e.usage)
     votes = sum(e["type"] == "vote" for e in events)
     lines.insert(0, f"  {len(attempts)} attempt(s), {votes} vote(s), {tokens} tokens")
     return "\n".join(lines)
@@ -122,7 +123,7 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
     run = _client().get(args.run_id)
     events = run.provenance()
     if args.json:
-        print(json.dumps(events, ensure_ascii=False, indent=2))
+        print(json.dumps([e.model_dump(mode="json") for e in events], ensure_ascii=False, indent=2))
     else:
         print("\n".join(describe(e) for e in events))
         print(summarize(events, run.state().spec.config.issues))

@@ -20,6 +20,7 @@ from quorum.shared.errors import (
     SchemaError,
     TaskFailedError,
 )
+from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.prompts import check_template
 from quorum.shared.settings import Settings, get_settings
@@ -171,11 +172,11 @@ class TaskRun:
         """The run's current status."""
         return self._client.store.status(self.id)
 
-    def provenance(self) -> list[dict[str, Any]]:
+    def provenance(self) -> list[Event | OtherEvent]:
         """Every event of the run, oldest first: attempts, outputs, votes, decisions, usage."""
         return self._client.store.events(self.id)
 
-    def watch(self, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    def watch(self, *, timeout: float | None = None) -> Iterator[Event | OtherEvent]:
         """Yield the run's events as they happen, until it ends (or `timeout` seconds)."""
         return self._client.store.watch(self.id, timeout_s=timeout)
 

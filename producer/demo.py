@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -14,6 +13,7 @@ from quorum.producer.cli import describe, summarize
 from quorum.producer.client import TaskClient
 from quorum.producer.stack import Stack
 from quorum.shared.errors import TaskFailedError
+from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
@@ -56,7 +56,7 @@ class Story:
     fixed: bool  # after a rejection, a retry gave a different answer that passed
 
 
-def _verdict(events: Sequence[dict[str, Any]], issues: Sequence[str]) -> str | None:
+def _verdict(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> str | None:
     """Why the attempt was rejected, "" if it passed, None if it has no verdict."""
     kinds = {e["type"] for e in events}
     if "output_invalid" in kinds:
@@ -70,7 +70,7 @@ def _verdict(events: Sequence[dict[str, Any]], issues: Sequence[str]) -> str | N
     return "" if kinds & {"validation_passed", "succeeded"} else None
 
 
-def story(events: Sequence[dict[str, Any]], issues: Sequence[str]) -> Story:
+def story(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> Story:
     """One line per attempt: its answer, what the votes decided, and what the retry changed."""
     lines, rejected, fixed, previous = [], False, False, None
     for attempt in sorted({e["attempt"] for e in events if e.get("attempt")}):

@@ -19,12 +19,19 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from quorum.shared.errors import RunNotFoundError
+from quorum.shared.events import (
+    CallEvent,
+    Event,
+    IssueDecided,
+    OtherEvent,
+    RetryScheduled,
+    VoteCast,
+)
 from quorum.shared.models import TaskStatus
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
@@ -48,29 +55,28 @@ class RunFacts:
     tokens: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, kind) → tokens
 
 
-def facts_of(state: RunState, events: Sequence[dict[str, Any]]) -> RunFacts:
+def facts_of(state: RunState, events: Sequence[Event | OtherEvent]) -> RunFacts:
     """The metrics' view of a run, from its state and provenance (a pure function)."""
     tokens: Counter[tuple[str, str]] = Counter()
     votes: Counter[tuple[int, int]] = Counter()
     decisions: list[tuple[str, int, int]] = []
     for event in events:
-        kind, attempt = event["type"], event.get("attempt", 0)
-        model = {"vote": state.spec.validator_model}.get(kind, state.spec.model)
-        for part in ("prompt", "completion"):
-            if amount := (event.get("usage") or {}).get(f"{part}_tokens", 0):
-                tokens[(model, part)] += amount
-        if kind == "vote":
-            votes[(attempt, event["issue"])] += 1
-        elif kind == "issue_decided":
-            decisions.append((event["outcome"], attempt, event["issue"]))
+        if isinstance(event, CallEvent) and event.usage:
+            model = state.spec.validator_model if event.type == "vote" else state.spec.model
+            tokens[(model, "prompt")] += event.usage.prompt_tokens
+            tokens[(model, "completion")] += event.usage.completion_tokens
+        if isinstance(event, VoteCast):
+            votes[(event.attempt, event.issue)] += 1
+        elif isinstance(event, IssueDecided):
+            decisions.append((event.outcome, event.attempt, event.issue))
     ended = state.status.terminal
     return RunFacts(
         status=state.status,
         attempts=state.attempt,
-        retries=sum(e["type"] == "retry_scheduled" for e in events),
+        retries=sum(isinstance(e, RetryScheduled) for e in events),
         duration_s=max(state.updated_at - state.created_at, 0.0) if ended else None,
         issue_votes=tuple((outcome, votes[(a, i)]) for outcome, a, i in decisions),
-        tokens=dict(tokens),
+        tokens={key: n for key, n in tokens.items() if n},
     )
 
 

@@ -20,6 +20,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from quorum.shared.errors import StoreError
+from quorum.shared.scripts import lua
 from quorum.shared.settings import Settings
 from quorum.shared.store import DRIVER_INFO
 
@@ -35,41 +36,6 @@ JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
 
 log = logging.getLogger(__name__)
 
-_TAKE = """
-local function envelope(message)
-  local ok, decoded = pcall(cjson.decode, message)
-  local properties = ok and type(decoded) == 'table' and decoded['properties']
-  local info = type(properties) == 'table' and properties['delivery_info']
-  if type(info) == 'table' and type(properties['delivery_tag']) == 'string' then
-    return properties['delivery_tag'], info
-  end
-end
-local taken, dropped = {}, {}
-local limit = math.min(tonumber(ARGV[1]), math.ceil(redis.call('LLEN', KEYS[1]) / 2))
-for _ = 1, limit do
-  local message = redis.call('RPOP', KEYS[1])
-  if not message then break end
-  local tag, info = envelope(message)
-  if tag then
-    redis.call('ZADD', KEYS[3], ARGV[2], tag)
-    redis.call('HSET', KEYS[2], tag, '[' .. message .. ',' .. cjson.encode(info['exchange'])
-      .. ',' .. cjson.encode(info['routing_key']) .. ']')
-    table.insert(taken, message)
-  else
-    table.insert(dropped, message)
-  end
-end
-return {taken, dropped}
-"""
-"""Pop up to ARGV[1] messages off the queue KEYS[1], and no more than half of those waiting
-(rounded up), and record each in the unacked hash KEYS[2] and index KEYS[3] (score ARGV[2]),
-in kombu's own format, all in one atomic step: a worker that dies at any point loses none of
-them (they come back after the visibility timeout). Returns them, and apart those that are no
-kombu message (which kombu's own read would fail on too).
-
-Half: the other half is left to the workers beside this one, each blocked in its own BRPOP,
-so that a voting round's votes spread over them instead of all going to the first that wakes
-(its CPU would then pace the whole round). A deep queue still goes in full batches."""
 
 _held = threading.local()
 
@@ -117,7 +83,7 @@ class _QoS(kombu_redis.QoS):
     """kombu's unacked index, which `_Channel._brpop_read` may have written already."""
 
     taken = False
-    """True while the intake delivers messages that `_TAKE` recorded as unacked."""
+    """True while the intake delivers messages that `lua/take.lua` recorded as unacked."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         """Note a delivered message as unacked, in Redis unless the intake did already."""
@@ -158,7 +124,7 @@ class _Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         """Deliver the message BRPOP brought, as kombu's own does, then up to
         `intake_batch - 1` more waiting in its queue (at most half of them), taken in one more
-        round trip (`_TAKE`).
+        round trip (`lua/take.lua`).
 
         kombu's own reads one message per BRPOP, and records it as unacked in another round
         trip: two round trips per job in the message loop's one thread, which must win the
@@ -212,7 +178,7 @@ class _Channel(kombu_redis.Channel):
 
     @cached_property
     def _take_script(self) -> Any:
-        return self.client.register_script(_TAKE)
+        return self.client.register_script(lua("take"))
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         """Connection parameters, with the store's `DRIVER_INFO`; a broker connection error

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from quorum.shared import budget
+from quorum.shared.events import Failed
 from quorum.shared.llm import Completion
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import Price
-from quorum.shared.state import RunState, event
+from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
 
 __all__ = ["LLM", "Context", "Enqueuer", "Plan", "fail_run"]
@@ -108,7 +109,9 @@ def fail_run(
         TaskStatus.FAILED,
         attempt=attempt,
         fields={"error": error, "reasons": reasons, "code": code},
-        events=[event("failed", attempt or 0, ctx.worker, error=error, reasons=reasons, code=code)],
+        events=[
+            Failed(attempt=attempt or 0, worker=ctx.worker, error=error, reasons=reasons, code=code)
+        ],
     )
     if failed:
         log.info("run %s: failed: %s", run_id, error)

@@ -20,6 +20,18 @@ import jsonschema
 
 from quorum.shared.context import Context, Enqueuer, Plan, fail_run
 from quorum.shared.errors import RoundIncompleteError, RunNotFoundError, TransientLLMError
+from quorum.shared.events import (
+    AttemptStarted,
+    IssueDecided,
+    Output,
+    OutputInvalid,
+    RetryScheduled,
+    Succeeded,
+    ValidationFailed,
+    ValidationPassed,
+    VoteCast,
+    VoteSkipped,
+)
 from quorum.shared.models import TaskStatus, Usage, Vote
 from quorum.shared.prompts import (
     VOTE_SCHEMA,
@@ -29,8 +41,8 @@ from quorum.shared.prompts import (
     task_messages,
     validator_messages,
 )
-from quorum.shared.state import RunState, event
-from quorum.shared.store import RoundContext, vote_slot
+from quorum.shared.rounds import RoundContext, vote_slot
+from quorum.shared.state import RunState
 from quorum.shared.voting import (
     Tally,
     decide_after_round,
@@ -110,7 +122,7 @@ def _load(ctx: Context, run_id: str) -> RunState | None:
 def _begin_attempt(ctx: Context, run_id: str, attempt: int) -> tuple[str, RunState | None]:
     """Move the run into `attempt`; return "call", "relaunch" (redelivered) or "skip", and the
     run as it is now (None if it is gone)."""
-    started = event("attempt_started", attempt, ctx.worker)
+    started = AttemptStarted(attempt=attempt, worker=ctx.worker)
     moved, state = ctx.store.begin_attempt(run_id, attempt, started)
     if state is None:
         _gone(run_id)
@@ -178,11 +190,13 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
     output, error = parse_output(
         reply.content, spec.response_schema, max_bytes=ctx.max_output_bytes
     )
-    call = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage.model_dump()}
+    call = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage}
     if error is not None:
         ctx.store.bill(run_id, reply.usage)
         log.info("run %s attempt %d: invalid output: %s", run_id, attempt, error)
-        invalid = event("output_invalid", attempt, ctx.worker, output=output, error=error, **call)
+        invalid = OutputInvalid(
+            attempt=attempt, worker=ctx.worker, output=output, error=error, **call
+        )
         ctx.store.record_failure(run_id, attempt, FailedAttempt(output, [error]), invalid)
         if not ctx.over_budget(state):
             ctx.enqueue.route(run_id, attempt)
@@ -192,7 +206,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> str:
         TaskStatus.VALIDATING,
         attempt=attempt,
         fields={f"output:{attempt}": output},
-        events=[event("output", attempt, ctx.worker, output=output, **call)],
+        events=[Output(attempt=attempt, worker=ctx.worker, output=output, **call)],
         usage=reply.usage,
     )
     if not moved or ctx.over_budget(state):
@@ -220,7 +234,9 @@ def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dic
         return stored.model_dump()
     reason = _vote_skip_reason(state, attempt, decided)
     if reason is not None or state is None:
-        skip = event("vote_skipped", attempt, ctx.worker, issue=issue, index=index, reason=reason)
+        skip = VoteSkipped(
+            attempt=attempt, worker=ctx.worker, issue=issue, index=index, reason=reason
+        )
         _finish(ctx, run_id, attempt, issue, index, skip)
         return {"issue": issue, "index": index, "skipped": reason}
     spec = state.spec
@@ -240,7 +256,7 @@ def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dic
         ctx.store.bill(run_id, reply.usage)
         raise TransientLLMError(f"validator answered badly: {error}")
     cast = Vote(issue=issue, index=index, **verdict)
-    extra = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage.model_dump()}
+    extra = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage}
     return _store_vote(ctx, state, attempt, cast, reply.usage, extra)
 
 
@@ -260,10 +276,9 @@ def _store_vote(
     ctx: Context, state: RunState, attempt: int, cast: Vote, usage: Usage, extra: dict[str, Any]
 ) -> dict[str, Any]:
     run_id = state.run_id
-    recorded = event(
-        "vote",
-        attempt,
-        ctx.worker,
+    recorded = VoteCast(
+        attempt=attempt,
+        worker=ctx.worker,
         issue=cast.issue,
         index=cast.index,
         is_valid=cast.is_valid,
@@ -303,7 +318,7 @@ def _finish(
     attempt: int,
     issue: int,
     index: int,
-    skipped: dict[str, Any] | None = None,
+    skipped: VoteSkipped | None = None,
 ) -> None:
     """Mark a vote finished (with the `vote_skipped` event, if it was); tally its round here
     when it was the round's last vote (a redelivered job: again)."""
@@ -314,13 +329,12 @@ def _finish(
 
 def _decide(
     ctx: Context, run_id: str, attempt: int, issue: int, outcome: str, reason: str, t: Tally
-) -> dict[str, Any] | None:
+) -> IssueDecided | None:
     """Record an issue's decision; its `issue_decided` event, or None if a job beside this
     one decided the issue first."""
-    decided = event(
-        "issue_decided",
-        attempt,
-        ctx.worker,
+    decided = IssueDecided(
+        attempt=attempt,
+        worker=ctx.worker,
         issue=issue,
         outcome=outcome,
         reason=reason,
@@ -374,7 +388,7 @@ def _decide_round(
     state: RunState,
     attempt: int,
     round_ctx: RoundContext,
-    decided: dict[int, dict[str, Any]],
+    decided: dict[int, IssueDecided],
 ) -> Plan:
     """Decide each open issue that the round's votes settle, adding the decisions made to
     `decided`; plan the next round's votes, numbered after every vote planned so far, for
@@ -409,14 +423,14 @@ def _conclude(
     state: RunState,
     attempt: int,
     votes: list[Vote],
-    decided: dict[int, dict[str, Any]],
+    decided: dict[int, IssueDecided],
 ) -> str:
     """End the attempt on its decisions: `decided`, unless a job beside the tally decided an
     issue first, whose decision stands."""
     run_id, issues = state.run_id, state.spec.config.issues
     if len(decided) < len(issues):  # read what stands
         decided = ctx.store.decisions(run_id, attempt)
-    failed = {issue: d for issue, d in decided.items() if d["outcome"] == "failed"}
+    failed = {issue: d for issue, d in decided.items() if d.outcome == "failed"}
     output = state.outputs[attempt]
     if not failed:
         ctx.store.transition(
@@ -425,8 +439,8 @@ def _conclude(
             attempt=attempt,
             fields={"result": output},
             events=[
-                event("validation_passed", attempt, ctx.worker),
-                event("succeeded", attempt, ctx.worker),
+                ValidationPassed(attempt=attempt, worker=ctx.worker),
+                Succeeded(attempt=attempt, worker=ctx.worker),
             ],
         )
         log.info("run %s attempt %d: validation passed, run succeeded", run_id, attempt)
@@ -436,14 +450,14 @@ def _conclude(
         for v in sorted(votes, key=lambda v: (v.issue, v.index))
         if v.issue in failed and v.is_valid is False
     ]
-    reasons += [f"{issues[i]}: {d['reason']}" for i, d in sorted(failed.items()) if d["reason"]]
+    reasons += [f"{issues[i]}: {d.reason}" for i, d in sorted(failed.items()) if d.reason]
     failure = FailedAttempt(output, reasons)
     ctx.store.record_failure(
         run_id,
         attempt,
         failure,
-        event(
-            "validation_failed", attempt, ctx.worker, failed_issues=sorted(failed), reasons=reasons
+        ValidationFailed(
+            attempt=attempt, worker=ctx.worker, failed_issues=sorted(failed), reasons=reasons
         ),
     )
     log.info("run %s attempt %d: validation failed on issues %s", run_id, attempt, sorted(failed))
@@ -463,10 +477,9 @@ def route(ctx: Context, run_id: str, attempt: int) -> str:
     if failure is None:
         return "skipped"
     if attempt <= state.spec.config.max_retries:
-        scheduled = event(
-            "retry_scheduled",
-            attempt,
-            ctx.worker,
+        scheduled = RetryScheduled(
+            attempt=attempt,
+            worker=ctx.worker,
             next_attempt=attempt + 1,
             feedback=feedback_section([failure]),
         )

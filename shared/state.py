@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from quorum.shared.models import RunSpec, TaskStatus, Usage
 from quorum.shared.prompts import FailedAttempt
 
-__all__ = ["USAGE_FIELDS", "RunState", "event", "usage_counters", "usage_of"]
+__all__ = ["USAGE_FIELDS", "RunState", "usage_counters", "usage_of"]
 
 TOKEN_FIELDS = tuple(name for name in Usage.model_fields if name != "cost_usd")
 NANO = 1_000_000_000  # cost is summed in Redis as integer nano-dollars, exactly
@@ -34,11 +33,6 @@ def usage_of(raw: dict[str, Any]) -> Usage:
         **{name: int(raw.get(f"usage:{name}") or 0) for name in TOKEN_FIELDS},
         cost_usd=int(raw.get("usage:cost_nusd") or 0) / NANO,
     )
-
-
-def event(type_: str, attempt: int, worker: str, **data: Any) -> dict[str, Any]:
-    """A provenance event: its type, attempt, worker hostname, timestamp, and data."""
-    return {"type": type_, "attempt": attempt, "worker": worker, "ts": time.time(), **data}
 
 
 @dataclass

@@ -22,8 +22,8 @@ from quorum.shared.models import (
     ThresholdVotingValidationConfig,
     Usage,
 )
-from quorum.shared.state import event
 from quorum.shared.store import RunStore
+from tests.unit.events import event
 
 RUN = "r1"
 SCHEMA = {

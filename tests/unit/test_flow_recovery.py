@@ -165,4 +165,4 @@ def test_votes_count_against_the_budget_and_stop_the_run(store: RunStore) -> Non
     assert len(llm.calls) == 3
     assert state.usage.total_tokens == 240
     vote_events = [e for e in store.events(RUN) if e["type"] == "vote"]
-    assert [e["usage"]["total_tokens"] for e in vote_events] == [80, 80]
+    assert [e.usage.total_tokens for e in vote_events] == [80, 80]

@@ -6,7 +6,8 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from quorum.producer.metrics import RunMetrics, facts_of, families
-from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig
+from quorum.shared.events import IssueDecided, Output, RetryScheduled, VoteCast
+from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage
 from quorum.shared.state import RunState
 
 SPEC = RunSpec(
@@ -25,15 +26,21 @@ def state(status: TaskStatus, attempt: int = 2) -> RunState:
     )
 
 
+def vote(attempt: int, **usage: int) -> VoteCast:
+    return VoteCast(
+        attempt=attempt, issue=0, index=0, is_valid=True, reasoning="", usage=Usage(**usage)
+    )
+
+
 EVENTS = [
-    {"type": "output", "attempt": 1, "usage": {"prompt_tokens": 10, "completion_tokens": 5}},
-    {"type": "vote", "attempt": 1, "issue": 0, "usage": {"prompt_tokens": 3}},
-    {"type": "vote", "attempt": 1, "issue": 0, "usage": {"prompt_tokens": 3}},
-    {"type": "issue_decided", "attempt": 1, "issue": 0, "outcome": "failed"},
-    {"type": "retry_scheduled", "attempt": 1},
-    {"type": "output", "attempt": 2, "usage": {"prompt_tokens": 20, "completion_tokens": 5}},
-    {"type": "vote", "attempt": 2, "issue": 0, "usage": {"completion_tokens": 1}},
-    {"type": "issue_decided", "attempt": 2, "issue": 0, "outcome": "passed"},
+    Output(attempt=1, output={}, usage=Usage(prompt_tokens=10, completion_tokens=5)),
+    vote(1, prompt_tokens=3),
+    vote(1, prompt_tokens=3),
+    IssueDecided(attempt=1, issue=0, outcome="failed"),
+    RetryScheduled(attempt=1, next_attempt=2, feedback=""),
+    Output(attempt=2, output={}, usage=Usage(prompt_tokens=20, completion_tokens=5)),
+    vote(2, completion_tokens=1),
+    IssueDecided(attempt=2, issue=0, outcome="passed"),
 ]
 
 

@@ -13,8 +13,9 @@ from quorum.shared.errors import RunNotFoundError
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from quorum.shared.prompts import FailedAttempt
-from quorum.shared.state import event
-from quorum.shared.store import RecordedVote, RunStore, connect
+from quorum.shared.rounds import RecordedVote
+from quorum.shared.store import RunStore, connect
+from tests.unit.events import event
 
 SPEC = RunSpec(
     template="Extract: {{ message }}",
@@ -204,7 +205,9 @@ def test_record_vote_is_idempotent_but_bills_every_call(
 
 def test_votes_are_kept_per_attempt(store: RunStore) -> None:
     started(store)
-    store.record_vote("r1", 1, Vote(issue=0, index=0, is_valid=True, reasoning=""), {}, Usage())
+    store.record_vote(
+        "r1", 1, Vote(issue=0, index=0, is_valid=True, reasoning=""), event("vote", 1, ""), Usage()
+    )
     assert store.votes("r1", 2) == []
 
 

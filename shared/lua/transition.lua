@@ -1,0 +1,21 @@
+-- Compare-and-set a run's status, appending its events and setting fields only if it moves.
+-- KEYS: run, events, and for a terminal status the done list. ARGV: allowed statuses (comma
+-- list), expected attempt ('' = any), new status, ttl, number of events n, the n events
+-- (JSON), then field/value pairs to set. Returns {moved (0/1), status, attempt}.
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if not cur[1] then return {0, '', ''} end
+local allowed = false
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == cur[1] then allowed = true end
+end
+if not allowed or (ARGV[2] ~= '' and ARGV[2] ~= cur[2]) then return {0, cur[1], cur[2]} end
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'status', ARGV[3], unpack(ARGV, 6 + n))
+for i = 6, 5 + n do redis.call('XADD', KEYS[2], '*', 'event', ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if KEYS[3] then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+return {1, ARGV[3], cur[2]}

@@ -1,0 +1,246 @@
+"""The voting-round protocol: an attempt's votes, the issues it has decided, and who
+tallies each of its rounds. Its keys (`Keys.votes`, `Keys.decisions`, `Keys.rounds`) are the
+run's, on the run's Cluster slot, and its scripts are `lua/*.lua`.
+
+An attempt votes in rounds (`shared.voting` says how many votes each draws):
+
+1. **Plan** (`plan_round`, `plan.lua`): before a round's vote jobs are sent, each of its
+   votes gets a field `{issue}:{index}` → round in the attempt's rounds hash, and the round's
+   counter `out/{round}` counts them. A vote planned already keeps its round.
+2. **Finish**: every vote job finishes its vote once, whether it casts it
+   (`record_vote`, `record_vote.lua`: the vote stored once with its event, its call billed,
+   the vote finished, all one step) or skips it (`finish_vote`, `finish_vote.lua`). Finishing
+   negates the vote's field and counts `out/{round}` down, once, however often its job runs.
+3. **Claim**: the job that counts a round's `out/{round}` down to zero writes its own vote's
+   field into `tally/{round}` (HSETNX) in the same step, and learns it holds the tally. A job
+   run again for that vote learns it again (so a lost tally is retried with the vote); every
+   other job learns nothing. `round_context` (`claim_tally.lua`) lets Celery's chord callback
+   (`quorum.tally`) claim a round too, under the name `tally`, once no vote is out: whoever
+   claims first tallies, the other stands down.
+4. **Tally**: the claimant reads the run, the attempt's votes, its decisions and its rounds
+   (the last vote gets them back in the very step that stores it), decides the open issues,
+   and either ends the attempt or plans the next round.
+
+Decisions are written once per issue (`decide`, `record_once.lua`); a vote whose issue is
+decided already is skipped without calling the LLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from quorum.shared.events import Event, IssueDecided, VoteCast, VoteSkipped
+from quorum.shared.models import Usage, Vote
+from quorum.shared.scripts import RedisScripts, mapped
+from quorum.shared.state import RunState, usage_counters
+
+__all__ = ["RecordedVote", "RoundContext", "RoundStore", "vote_slot"]
+
+
+def _votes(raw: dict[str, str]) -> list[Vote]:
+    return [Vote.model_validate_json(value) for value in raw.values()]
+
+
+def _decisions(raw: dict[str, str]) -> dict[int, IssueDecided]:
+    return {int(issue): IssueDecided.model_validate_json(event) for issue, event in raw.items()}
+
+
+def vote_slot(issue: int, index: int) -> str:
+    """The field of a vote in an attempt's votes and rounds hashes: `{issue}:{index}`."""
+    return f"{issue}:{index}"
+
+
+def _slot(name: str) -> tuple[int, int]:
+    issue, index = name.split(":")
+    return int(issue), int(index)
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a tally works with, read in one round trip (`RunStore.round_context`)."""
+
+    state: RunState | None
+    """The run; None if it is gone."""
+    votes: list[Vote]
+    """The attempt's stored votes."""
+    decided: dict[int, IssueDecided]
+    """The attempt's decided issues, with their `issue_decided` events."""
+    planned: list[tuple[int, int]]
+    """Every `(issue, index)` planned in the attempt's rounds so far."""
+    tallier: str | None
+    """Who tallies the round; None while votes of it are still out."""
+
+
+def _round_context(
+    run_id: str,
+    raw: dict[str, str],
+    votes: list[Vote],
+    decisions: dict[str, str],
+    rounds: dict[str, str],
+    tallier: str | None,
+) -> RoundContext:
+    """A `RoundContext` from the run, decisions and rounds hashes as Redis returns them."""
+    return RoundContext(
+        state=RunState.parse(run_id, raw) if raw else None,
+        votes=votes,
+        decided=_decisions(decisions),
+        planned=[_slot(name) for name in rounds if "/" not in name],  # not out/, tally/
+        tallier=tallier,
+    )
+
+
+@dataclass(frozen=True)
+class RecordedVote:
+    """What storing a vote tells its job (`RunStore.record_vote`)."""
+
+    votes: list[Vote] | None
+    """The attempt's votes, this one included, if it was new (else None)."""
+    decided: bool
+    """Whether the vote's issue was decided already."""
+    last_of: int
+    """The round this vote is to tally (0: none)."""
+    tally: RoundContext | None
+    """What that tally works with, claimed for this vote's slot."""
+
+
+class RoundStore(RedisScripts):
+    """The store's half that keeps an attempt's votes, decisions and rounds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._record_once = self.script("record_once")
+        self._plan = self.script("plan")
+        self._record_vote = self.script("record_vote")
+        self._finish_vote = self.script("finish_vote")
+        self._claim_tally = self.script("claim_tally")
+
+    @mapped
+    def vote_context(
+        self, run_id: str, attempt: int, issue: int, index: int
+    ) -> tuple[RunState | None, bool, Vote | None]:
+        """In one round trip: the run (None if gone), whether `issue` is decided in this
+        attempt, and the vote already stored in this slot (a redelivered vote job)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.hexists(self.keys.decisions(run_id, attempt), str(issue))
+            pipe.hget(self.keys.votes(run_id, attempt), vote_slot(issue, index))
+            raw, decided, stored = pipe.execute()
+        return (
+            RunState.parse(run_id, raw) if raw else None,
+            bool(decided),
+            Vote.model_validate_json(stored) if stored else None,
+        )
+
+    def _once(
+        self,
+        key: str,
+        run_id: str,
+        name: str,
+        value: str,
+        event: Event,
+    ) -> bool:
+        """Write `name` into the hash at `key` once, with its event, in one round trip; mark
+        progress. Returns whether it was written (False: `name` was already there)."""
+        keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
+        args = [name, value, self.ttl_s, event.model_dump_json()]
+        new, _ = self._script_then(
+            self._record_once, keys, args, lambda pipe: self._touch(pipe, run_id)
+        )
+        return bool(new)
+
+    @mapped
+    def record_vote(
+        self, run_id: str, attempt: int, vote: Vote, event: VoteCast, usage: Usage
+    ) -> RecordedVote:
+        """Store a vote, bill its call and finish it (`finish_vote`), in one round trip; a
+        redelivered vote is billed but counted once. When this vote is to tally its round,
+        what the tally works with comes back in the same round trip."""
+        slot = vote_slot(vote.issue, vote.index)
+        billed = [x for pair in usage_counters(usage) for x in pair]
+        keys = [
+            self.keys.votes(run_id, attempt),
+            self.keys.events(run_id),
+            self.keys.run(run_id),
+            self.keys.rounds(run_id, attempt),
+            self.keys.decisions(run_id, attempt),
+        ]
+        args = [
+            slot,
+            vote.model_dump_json(),
+            self.ttl_s,
+            event.model_dump_json(),
+            vote.issue,
+            *billed,
+        ]
+
+        def then(pipe: Any) -> None:
+            self._touch(pipe, run_id)
+            pipe.hvals(keys[0])
+
+        recorded, _, stored = self._script_then(self._record_vote, keys, args, then)
+        new, decided, last_of, *hashes = recorded
+        if not (new or last_of):  # a redelivered vote, not the round's last: nothing to read
+            return RecordedVote(None, bool(decided), 0, None)
+        votes = [Vote.model_validate_json(value) for value in stored]
+        tally = None
+        if last_of:
+            raw, decisions, rounds = (dict(zip(h[::2], h[1::2], strict=True)) for h in hashes)
+            tally = _round_context(run_id, raw, votes, decisions, rounds, slot)
+        return RecordedVote(votes if new else None, bool(decided), int(last_of), tally)
+
+    @mapped
+    def plan_round(
+        self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]]
+    ) -> None:
+        """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
+        a vote planned already keeps its round."""
+        slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
+        self._script(self._plan, [self.keys.rounds(run_id, attempt)], [round_, self.ttl_s, *slots])
+
+    @mapped
+    def finish_vote(
+        self, run_id: str, attempt: int, issue: int, index: int, event: VoteSkipped | None
+    ) -> int:
+        """Mark a planned vote finished, once, appending `event` (a skipped vote's); returns
+        the round this vote is to tally: the one whose last vote it finished (also when its
+        job runs again), else 0."""
+        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt)]
+        args = [vote_slot(issue, index), self.ttl_s, event.model_dump_json() if event else ""]
+        return int(self._script(self._finish_vote, keys, args))
+
+    @mapped
+    def votes(self, run_id: str, attempt: int) -> list[Vote]:
+        """Every vote stored for the attempt."""
+        raw = self.redis.hgetall(self.keys.votes(run_id, attempt))
+        return _votes(cast(dict[str, str], raw))
+
+    @mapped
+    def decide(self, run_id: str, attempt: int, issue: int, event: IssueDecided) -> bool:
+        """Record an issue's decision once (the flag that makes pending votes skip)."""
+        key = self.keys.decisions(run_id, attempt)
+        return self._once(key, run_id, str(issue), event.model_dump_json(), event)
+
+    @mapped
+    def decisions(self, run_id: str, attempt: int) -> dict[int, IssueDecided]:
+        """The issues decided in the attempt, with their `issue_decided` events."""
+        raw = self.redis.hgetall(self.keys.decisions(run_id, attempt))
+        return _decisions(cast(dict[str, str], raw))
+
+    @mapped
+    def round_context(self, run_id: str, attempt: int, round_: int, claimant: str) -> RoundContext:
+        """In one round trip: claim round `round_`'s tally for `claimant` unless someone
+        holds it, and read the run, the attempt's votes, its decided issues and its rounds."""
+        rounds = self.keys.rounds(run_id, attempt)
+
+        def then(pipe: Any) -> None:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.hgetall(self.keys.votes(run_id, attempt))
+            pipe.hgetall(self.keys.decisions(run_id, attempt))
+            pipe.hgetall(rounds)
+
+        args = [round_, claimant, self.ttl_s]
+        owner, raw, votes, decisions, rounds = self._script_then(
+            self._claim_tally, [rounds], args, then
+        )
+        return _round_context(run_id, raw, _votes(votes), decisions, rounds, owner or None)
