@@ -13,7 +13,7 @@ from celery import Signature, Task, chord
 from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
-from quorum.shared import flow
+from quorum.shared import ballot, flow, retry
 from quorum.shared.broker import HeldBack, holds_back
 from quorum.shared.errors import (
     InvalidRequestError,
@@ -166,7 +166,9 @@ def _guarded(
     except TransientLLMError as exc:
         if retries >= settings.llm_max_retries:
             return exhausted(ctx, f"{exc} (after {retries} retries)")
-        delay = flow.backoff_s(retries, retry_after=exc.retry_after, cap=settings.llm_backoff_max_s)
+        delay = retry.backoff_s(
+            retries, retry_after=exc.retry_after, cap=settings.llm_backoff_max_s
+        )
         log.info("%s %s: transient LLM error, retry in %.1fs: %s", job.name, label, delay, exc)
         raise job.retry(countdown=delay) from exc
     except RoundIncompleteError as exc:
@@ -175,11 +177,11 @@ def _guarded(
                 "%s %s: gave up waiting, the sweep resumes it: %s", job.name, job.request.args, exc
             )
             return exhausted(ctx, "")
-        delay = flow.backoff_s(retries, cap=settings.llm_backoff_max_s)
+        delay = retry.backoff_s(retries, cap=settings.llm_backoff_max_s)
         log.info("%s %s: retry in %.1fs: %s", job.name, job.request.args, delay, exc)
         raise job.retry(countdown=delay) from exc
     except StoreError as exc:
-        delay = flow.backoff_s(retries, cap=settings.llm_backoff_max_s)
+        delay = retry.backoff_s(retries, cap=settings.llm_backoff_max_s)
         log.warning("%s %s: store unavailable, retry in %.1fs: %s", job.name, label, delay, exc)
         raise job.retry(countdown=delay) from exc
     except (PermanentLLMError, InvalidRequestError) as exc:
@@ -216,7 +218,7 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
     """
 
     def error_vote(ctx: flow.Context, error: str) -> dict[str, Any]:
-        return flow.vote_error(ctx, run_id, attempt, issue, index, error)
+        return ballot.vote_error(ctx, run_id, attempt, issue, index, error)
 
     def fail(ctx: flow.Context, error: str) -> dict[str, Any]:
         flow.fail_run(ctx, run_id, error, [error])
@@ -224,7 +226,7 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
 
     return _guarded(
         self,
-        lambda ctx: flow.vote(ctx, run_id, attempt, issue, index),
+        lambda ctx: ballot.vote(ctx, run_id, attempt, issue, index),
         exhausted=error_vote,
         permanent=fail,
     )
@@ -237,7 +239,7 @@ def tally(self: Task, votes: list[dict[str, Any]], run_id: str, attempt: int, ro
     unread: the store holds every vote."""
     return _guarded(
         self,
-        lambda ctx: flow.tally(ctx, run_id, attempt, round_),
+        lambda ctx: ballot.tally(ctx, run_id, attempt, round_),
         exhausted=lambda ctx, error: "incomplete",
         permanent=_failing(run_id, "failed"),
     )

@@ -10,7 +10,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from quorum.shared import flow
+from quorum.shared import ballot, flow, retry
 from quorum.shared.errors import StoreError, TransientLLMError
 from quorum.shared.keys import Keys
 from quorum.shared.llm import Completion
@@ -133,7 +133,7 @@ def cast(ctx: flow.Context, llm: FakeLLM, issue: int, *verdicts: bool, start: in
     """Cast the given votes on `issue`, vote indices from `start`."""
     for index, is_valid in enumerate(verdicts, start):
         llm.verdicts.append(verdict(is_valid, f"vote {index} on issue {issue}: {is_valid}"))
-        flow.vote(ctx, RUN, 1, issue, index)
+        ballot.vote(ctx, RUN, 1, issue, index)
 
 
 # -- task_node ----------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_vote_asks_the_validator_with_one_issue_and_no_feedback(store: RunStore)
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
     llm.verdicts.append(verdict(True, "5 matches"))
-    result = flow.vote(ctx, RUN, 1, 1, 0)
+    result = ballot.vote(ctx, RUN, 1, 1, 0)
     assert result == {"issue": 1, "index": 0, "is_valid": True, "reasoning": "5 matches"}
     call = llm.calls[-1]
     assert call["model"] == "judge-model"
@@ -246,7 +246,7 @@ def test_vote_skips_without_calling_the_llm_when_the_run_is_terminal(store: RunS
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
     store.cancel(RUN)
-    assert flow.vote(ctx, RUN, 1, 0, 0) == {"issue": 0, "index": 0, "skipped": "run cancelled"}
+    assert ballot.vote(ctx, RUN, 1, 0, 0) == {"issue": 0, "index": 0, "skipped": "run cancelled"}
     assert len(llm.calls) == 1
     assert store.events(RUN)[-1]["type"] == "vote_skipped"
 
@@ -254,7 +254,7 @@ def test_vote_skips_without_calling_the_llm_when_the_run_is_terminal(store: RunS
 def test_vote_skips_a_stale_attempt(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
-    assert flow.vote(ctx, RUN, 2, 0, 0)["skipped"] == "attempt stale"
+    assert ballot.vote(ctx, RUN, 2, 0, 0)["skipped"] == "attempt stale"
     assert len(llm.calls) == 1
 
 
@@ -262,7 +262,7 @@ def test_vote_skips_an_issue_already_decided(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
     store.decide(RUN, 1, 0, event("issue_decided", 1, "", issue=0, outcome="passed", reason=""))
-    assert flow.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
+    assert ballot.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
     assert len(llm.calls) == 1
 
 
@@ -271,7 +271,7 @@ def test_early_decision_skips_the_votes_left(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, True)
     assert store.decisions(RUN, 1)[0]["outcome"] == "passed"
-    assert flow.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
+    assert ballot.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
     assert len(llm.prompts("quorum_vote")) == 2
 
 
@@ -281,8 +281,8 @@ def test_a_redelivered_vote_returns_the_stored_vote_without_calling_the_llm(
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
     llm.verdicts.append(verdict(False, "no"))
-    first = flow.vote(ctx, RUN, 1, 0, 0)
-    assert flow.vote(ctx, RUN, 1, 0, 0) == first
+    first = ballot.vote(ctx, RUN, 1, 0, 0)
+    assert ballot.vote(ctx, RUN, 1, 0, 0) == first
     assert len(llm.prompts("quorum_vote")) == 1
     assert types(store).count("vote") == 1
 
@@ -292,7 +292,7 @@ def test_a_malformed_verdict_is_transient(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
     llm.verdicts.append('{"is_valid": "maybe"}')
     with pytest.raises(TransientLLMError, match="validator answered badly"):
-        flow.vote(ctx, RUN, 1, 0, 0)
+        ballot.vote(ctx, RUN, 1, 0, 0)
     assert store.votes(RUN, 1) == []
 
 
@@ -300,7 +300,7 @@ def test_vote_error_counts_for_neither_side(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES[:1], count=3), llm)
     for index in range(3):
-        result = flow.vote_error(ctx, RUN, 1, 0, index, "timeout")
+        result = ballot.vote_error(ctx, RUN, 1, 0, index, "timeout")
         assert result["is_valid"] is None
     decided = store.decisions(RUN, 1)[0]
     assert (decided["outcome"], decided["reason"]) == ("failed", "validator unavailable")
@@ -316,9 +316,9 @@ def test_the_rounds_last_vote_tallies_it_and_the_chords_tally_finds_it_done(
     cast(ctx, llm, 0, True, True, True)
     cast(ctx, llm, 1, True, True)
     assert store.status(RUN) is TaskStatus.VALIDATING  # vote (1, 2) is still out
-    assert flow.vote(ctx, RUN, 1, 1, 2)["skipped"] == "issue decided"
+    assert ballot.vote(ctx, RUN, 1, 1, 2)["skipped"] == "issue decided"
     assert store.status(RUN) is TaskStatus.SUCCESSFUL
-    assert flow.tally(ctx, RUN, 1, 1) == "skipped"
+    assert ballot.tally(ctx, RUN, 1, 1) == "skipped"
     assert types(store)[-3:] == ["vote_skipped", "validation_passed", "succeeded"]
     assert types(store).count("succeeded") == 1
 
@@ -329,7 +329,7 @@ def test_the_last_vote_tallies_from_what_storing_it_read_and_decides_its_own_iss
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, True)
-    assert flow.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
+    assert ballot.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
     cast(ctx, llm, 1, True, False)
     monkeypatch.setattr(store, "round_context", lambda *a: pytest.fail("read the round again"))
     cast(ctx, llm, 1, False, start=2)
@@ -350,18 +350,18 @@ def test_a_redelivered_last_vote_tallies_its_round_again(
     write = store.transition
     monkeypatch.setattr(store, "transition", lambda *a, **k: (_ for _ in ()).throw(StoreError("x")))
     with pytest.raises(StoreError):  # the job is retried
-        flow.vote(ctx, RUN, 1, 1, 0)
+        ballot.vote(ctx, RUN, 1, 1, 0)
     monkeypatch.setattr(store, "transition", write)
-    assert flow.tally(ctx, RUN, 1, 1) == "skipped"  # the chord's tally leaves it to the vote
+    assert ballot.tally(ctx, RUN, 1, 1) == "skipped"  # the chord's tally leaves it to the vote
     assert store.status(RUN) is TaskStatus.VALIDATING
-    assert flow.vote(ctx, RUN, 1, 1, 0) == {
+    assert ballot.vote(ctx, RUN, 1, 1, 0) == {
         "issue": 1,
         "index": 0,
         "is_valid": True,
         "reasoning": "judged True",
     }
     assert store.status(RUN) is TaskStatus.SUCCESSFUL
-    assert flow.vote(ctx, RUN, 1, 0, 0)["is_valid"] is True  # another vote's redelivery
+    assert ballot.vote(ctx, RUN, 1, 0, 0)["is_valid"] is True  # another vote's redelivery
     assert types(store).count("succeeded") == 1
     assert len(llm.prompts("quorum_vote")) == 2
 
@@ -374,7 +374,7 @@ def test_tally_all_passed_succeeds_with_the_output(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, False, True)
     cast(ctx, llm, 1, True, True)
-    flow.vote(ctx, RUN, 1, 1, 2)  # skipped: its issue is decided; the round's last vote
+    ballot.vote(ctx, RUN, 1, 1, 2)  # skipped: its issue is decided; the round's last vote
     state = store.load(RUN)
     assert (state.status, state.result) == (TaskStatus.SUCCESSFUL, GOOD)
     assert types(store)[-2:] == ["validation_passed", "succeeded"]
@@ -386,7 +386,7 @@ def test_tally_failure_routes_with_every_failing_reasoning(store: RunStore) -> N
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, False, True, False)
     cast(ctx, llm, 1, False, False)
-    flow.vote(ctx, RUN, 1, 1, 2)
+    ballot.vote(ctx, RUN, 1, 1, 2)
     assert sent(ctx) == [("route", RUN, 1)]
     failure = store.load(RUN).failures[1]
     assert failure.output == GOOD
@@ -405,7 +405,7 @@ def test_tally_lists_only_the_failed_issues(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, True)
     cast(ctx, llm, 1, True, False, False)
-    flow.vote(ctx, RUN, 1, 0, 2)
+    ballot.vote(ctx, RUN, 1, 0, 2)
     assert sent(ctx) == [("route", RUN, 1)]
     assert all(r.startswith(ISSUES[1]) for r in store.load(RUN).failures[1].reasonings)
 
@@ -418,7 +418,7 @@ def test_tally_k_ahead_draws_the_next_round_with_the_next_indices(store: RunStor
     assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [5, 6]})]
     cast(ctx, llm, 0, True, True, start=5)
     assert store.status(RUN) is TaskStatus.SUCCESSFUL
-    assert (flow.tally(ctx, RUN, 1, 1), flow.tally(ctx, RUN, 1, 2)) == ("skipped", "skipped")
+    assert (ballot.tally(ctx, RUN, 1, 1), ballot.tally(ctx, RUN, 1, 2)) == ("skipped", "skipped")
 
 
 def test_k_ahead_first_round_plans_that_many_votes_then_the_fewest_that_could_decide(
@@ -443,7 +443,7 @@ def test_tally_numbers_the_next_round_after_every_vote_planned(store: RunStore) 
     ctx = validating(store, config, llm)
     cast(ctx, llm, 0, True, False)
     assert store.finish_vote(RUN, 1, 0, 2, None) == 1  # finished with nothing stored
-    assert flow.tally(ctx, RUN, 1, 1, claimant="0:2") == "next round"
+    assert ballot.tally(ctx, RUN, 1, 1, claimant="0:2") == "next round"
     assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [3, 4]})]
 
 
@@ -464,7 +464,7 @@ def test_tally_k_ahead_cap_reached_fails_with_no_consensus(store: RunStore) -> N
 def test_tally_skips_a_stale_attempt(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
-    assert flow.tally(ctx, RUN, 2, 1) == "skipped"
+    assert ballot.tally(ctx, RUN, 2, 1) == "skipped"
     assert store.status(RUN) is TaskStatus.VALIDATING
 
 
@@ -477,7 +477,7 @@ def failed_attempt(ctx: flow.Context, llm: FakeLLM, attempt: int, output: str) -
     flow.task_node(ctx, RUN, attempt)
     if store_status(ctx) is TaskStatus.VALIDATING:
         llm.verdicts.append(verdict(False, f"attempt {attempt} is wrong"))
-        flow.vote(ctx, RUN, attempt, 0, 0)  # the round's last vote: it tallies the round
+        ballot.vote(ctx, RUN, attempt, 0, 0)  # the round's last vote: it tallies the round
         assert ctx.store.load(RUN).failures.get(attempt) is not None
 
 
@@ -524,7 +524,7 @@ def test_the_validator_of_a_retry_sees_the_new_output_and_no_feedback(store: Run
     assert flow.task_node(ctx, RUN, 2) == "validating"
     assert "# Previous Evaluations" in llm.prompts("Purchase")[1]
     llm.verdicts.append(verdict(True))
-    flow.vote(ctx, RUN, 2, 0, 0)
+    ballot.vote(ctx, RUN, 2, 0, 0)
     prompt = llm.prompts("quorum_vote")[1]
     assert prompt.startswith("# Task\nExtract the purchase from: I want 5 apples\n\n# Output\n")
     assert json.dumps(GOOD) in prompt and "pear" not in prompt
@@ -599,14 +599,14 @@ def test_parse_output(content: str, output: Any, error: str | None) -> None:
 def test_backoff_grows_within_bounds(retries: int) -> None:
     ceiling = min(30.0, 0.5 * 2**retries)
     for _ in range(50):
-        assert ceiling / 2 <= flow.backoff_s(retries) <= ceiling
+        assert ceiling / 2 <= retry.backoff_s(retries) <= ceiling
 
 
 def test_backoff_honours_a_longer_retry_after() -> None:
-    assert flow.backoff_s(0, retry_after=12.0) == 12.0
-    assert flow.backoff_s(0, retry_after=10_000) == 300.0
-    assert flow.backoff_s(6, retry_after=0.1) >= 15.0
+    assert retry.backoff_s(0, retry_after=12.0) == 12.0
+    assert retry.backoff_s(0, retry_after=10_000) == 300.0
+    assert retry.backoff_s(6, retry_after=0.1) >= 15.0
 
 
 def test_backoff_cap() -> None:
-    assert flow.backoff_s(20, cap=4.0) <= 4.0
+    assert retry.backoff_s(20, cap=4.0) <= 4.0

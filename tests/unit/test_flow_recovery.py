@@ -10,7 +10,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from quorum.shared import flow
+from quorum.shared import ballot, flow
 from quorum.shared.budget import estimate
 from quorum.shared.errors import RoundIncompleteError
 from quorum.shared.keys import Keys
@@ -52,9 +52,9 @@ def test_a_tally_before_its_rounds_last_vote_waits(store: RunStore) -> None:
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, False)  # vote (0, 2) still running, another counted twice
     cast(ctx, llm, 1, True, True)
-    flow.vote(ctx, RUN, 1, 1, 2)
+    ballot.vote(ctx, RUN, 1, 1, 2)
     with pytest.raises(RoundIncompleteError, match="round 1 still waits for votes"):
-        flow.tally(ctx, RUN, 1, 1)
+        ballot.tally(ctx, RUN, 1, 1)
     assert store.load(RUN).status is TaskStatus.VALIDATING
     cast(ctx, llm, 0, True, start=2)
     assert store.load(RUN).status is TaskStatus.SUCCESSFUL
@@ -67,9 +67,9 @@ def test_votes_skipped_once_their_issues_are_decided_still_finish_the_round(
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm)
     cast(ctx, llm, 0, True, True)  # issue 0 decided: vote (0, 2) is skipped
     cast(ctx, llm, 1, True, True)
-    assert flow.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
+    assert ballot.vote(ctx, RUN, 1, 0, 2)["skipped"] == "issue decided"
     assert store.load(RUN).status is TaskStatus.VALIDATING
-    assert flow.vote(ctx, RUN, 1, 1, 2)["skipped"] == "issue decided"
+    assert ballot.vote(ctx, RUN, 1, 1, 2)["skipped"] == "issue decided"
     assert store.load(RUN).status is TaskStatus.SUCCESSFUL
 
 
@@ -156,9 +156,9 @@ def test_votes_count_against_the_budget_and_stop_the_run(store: RunStore) -> Non
     ctx = budgeted(store, llm, max_tokens=limit)
     assert flow.task_node(ctx, RUN, 1) == "validating"
     llm.verdicts += [verdict(True)] * 3
-    flow.vote(ctx, RUN, 1, 0, 0)
-    flow.vote(ctx, RUN, 1, 1, 0)
-    stopped = flow.vote(ctx, RUN, 1, 1, 1)
+    ballot.vote(ctx, RUN, 1, 0, 0)
+    ballot.vote(ctx, RUN, 1, 1, 0)
+    stopped = ballot.vote(ctx, RUN, 1, 1, 1)
     state = store.load(RUN)
     assert (state.status, state.code) == (TaskStatus.FAILED, "budget_exceeded")
     assert stopped["skipped"] == "budget exceeded"
