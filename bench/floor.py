@@ -25,6 +25,7 @@ from quorum.shared.broker import celery_config
 from quorum.shared.settings import get_settings
 from quorum.shared.store import connect
 from quorum.worker.app import chord_backend
+from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["app", "floor", "peak_overlap"]
 
@@ -34,7 +35,7 @@ QUEUE = "bench.floor"
 def _app() -> Celery:
     settings = get_settings()
     celery = Celery("bench-floor")
-    celery.conf.update(celery_config(settings))
+    celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
     celery.conf.update(
         chord_backend(settings.redis_url),
         task_queues=[Queue(QUEUE)],

@@ -1,43 +1,22 @@
 """Celery configuration shared by the worker and the producer: JSON only, routes, queues,
-TLS, and a Redis transport that takes jobs in and sends a chord's jobs in batches, and
-survives a Redis restart."""
+TLS, and a Redis transport that survives a Redis restart and makes one Redis client per
+connection pool. The worker's transport, which takes jobs in and sends a chord's jobs in
+batches, builds on it (`quorum.worker.transport`)."""
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
-from functools import cached_property
-from queue import Empty
 from typing import Any
 
 import redis
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
 
-from quorum.shared.errors import StoreError
-from quorum.shared.scripts import lua
 from quorum.shared.settings import Settings
 from quorum.shared.store import DRIVER_INFO
 
-__all__ = [
-    "JOB_NAMES",
-    "HeldBack",
-    "RedisTransport",
-    "celery_config",
-    "holds_back",
-]
+__all__ = ["JOB_NAMES", "RedisChannel", "RedisTransport", "celery_config", "holds_back"]
 
 JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
-
-log = logging.getLogger(__name__)
-
-
-_held = threading.local()
 
 
 def holds_back(broker_url: str) -> bool:
@@ -46,139 +25,9 @@ def holds_back(broker_url: str) -> bool:
     return broker_url.startswith(("redis://", "rediss://"))
 
 
-class HeldBack:
-    """The jobs this thread publishes to a Redis broker inside `with HeldBack() as held:`,
-    kept back until `held.send()` sends them all in one round trip (MULTI/EXEC), instead of
-    one LPUSH each as they are published.
-
-    A voting round's chord then costs one round trip, and its votes reach the queue at once,
-    where a worker's message loop takes them in together (`_Channel._brpop_read`). And it can
-    be built before the run may vote (while the task model is still answering), to be sent
-    once it may. Inside another such block, the outer one holds them. Jobs never sent are
-    never seen by anyone.
-    """
-
-    def __init__(self) -> None:
-        self._messages: list[tuple[_Channel, str, str]] = []
-
-    def __enter__(self) -> HeldBack:
-        if getattr(_held, "messages", None) is None:
-            _held.messages = self._messages
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if _held.messages is self._messages:
-            _held.messages = None
-
-    def send(self) -> None:
-        """LPUSH the held jobs; `StoreError` if Redis fails (the job is retried)."""
-        by_channel: dict[_Channel, list[tuple[str, str]]] = {}
-        for channel, key, message in self._messages:
-            by_channel.setdefault(channel, []).append((key, message))
-        for channel, messages in by_channel.items():
-            channel.push(messages)
-
-
-class _QoS(kombu_redis.QoS):
-    """kombu's unacked index, which `_Channel._brpop_read` may have written already."""
-
-    taken = False
-    """True while the intake delivers messages that `lua/take.lua` recorded as unacked."""
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        """Note a delivered message as unacked, in Redis unless the intake did already."""
-        if self.taken:
-            virtual.QoS.append(self, message, delivery_tag)
-        else:
-            super().append(message, delivery_tag)
-
-
-class _Channel(kombu_redis.Channel):
-    """kombu's Redis channel, which takes jobs in and sends a chord's in batches, and
-    survives a Redis restart."""
-
-    QoS = _QoS
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "intake_batch")  # type: ignore[assignment]
-    intake_batch = 1
-    """Most messages one wake-up of the message loop takes from a queue (transport option)."""
-
-    def push(self, messages: list[tuple[str, str]]) -> None:
-        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`HeldBack.send`)."""
-        try:
-            with self.conn_or_acquire() as client, client.pipeline() as pipe:
-                for key, message in messages:
-                    pipe.lpush(key, message)
-                pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"the broker is unavailable: {exc}") from exc
-
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """LPUSH the message now, or when the `HeldBack` block holding it is sent."""
-        held = getattr(_held, "messages", None)
-        if held is None or "_publish_batch" in kwargs or queue in (self._expires or {}):
-            super()._put(queue, message, **kwargs)
-            return
-        priority = self._get_message_priority(message, reverse=False)
-        held.append((self, self._q_for_pri(queue, priority), dumps(message)))
-
-    def _brpop_read(self, **options: Any) -> bool:
-        """Deliver the message BRPOP brought, as kombu's own does, then up to
-        `intake_batch - 1` more waiting in its queue (at most half of them), taken in one more
-        round trip (`lua/take.lua`).
-
-        kombu's own reads one message per BRPOP, and records it as unacked in another round
-        trip: two round trips per job in the message loop's one thread, which must win the
-        GIL back from hundreds of job threads after each. That paced how fast a worker took
-        in a burst of jobs.
-        """
-        try:
-            reply = self._on_poll_connection(
-                lambda: self.client.parse_response(self.client.connection, "BRPOP", **options)
-            )
-            if not reply:
-                raise Empty()
-            queue = bytes_to_str(reply[0]).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(queue)
-            self.connection._deliver(loads(bytes_to_str(reply[1])), queue)
-            taken = self._take(reply[0])
-            self.qos.taken = True
-            try:
-                for message in taken:
-                    self.connection._deliver(message, queue)
-            finally:
-                self.qos.taken = False
-            return True
-        finally:
-            self._in_poll = None  # type: ignore[assignment]  # as kombu's own
-            self._flush_brpop_reauth()
-
-    def _on_poll_connection(self, call: Callable[[], Any]) -> Any:
-        """`call`, on the BRPOP connection: dropped on a connection error, as kombu does (the
-        next poll reconnects)."""
-        try:
-            return call()
-        except self.connection_errors:
-            self.client.connection.disconnect()
-            raise
-
-    def _take(self, key: bytes) -> list[dict[str, Any]]:
-        """More messages from the queue at `key`, within the prefetch limit, recorded as
-        unacked (none with a global key prefix, which kombu adds to the keys itself)."""
-        room = self.qos.can_consume_max_estimate()
-        count = self.intake_batch - 1 if room is None else min(room, self.intake_batch - 1)
-        if count <= 0 or self.global_keyprefix:
-            return []
-        keys = [key, self.unacked_key, self.unacked_index_key]
-        taken, dropped = self._on_poll_connection(
-            lambda: self._take_script(keys, [count, time.time()], client=self.client)
-        )
-        for item in dropped:
-            log.warning("dropped a message that is not kombu's from %r: %.200r", key, item)
-        return [loads(bytes_to_str(item)) for item in taken]
-
-    @cached_property
-    def _take_script(self) -> Any:
-        return self.client.register_script(lua("take"))
+class RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, which survives a Redis restart and makes its Redis client once
+    per connection pool."""
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         """Connection parameters, with the store's `DRIVER_INFO`; a broker connection error
@@ -216,13 +65,18 @@ class _Channel(kombu_redis.Channel):
 
 
 class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport, whose worker survives a Redis restart (see `_Channel`)."""
+    """kombu's Redis transport, with `RedisChannel`."""
 
-    Channel = _Channel
+    Channel = RedisChannel
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings for a Quorum worker or producer; see the README for the reasons."""
+_TRANSPORT = f"{__name__}:{RedisTransport.__qualname__}"
+
+
+def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[str, Any]:
+    """Celery settings for a Quorum worker or producer (docs/architecture.md says why each);
+    `transport`: the kombu transport for a Redis broker (the worker's takes jobs in in
+    batches, `quorum.worker.transport`)."""
     routes = {
         "quorum.task_node": {"queue": settings.task_queue},
         "quorum.vote": {"queue": settings.vote_queue},
@@ -232,9 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.broker.startswith(("amqp://", "amqps://", "pyamqp://")):
         # RabbitMQ redelivers a lost worker's unacknowledged jobs when its connection closes;
         # publisher confirms make a send return only once the broker holds the message.
-        transport: dict[str, Any] = {"confirm_publish": True}
+        options: dict[str, Any] = {"confirm_publish": True}
     else:
-        transport = {
+        options = {
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
@@ -244,7 +98,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker_tls = tls if settings.broker.startswith("rediss://") else None
     return {
         "broker_url": settings.broker,
-        "broker_transport": f"{__name__}:RedisTransport" if holds_back(settings.broker) else None,
+        "broker_transport": transport if holds_back(settings.broker) else None,
         "broker_use_ssl": broker_tls,
         "redis_backend_use_ssl": tls,
         "result_backend": settings.redis_url,
@@ -264,7 +118,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_pool": settings.worker_pool,
         "worker_concurrency": settings.worker_concurrency,
-        "broker_transport_options": transport,
+        "broker_transport_options": options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_pool_limit": 50,

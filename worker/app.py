@@ -11,6 +11,7 @@ from celery.backends.redis import RedisBackend
 
 from quorum.shared.broker import celery_config
 from quorum.shared.settings import Settings, get_settings
+from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["ChordResultBackend", "app", "chord_backend", "create_app"]
 
@@ -59,7 +60,7 @@ def chord_backend(redis_url: str) -> dict[str, Any]:
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured for Quorum's jobs."""
     celery = Celery("quorum", include=["quorum.worker.jobs"])
-    celery.conf.update(celery_config(settings))
+    celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
     if settings.redis_url.startswith(("redis://", "rediss://")):
         celery.conf.update(chord_backend(settings.redis_url))
     return celery

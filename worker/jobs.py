@@ -14,7 +14,7 @@ from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
 from quorum.shared import ballot, flow, retry
-from quorum.shared.broker import HeldBack, holds_back
+from quorum.shared.broker import holds_back
 from quorum.shared.errors import (
     InvalidRequestError,
     PermanentLLMError,
@@ -27,6 +27,7 @@ from quorum.shared.settings import get_settings
 from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
 from quorum.worker.app import app
+from quorum.worker.transport import HeldBack
 
 __all__ = ["round_chord", "route", "tally", "task_node", "vote"]
 

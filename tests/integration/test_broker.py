@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from quorum.producer.stack import start_redis
-from quorum.shared.broker import HeldBack, RedisTransport
 from quorum.shared.errors import StoreError
+from quorum.worker.transport import HeldBack
+from quorum.worker.transport import IntakeRedisTransport as RedisTransport
 from tests.integration.conftest import redis_server
 
 pytestmark = pytest.mark.integration
