@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from quorum.shared.errors import (
     TransientLLMError,
 )
 from quorum.shared.llm import LLMGateway
-from quorum.shared.settings import get_settings
+from quorum.shared.settings import Settings, get_settings
 from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
 from quorum.worker.app import app
@@ -43,19 +44,30 @@ _JOB: dict[str, Any] = {"bind": True, "ignore_result": True, "max_retries": None
 4th retry into a MaxRetriesExceededError out of the job, leaving the run to the stall sweep."""
 
 
+@dataclass(frozen=True)
+class _Process:
+    """What this worker process works with: its settings, read once, one store and one LLM
+    client."""
+
+    settings: Settings
+    store: RunStore
+    llm: LLMGateway
+
+
 @lru_cache(maxsize=1)
-def _resources() -> tuple[RunStore, LLMGateway]:
-    """One store and one LLM client per worker process, made on first use (after any fork)."""
+def _process() -> _Process:
+    """This worker process's `_Process`, made on first use (after any fork)."""
     settings = get_settings()
-    return RunStore.from_settings(settings), LLMGateway(settings)
+    return _Process(settings, RunStore.from_settings(settings), LLMGateway(settings))
 
 
 @worker_ready.connect
 def _warm_up(**_: Any) -> None:
     """Make the LLM clients (TLS contexts, connection pools) before the first job needs one,
     and start the sweep for late and stalled runs (one worker of many sweeps at a time)."""
-    _resources()[1].warm_up()
-    settings = get_settings()
+    process = _process()
+    process.llm.warm_up()
+    settings = process.settings
     Sweeper(
         lambda: _context_for("sweep"),
         interval_s=settings.sweep_interval_s,
@@ -101,7 +113,7 @@ class CeleryEnqueuer:
         it (waiting for the build, and raising what it raised). On a broker other than Redis,
         publishes cannot be held back, and on a busy worker building ahead would only take the
         GIL from jobs that need it: the chord is then built and sent when called."""
-        if not holds_back(get_settings().broker) or len(active_requests) > _BUILD_AHEAD_BELOW:
+        if not holds_back(_process().settings.broker) or len(active_requests) > _BUILD_AHEAD_BELOW:
             return lambda: self.voting_round(run_id, attempt, round_, plan)
         built = _builder().submit(_held_round, run_id, attempt, round_, plan)
         return lambda: built.result().send()
@@ -134,11 +146,11 @@ def round_chord(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> Sign
 
 
 def _context_for(worker: str) -> flow.Context:
-    store, llm = _resources()
-    settings = get_settings()
+    process = _process()
+    settings = process.settings
     return flow.Context(
-        store=store,
-        llm=llm,
+        store=process.store,
+        llm=process.llm,
         enqueue=_ENQUEUER,
         worker=worker,
         prices=settings.prices,
@@ -158,7 +170,7 @@ def _guarded(
     permanent: Callable[[flow.Context, str], T],
 ) -> T:
     """Run a step; retry transient errors with backoff, hand the others to the callbacks."""
-    settings = get_settings()
+    settings = _process().settings
     ctx = _context(job)
     retries = job.request.retries
     label = job.request.kwargs or job.request.args

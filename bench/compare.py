@@ -1,0 +1,242 @@
+"""Compare this checkout with an earlier commit, side by side in one invocation:
+
+    python -m quorum.bench.compare BASE_COMMIT [--rounds 2] [--out FILE]
+
+For each side in turn (base, head, base, head, …: the host's drift falls on both alike) it
+starts workers with that side's own code and measures, on one Redis and one simulator:
+
+- latency: runs one at a time at L = 200 ms, end to end − 2L (median), on 1 and 2 workers;
+- throughput: a burst of runs at L = 200 ms on 2 workers, runs/s;
+- CPU per run at L = 0 (the workers' and the producer's CPU time over the runs);
+- calls in flight: SingleShot runs at L = 1 s on one worker, the most LLM calls at once.
+
+Every run is Threshold voting, 3 issues × 3 votes, all passing, as in `quorum bench`. The base
+side runs from a git worktree of BASE_COMMIT with this environment's packages; its workers
+start with its own documented command, found from its layout (`quorum.worker.app`, or
+`worker.app` before the single import root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from quorum.producer.stack import ManagedProcess, celery_command, start_redis, start_simulator
+from quorum.simulator.control import SimulatorControl
+
+__all__ = ["Side", "main"]
+
+CONFIG = {"mode": "threshold", "issues": ["a", "b", "c"], "count": 3}
+SCHEMA = {
+    "type": "object",
+    "properties": {"product": {"type": "string"}, "quantity": {"type": "integer"}},
+    "required": ["product", "quantity"],
+}
+SINGLE = {"mode": "single_shot", "issues": ["a"]}
+
+# The producer: this side's client, `runs` runs one at a time or all at once; prints JSON.
+_DRIVER = """
+import json, resource, sys, time
+spec = json.loads(sys.argv[1])
+module = __import__(spec["client"], fromlist=["TaskClient"])
+client = module.TaskClient(redis_url=spec["redis_url"])
+def submit(i):
+    return client.submit(template="Extract purchase from: I want {{ n }} apples",
+                         response_model=spec["schema"], kwargs={"n": i}, config=spec["config"])
+cpu0, began, times = time.process_time(), time.monotonic(), []
+if spec["burst"]:
+    runs = [submit(i) for i in range(spec["runs"])]
+    for run in runs:
+        run.result(timeout=600)
+else:
+    for i in range(spec["runs"]):
+        t0 = time.monotonic()
+        submit(i).result(timeout=120)
+        times.append(time.monotonic() - t0)
+print(json.dumps({"wall_s": time.monotonic() - began, "cpu_s": time.process_time() - cpu0,
+                  "times": times}))
+"""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the comparison: a source tree and how its code is reached."""
+
+    name: str
+    root: Path
+
+    @property
+    def flat(self) -> bool:
+        """Whether the tree predates the single `quorum` import root."""
+        return not (self.root / "quorum" / "__init__.py").exists()
+
+    @property
+    def app(self) -> str:
+        return "worker.app" if self.flat else "quorum.worker.app"
+
+    @property
+    def client(self) -> str:
+        return "producer" if self.flat else "quorum"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of this side's processes."""
+        path = [str(self.root), os.environ.get("PYTHONPATH", "")]
+        return {"PYTHONPATH": os.pathsep.join(p for p in path if p), **extra}
+
+
+@contextlib.contextmanager
+def _workers(side: Side, count: int, env: dict[str, str]) -> Iterator[list[ManagedProcess]]:
+    workers = [
+        ManagedProcess(
+            f"{side.name}-worker{n}",
+            [*celery_command(side.app), "-n", f"{side.name}{n}@%h", "--loglevel", "WARNING"],
+            env=side.env(**env),
+            cwd=side.root,
+        )
+        for n in range(count)
+    ]
+    try:
+        time.sleep(1.0)  # the worker logs nothing at WARNING: give it a moment to consume
+        for worker in workers:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"{worker.name} exited:\n{worker.output()}")
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def _drive(side: Side, redis_url: str, **spec: Any) -> dict[str, Any]:
+    spec = {"client": side.client, "redis_url": redis_url, "schema": SCHEMA, **spec}
+    out = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(spec)],
+        env={**os.environ, **side.env()},
+        cwd=side.root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{side.name} driver failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def measure(
+    side: Side, redis_url: str, sim: SimulatorControl, env: dict[str, str]
+) -> dict[str, Any]:
+    """Every figure for one side (one round)."""
+    db = redis.Redis.from_url(redis_url)
+    figures: dict[str, Any] = {}
+
+    def fresh(latency: float) -> None:
+        db.flushall()
+        sim.configure(latency=str(latency), pass_rate=1.0)
+        sim.clear()
+
+    for workers in (1, 2):
+        fresh(0.2)
+        with _workers(side, workers, env):
+            _drive(side, redis_url, config=CONFIG, runs=3, burst=False)  # warm up
+            seq = _drive(side, redis_url, config=CONFIG, runs=20, burst=False)
+        figures[f"latency_ms_{workers}w"] = (statistics.median(seq["times"]) - 0.4) * 1000
+    fresh(0.2)
+    with _workers(side, 2, env):
+        burst = _drive(side, redis_url, config=CONFIG, runs=300, burst=True)
+    figures["runs_per_s"] = 300 / burst["wall_s"]
+    fresh(0.0)
+    with _workers(side, 2, env) as procs:
+        _drive(side, redis_url, config=CONFIG, runs=10, burst=True)
+        before = _cpu_s([w.pid for w in procs])
+        cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
+        workers_cpu = _cpu_s([w.pid for w in procs]) - before
+    figures["cpu_ms_per_run"] = (workers_cpu + cpu["cpu_s"]) / 200 * 1000
+    fresh(1.0)
+    with _workers(side, 1, env):
+        _drive(side, redis_url, config=SINGLE, runs=700, burst=True)
+    figures["calls_in_flight"] = sim.stats()["max_in_flight"]
+    db.close()
+    return figures
+
+
+def _table(results: dict[str, list[dict[str, Any]]]) -> str:
+    names = list(results)
+    keys = list(results[names[0]][0])
+    rows = [
+        "| figure | " + " | ".join(names) + " | ratio (head ÷ base, medians) |",
+        "|---" * 4 + "|",
+    ]
+    for key in keys:
+        medians = [statistics.median(r[key] for r in results[name]) for name in names]
+        cells = [", ".join(f"{r[key]:.1f}" for r in results[name]) for name in names]
+        ratio = medians[1] / medians[0] if medians[0] else float("nan")
+        rows.append(f"| {key} | " + " | ".join(cells) + f" | {ratio:.2f}× |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure BASE against this checkout, alternately, and print a table of the figures."""
+    parser = argparse.ArgumentParser(prog="python -m quorum.bench.compare")
+    parser.add_argument("base", help="the commit to compare this checkout with")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per side (default 2)")
+    parser.add_argument("--out", type=Path, help="also write the table (and JSON) here")
+    args = parser.parse_args(argv)
+    head_root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="quorum-base-") as tmp, contextlib.ExitStack() as stack:
+        base_root = Path(tmp) / "base"
+        subprocess.run(
+            ["git", "-C", str(head_root), "worktree", "add", "--detach", str(base_root), args.base],
+            check=True,
+            capture_output=True,
+        )
+        stack.callback(
+            subprocess.run,
+            ["git", "-C", str(head_root), "worktree", "remove", "--force", str(base_root)],
+            check=False,
+        )
+        redis_url, server = start_redis()
+        stack.callback(server.stop)
+        base_url, simulator = start_simulator("--latency", "0.2", "--pass-rate", "1.0")
+        stack.callback(simulator.stop)
+        env = {"QUORUM_REDIS_URL": redis_url, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sim"}
+        sides = [Side("base", base_root), Side("head", head_root)]
+        results: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
+        for round_ in range(args.rounds):
+            for side in sides:
+                figures = measure(side, redis_url, SimulatorControl(base_url), env)
+                results[side.name].append(figures)
+                print(f"round {round_ + 1} {side.name}: {json.dumps(figures)}", flush=True)
+    table = _table(results)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n\n" + json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
