@@ -53,12 +53,12 @@ class Settings(BaseSettings):
     )
     model: str = Field("gpt-4o-mini", description="Default model for task calls.")
     validator_model: str | None = Field(
-        None, description="Default model for validator votes; defaults to `model`."
+        None, description="Default model for validator votes; unset: the task model."
     )
     openai_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("OPENAI_API_KEY", "QUORUM_OPENAI_API_KEY"),
-        description="API key of the OpenAI-compatible server.",
+        description="API key of the OpenAI-compatible server; never logged nor stored in a run.",
     )
     openai_base_url: str | None = Field(
         None,
@@ -71,11 +71,21 @@ class Settings(BaseSettings):
         "llama-server; a server that refuses it like llama-cpp-python's is switched to "
         "`json_object` on its first refusal) or `json_object` (llama-cpp-python's server).",
     )
-    llm_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one LLM call.")
-    llm_max_retries: int = Field(
-        6, ge=0, description="Transient LLM errors retried per job (Celery backoff)."
+    llm_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="HTTP timeout of one LLM call: the only bound on a call in a threads "
+        "pool, where Celery's time limits are not enforced.",
     )
-    llm_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between retries.")
+    llm_max_retries: int = Field(
+        6, ge=0, description="Transient LLM errors retried per job (Celery backoff), at most."
+    )
+    llm_backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest backoff between transient retries (a server's longer "
+        "`Retry-After` wins, up to 300 s).",
+    )
     visibility_timeout_s: int = Field(
         900,
         gt=0,
@@ -83,24 +93,37 @@ class Settings(BaseSettings):
         "keep well above the longest job.",
     )
     unacked_restore_interval_s: float = Field(
-        30.0, gt=0, description="How often workers sweep for jobs of lost workers to redeliver."
+        30.0,
+        gt=0,
+        description="How often workers sweep for jobs of lost workers to redeliver: recovery "
+        "after a crash takes the visibility timeout plus up to this.",
     )
     worker_concurrency: int = Field(
-        500, gt=0, description="Jobs one worker process runs at once (threads pool)."
+        500,
+        gt=0,
+        description="Jobs one worker process runs at once (threads pool): the most LLM calls "
+        "it keeps in flight. Set the pool size here rather than with `celery worker -c`: "
+        "against an HTTPS server the worker makes one OpenAI client per 64 of these threads "
+        "(a plain-HTTP server gets one connection per thread).",
     )
     worker_intake_batch: int = Field(
         64,
         gt=0,
         description="Most jobs a worker takes off a Redis queue in one round trip, within "
-        "its concurrency and never more than half of those waiting (the rest is left to the "
-        "workers beside it); 1 takes them one by one.",
+        "its concurrency, each recorded as unacknowledged in the same atomic step. Never more "
+        "than half of those waiting: the rest is left to the workers beside it, so that a "
+        "small voting round spreads over them. 1 takes them one by one.",
     )
-    worker_pool: str = Field("threads", description="Celery pool: threads suits LLM calls.")
+    worker_pool: str = Field(
+        "threads",
+        description="Celery pool: threads suit I/O-bound LLM calls (prefork keeps only a few "
+        "calls in flight).",
+    )
     task_sent_events: bool = Field(
         False,
         description="Also send a `task-sent` event per job published, so that Flower lists "
-        "jobs still queued; costs about a tenth of a worker's CPU. Workers always send the "
-        "received, started and finished events.",
+        "jobs still queued, at a cost in worker CPU (see docs/benchmarks.md, History). "
+        "Workers always send the received, started and finished events.",
     )
     max_payload_bytes: int = Field(
         1_000_000,
@@ -125,8 +148,9 @@ class Settings(BaseSettings):
     )
     prices: dict[str, Price] = Field(
         default_factory=dict,
-        description='USD per million tokens by model, as JSON: {"gpt-4o-mini": {"prompt": '
-        '0.15, "completion": 0.6, "cached": 0.075}}. Models not listed cost 0.',
+        description='USD per million tokens by model, as JSON: `{"gpt-4o-mini": {"prompt": '
+        '0.15, "completion": 0.6, "cached": 0.075}}` (`cached` defaults to `prompt`, '
+        "`reasoning` to `completion`). Models not listed cost 0.",
     )
     redis_tls_ca_file: str | None = Field(
         None, description="CA bundle to check the Redis server's certificate (rediss://)."
