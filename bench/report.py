@@ -12,7 +12,7 @@ from typing import Any
 
 from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 
-__all__ = ["headline", "write_report"]
+__all__ = ["HISTORY", "headline", "with_history", "write_report"]
 
 Record = dict[str, Any]
 
@@ -605,5 +605,16 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "",
     ]
     path = out / "benchmarks.md"
-    path.write_text("\n".join(lines))
+    path.write_text(with_history("\n".join(lines), path.read_text() if path.exists() else ""))
     return path
+
+
+HISTORY = "## History"
+"""The heading of the page's hand-kept section, which a new report keeps."""
+
+
+def with_history(page: str, old: str) -> str:
+    """`page`, then the History section of `old`, the page it replaces (from its heading on):
+    the figures behind the code's choices outlive each benchmark run."""
+    at = old.find(f"\n{HISTORY}\n")
+    return page if at < 0 else f"{page}\n{old[at + 1 :]}"

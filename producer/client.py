@@ -70,8 +70,8 @@ def _schema_of(response_model: Any) -> tuple[dict[str, Any], str]:
 @lru_cache(maxsize=256)
 def _schema_problem(schema_json: str) -> str | None:
     """What makes a schema (as canonical JSON) invalid, or None: a producer sends the same
-    few schemas again and again, and checking one against its metaschema costs a third of a
-    submit's CPU."""
+    few schemas again and again, and checking one against its metaschema is a large share of
+    a submit's CPU."""
     schema = json.loads(schema_json)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

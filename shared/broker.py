@@ -50,7 +50,7 @@ class RedisChannel(kombu_redis.Channel):
 
         kombu builds a `redis.Redis` for every publish, acknowledgement and unacked-index
         update, and redis-py's constructor (its table of response callbacks) costs more than
-        the command: about a tenth of a worker's CPU (measured with `quorum bench`). A client
+        the command (docs/benchmarks.md, History). A client
         takes a connection from the pool per command and is safe to share between threads;
         a new pool (after a reconnection) gets a new client.
         """

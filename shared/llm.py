@@ -7,9 +7,9 @@ module that imports `openai`, and `map_error` is the one place its exceptions ar
 A server on plain HTTP with no proxy configured (the simulator, vLLM, Ollama, llama.cpp on the
 local network) is called over one kept-alive `http.client` connection per worker thread, with
 the request and headers the SDK would send; its errors are raised as the SDK's own exceptions.
-The SDK's request through httpx costs about four times the CPU of the call itself, and a worker
-makes hundreds of calls a second. HTTPS servers, proxies and a given `http_client` go through
-the SDK as before.
+The SDK's request through httpx costs several times the CPU of the call itself, and a worker
+makes hundreds of calls a second (figures: docs/benchmarks.md, History). HTTPS servers,
+proxies and a given `http_client` go through the SDK as before.
 
 Structured output is asked for in the `json_schema` dialect unless the settings say
 `json_object`. A server that refuses `json_schema` the way llama-cpp-python's does ("Input
@@ -165,9 +165,8 @@ class _PlainHTTP:
     """POST /chat/completions as the SDK would, over one kept-alive HTTP/1.1 connection of
     the standard library's (one per thread: a connection is not thread-safe).
 
-    Against the simulator this costs 0.23 ms of CPU per call where the SDK's `client.post`
-    costs 0.88 ms; in the 1000-run burst on 2 workers, worker CPU per run fell by 17% and runs
-    per second rose by 18% (measured side by side)."""
+    It costs a fraction of the CPU of the SDK's `client.post` through httpx, which showed in a
+    burst's worker CPU per run and runs per second (docs/benchmarks.md, History)."""
 
     def __init__(self, client: openai.OpenAI, timeout_s: float) -> None:
         self._client = client
@@ -221,8 +220,7 @@ class _PlainHTTP:
 _THREADS_PER_CLIENT = 64
 """Worker threads per OpenAI client. A client's HTTP connection pool walks all of its
 connections on every request and every response, so with one client per worker the CPU
-per call grows with the number of calls in flight: 800 threads calling the simulator at
-1 s latency spent 9.3–9.5 ms per call through one client, 4.1–4.6 ms through 13."""
+per call grows with the number of calls in flight (docs/benchmarks.md, History)."""
 
 
 class LLMGateway:
@@ -307,11 +305,11 @@ class LLMGateway:
         self, model: str, messages: list[dict[str, str]], response_format: dict[str, Any]
     ) -> Any:
         """POST /chat/completions through the SDK's client, as `chat.completions.create` does,
-        minus its walk of the request through the parameter types (a third of the SDK's CPU per
-        call: 0.8 ms against 0.5 ms) and its build of a `ChatCompletion` from the reply (a fifth
-        of what was left: 0.52 ms against 0.42 ms); both measured against the simulator. The
-        reply comes back as the server's JSON, which `_content` and `_usage` read. A plain-HTTP
-        server gets the same request over this thread's own connection (`_PlainHTTP`)."""
+        minus its walk of the request through the parameter types and its build of a
+        `ChatCompletion` from the reply, both a sizeable share of the SDK's CPU per call
+        (docs/benchmarks.md, History). The reply comes back as the server's JSON, which
+        `_content` and `_usage` read. A plain-HTTP server gets the same request over this
+        thread's own connection (`_PlainHTTP`)."""
         body = {"model": model, "messages": messages, "response_format": response_format}
         if self._plain:
             return self._wire().post(body)

@@ -43,8 +43,8 @@ __all__ = ["DRIVER_INFO", "RunStore", "connect"]
 DRIVER_INFO = DriverInfo()
 """What each of our connections tells Redis about its client (CLIENT SETINFO), made once.
 Without it redis-py makes one per connection and looks its own version up in the installed
-packages' metadata each time (a walk of sys.path): 14% of the CPU of a producer that waited
-for 700 runs at once, each wait on a new connection."""
+packages' metadata each time (a walk of sys.path), which showed in the CPU of a producer
+waiting for many runs at once, each wait on a new connection (docs/benchmarks.md, History)."""
 
 _CLIENT_OPTIONS: dict[str, Any] = {
     "driver_info": DRIVER_INFO,

@@ -50,8 +50,8 @@ def chord_backend(redis_url: str) -> dict[str, Any]:
 
     Celery makes a backend per thread unless told it is thread-safe, and a Redis backend
     costs a connection pool and redis-py's look-up of its own version (importlib.metadata,
-    which walks sys.path): a thread pool's first chords spent a quarter of a worker's GIL on
-    them, just as the worker took in a burst of runs.
+    which walks sys.path): a thread pool's first chords spent much of a worker's GIL on them,
+    just as the worker took in a burst of runs (docs/benchmarks.md, History).
     """
     url = f"{ChordResultBackend.__module__}:{ChordResultBackend.__qualname__}+{redis_url}"
     return {"result_backend": url, "result_backend_thread_safe": True}

@@ -78,8 +78,8 @@ def _warm_up(**_: Any) -> None:
 _BUILD_AHEAD_BELOW = 8
 """Jobs running in this worker process (`active_requests`) above which a task job builds its
 first round after its call, as the run's next step, rather than during it: in a burst of
-runs, building ahead took the GIL from the burst's intake (calls in flight, 700 runs at once
-at L = 1 s: 500 → 414 to 480)."""
+runs, building ahead took the GIL from the burst's intake and cost calls in flight
+(docs/benchmarks.md, History)."""
 
 
 @lru_cache(maxsize=1)
@@ -129,7 +129,7 @@ _ENQUEUER = CeleryEnqueuer()
 def _shown(kwargs: dict[str, Any], args: str = "()") -> dict[str, str]:
     """Send options that show a job's arguments (in Flower, in the worker's log) as `repr`
     writes them. Celery's own `saferepr`, the same text for these small arguments but a walk
-    in pure Python, took a quarter of the time a voting round's chord took to send."""
+    in pure Python, was a large share of the time a voting round's chord took to send."""
     return {"argsrepr": args, "kwargsrepr": repr(kwargs)}
 
 

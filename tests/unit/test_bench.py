@@ -9,7 +9,7 @@ import json
 import pytest
 
 from quorum.bench.floor import peak_overlap
-from quorum.bench.report import headline
+from quorum.bench.report import HISTORY, headline, with_history
 from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 from quorum.simulator.script import analyze
 
@@ -154,3 +154,11 @@ def test_the_latency_target_takes_quorum_and_celery_alone_with_the_most_workers(
         "| latency at L = 200 ms, 2 worker processes: end to end − 2L ≤ 30 ms | 28 ms | 70 ms "
         "| 20 ms | 0.40× | ✔ |"
     )
+
+
+def test_a_new_report_keeps_the_history_of_the_page_it_replaces() -> None:
+    old = f"# Benchmarks\n\nold tables\n\n{HISTORY}\n\nwhat made it faster\n"
+    page = "# Benchmarks\n\nnew tables\n"
+    assert with_history(page, old) == f"{page}\n{HISTORY}\n\nwhat made it faster\n"
+    assert with_history(page, "") == page
+    assert with_history(page, "# Benchmarks\n\nno history\n") == page
