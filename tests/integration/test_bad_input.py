@@ -1,5 +1,5 @@
 """Bad requests are refused at submit with a ValueError naming the problem, before anything is
-written to Redis or enqueued (DESIGN §2.1, §7)."""
+written to Redis or enqueued (docs/architecture.md §2.1, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Semantic retries with feedback (DESIGN §4) and the transient/permanent lanes (§5)."""
+"""Semantic retries with feedback (docs/architecture.md §4) and the transient and permanent
+lanes (§5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Each validation mode passes and fails as DESIGN §3 says, with the LLM calls it implies."""
+"""Each validation mode passes and fails as docs/architecture.md §3 says, with the LLM calls it
+implies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A run's steps (DESIGN §2) with a fakeredis store, a scripted LLM and a recording enqueuer."""
+"""A run's steps (docs/architecture.md §2) with a fakeredis store, a scripted LLM and a
+recording enqueuer."""
 
 from __future__ import annotations
 

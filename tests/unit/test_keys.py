@@ -1,4 +1,5 @@
-"""Key building (DESIGN §6): one namespace, run keys hash-tagged with the run id."""
+"""Key building (docs/architecture.md §6): one namespace, run keys hash-tagged with the run
+id."""
 
 from __future__ import annotations
 

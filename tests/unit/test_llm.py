@@ -1,4 +1,5 @@
-"""The LLM gateway's error boundary (DESIGN §5) and its structured-output dialects."""
+"""The LLM gateway's error boundary (docs/architecture.md §5) and its structured-output
+dialects."""
 
 from __future__ import annotations
 

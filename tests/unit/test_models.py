@@ -1,4 +1,5 @@
-"""Config validation, defaults (DESIGN §3), the status machine, and JSON round trips."""
+"""Config validation, defaults (docs/architecture.md §3), the status machine (§2.6), and JSON
+round trips."""
 
 from __future__ import annotations
 
@@ -227,7 +228,7 @@ def test_the_status_machine_never_leaves_a_terminal_state(walk: list[TaskStatus]
 def _valid(
     mode: str, count: int, ahead: int, cap: int | None, retries: int, issues: list[str]
 ) -> bool:
-    """The documented rules (DESIGN §3), written independently of the models."""
+    """The documented rules (docs/architecture.md §3), written independently of the models."""
     if not issues or any(not i.strip() for i in issues) or not 0 <= retries <= 50:
         return False
     if mode == "single_shot":

@@ -1,4 +1,5 @@
-"""Prompts: the feedback section quoted from DESIGN §4, validator messages, the sandbox."""
+"""Prompts: the feedback section quoted from docs/architecture.md §4, validator messages, the
+sandbox."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Settings: defaults, the environment names DESIGN §7 documents, a secret API key."""
+"""Settings: defaults, the environment names docs/architecture.md §7 documents, a secret API
+key."""
 
 from __future__ import annotations
 

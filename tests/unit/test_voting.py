@@ -1,4 +1,5 @@
-"""Voting rules (DESIGN §3): one worked example per table row, early decisions, error votes."""
+"""Voting rules (docs/architecture.md §3): one worked example per table row, early decisions,
+error votes."""
 
 from __future__ import annotations
 
