@@ -15,7 +15,7 @@
     └── StoreError                          the Redis store could not be reached
 
 Transient and permanent are told apart by class, never by matching strings: provider errors are
-mapped in `shared/llm.py`, Redis errors in `shared/store.py`.
+mapped in `shared/llm.py`, Redis errors by the store (`mapped` in `shared/scripts.py`).
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
 """The docs hold to the code: the README stays a door (its two commands, a page long), every
 link and anchor between the pages resolves, every section of docs/architecture.md that code
-or tests cite exists, its module map lists every module, and its Redis table every key family
-`Keys` builds."""
+or tests cite exists, its module map lists every module, its Redis table every key family
+`Keys` builds, and its list of events every event type."""
 
 from __future__ import annotations
 
 import inspect
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
+from quorum.shared.events import Event
 from quorum.shared.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +121,12 @@ def test_the_redis_table_lists_every_key_family() -> None:
     assert len(families) >= 10
     missing = [key for key in families if f"| `{key}` |" not in text]
     assert not missing, "key families missing from docs/architecture.md §6"
+
+
+def test_the_provenance_events_listed_are_the_event_types() -> None:
+    text = " ".join(ARCHITECTURE.read_text().split())
+    listed = re.search(r"Provenance events: (.*?)\. Each carries", text)
+    assert listed is not None
+    union = get_args(get_args(Event)[0])
+    types = [model.model_fields["type"].default for model in union]
+    assert re.findall(r"`(\w+)`", listed.group(1)) == types
