@@ -96,7 +96,8 @@ class Bench:
         env = self.stack.env(**env)
         self.concurrency = env.get("QUORUM_WORKER_CONCURRENCY", "default")
         # The documented command at its default log level: at INFO, Celery's two lines per
-        # job cost about 5% of a worker's CPU. Without the "ready." line, a ping tells.
+        # job cost worker CPU (docs/benchmarks.md, History). Without the "ready." line, a ping
+        # tells.
         names = [f"bench{n}@{socket.gethostname()}" for n in range(count)]
         workers = [
             ManagedProcess(f"worker-{n}", [*celery_command(app), "-n", name], env=env)
