@@ -517,8 +517,8 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "# Benchmarks: Quorum against the reference, side by side",
         "",
         f"Produced by `{results['command']}` on {when} ({results['profile']} profile, "
-        f"{results['duration_s'] / 60:.1f} min). Every figure below was measured in this one "
-        "invocation, Quorum and the reference (py-ai-toolkit "
+        f"{results['duration_s'] / 60:.1f} min). Every figure below, up to the History section, "
+        "was measured in this one invocation, Quorum and the reference (py-ai-toolkit "
         f"{versions.get('py-ai-toolkit', 'not installed')}, its `run_task` in one asyncio "
         "process) taking turns against the same LLM simulator.",
         "",
