@@ -167,7 +167,7 @@ def _guarded(
     step: Callable[[flow.Context], T],
     *,
     exhausted: Callable[[flow.Context, str], T],
-    permanent: Callable[[flow.Context, str], T],
+    permanent: Callable[[flow.Context, str, str], T],
 ) -> T:
     """Run a step; retry transient errors with backoff, hand the others to the callbacks."""
     settings = _process().settings
@@ -198,15 +198,17 @@ def _guarded(
         log.warning("%s %s: store unavailable, retry in %.1fs: %s", job.name, label, delay, exc)
         raise job.retry(countdown=delay) from exc
     except (PermanentLLMError, InvalidRequestError) as exc:
-        return permanent(ctx, str(exc))
+        return permanent(ctx, str(exc), "llm_error")
     except Exception as exc:  # a bug must end the run visibly, not leave it hanging
         log.exception("%s %s: unexpected error", job.name, label)
-        return permanent(ctx, f"internal error: {type(exc).__name__}: {exc}")
+        return permanent(ctx, f"internal error: {type(exc).__name__}: {exc}", "internal")
 
 
-def _failing(run_id: str, result: T) -> Callable[[flow.Context, str], T]:
-    def fail(ctx: flow.Context, error: str) -> T:
-        flow.fail_run(ctx, run_id, error, [error])
+def _failing(run_id: str, result: T) -> Callable[[flow.Context, str, str], T]:
+    """A callback that ends the run FAILED with the error and its code, and returns `result`."""
+
+    def fail(ctx: flow.Context, error: str, code: str) -> T:
+        flow.fail_run(ctx, run_id, error, [error], code=code)
         return result
 
     return fail
@@ -217,7 +219,10 @@ def task_node(self: Task, run_id: str, attempt: int) -> str:
     """Call the task model for one attempt and launch its first voting round."""
     fail = _failing(run_id, "failed")
     return _guarded(
-        self, lambda ctx: flow.task_node(ctx, run_id, attempt), exhausted=fail, permanent=fail
+        self,
+        lambda ctx: flow.task_node(ctx, run_id, attempt),
+        exhausted=lambda ctx, error: fail(ctx, error, "llm_error"),
+        permanent=fail,
     )
 
 
@@ -233,8 +238,8 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
     def error_vote(ctx: flow.Context, error: str) -> dict[str, Any]:
         return ballot.vote_error(ctx, run_id, attempt, issue, index, error)
 
-    def fail(ctx: flow.Context, error: str) -> dict[str, Any]:
-        flow.fail_run(ctx, run_id, error, [error])
+    def fail(ctx: flow.Context, error: str, code: str) -> dict[str, Any]:
+        flow.fail_run(ctx, run_id, error, [error], code=code)
         return error_vote(ctx, error)
 
     return _guarded(
@@ -263,5 +268,8 @@ def route(self: Task, run_id: str, attempt: int) -> str:
     """Retry a failed attempt with feedback, or end the run FAILED."""
     fail = _failing(run_id, "failed")
     return _guarded(
-        self, lambda ctx: flow.route(ctx, run_id, attempt), exhausted=fail, permanent=fail
+        self,
+        lambda ctx: flow.route(ctx, run_id, attempt),
+        exhausted=lambda ctx, error: fail(ctx, error, "llm_error"),
+        permanent=fail,
     )

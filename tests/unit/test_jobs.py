@@ -68,3 +68,25 @@ def test_a_first_round_is_built_during_the_call_unless_the_worker_is_busy(
     send()
     assert built[0].startswith("quorum-chord") == ahead
     assert built[1:] == ["sent"]
+
+
+def test_an_unexpected_error_ends_the_run_with_code_internal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed: list[tuple[str, str]] = []
+    monkeypatch.setattr(jobs, "_context", lambda job: None)
+
+    class Job:
+        name = "quorum.task_node"
+        request = type("Request", (), {"retries": 0, "kwargs": {"run_id": "r1"}, "args": ()})()
+
+    def boom(ctx: object) -> str:
+        raise RuntimeError("a bug")
+
+    def permanent(ctx: object, error: str, code: str) -> str:
+        failed.append((error, code))
+        return "failed"
+
+    result = jobs._guarded(Job(), boom, exhausted=lambda ctx, e: "x", permanent=permanent)  # type: ignore[arg-type]
+    assert result == "failed"
+    assert failed == [("internal error: RuntimeError: a bug", "internal")]
