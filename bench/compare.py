@@ -8,6 +8,8 @@ starts workers with that side's own code and measures, on one Redis and one simu
 - latency: runs one at a time at L = 200 ms, end to end − 2L (median), on 1 and 2 workers;
 - throughput: a burst of runs at L = 200 ms on 2 workers, runs/s;
 - CPU per run at L = 0 (the workers' and the producer's CPU time over the runs);
+- Redis commands per run at L = 0 (INFO commandstats: store, broker and chord backend, with
+  the idle workers' own polling during the runs);
 - calls in flight: SingleShot runs at L = 1 s on one worker, the most LLM calls at once.
 
 Every run is Threshold voting, 3 issues × 3 votes, all passing, as in `quorum bench`. The base
@@ -131,6 +133,12 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
+def _commands(db: redis.Redis) -> int:
+    """Commands Redis has served so far (INFO commandstats), scripts' own calls included."""
+    stats = db.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
 def _drive(side: Side, redis_url: str, **spec: Any) -> dict[str, Any]:
     spec = {"client": side.client, "redis_url": redis_url, "schema": SCHEMA, **spec}
     out = subprocess.run(
@@ -172,10 +180,12 @@ def measure(
     fresh(0.0)
     with _workers(side, 2, env) as procs:
         _drive(side, redis_url, config=CONFIG, runs=10, burst=True)
-        before = _cpu_s([w.pid for w in procs])
+        before, commands = _cpu_s([w.pid for w in procs]), _commands(db)
         cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
         workers_cpu = _cpu_s([w.pid for w in procs]) - before
+        commands = _commands(db) - commands
     figures["cpu_ms_per_run"] = (workers_cpu + cpu["cpu_s"]) / 200 * 1000
+    figures["redis_commands_per_run"] = commands / 200
     fresh(1.0)
     with _workers(side, 1, env):
         _drive(side, redis_url, config=SINGLE, runs=700, burst=True)
