@@ -140,7 +140,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from quorum.producer.stack import celery_command
 
     command = [*celery_command(), *args.celery_args]
-    os.execvp(command[0], command)
+    os.execvp(command[0], command)  # replaces this process: returns only where mocked
+    return 0
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -261,9 +262,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PASS_THROUGH = {"worker": "celery_args", "sim": "sim_args"}
+"""Commands whose every argument, `--help` included, goes to the program they start (argparse
+would take options it does not know for its own, and refuse them)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `quorum` command."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASS_THROUGH:
+        parser = _parser()
+        args = parser.parse_args(argv[:1])
+        setattr(args, _PASS_THROUGH[argv[0]], argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except (QuorumError, ValueError) as exc:
