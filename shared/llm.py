@@ -178,7 +178,13 @@ class _PlainHTTP:
         )
         headers = {**client.default_headers, **client.auth_headers}
         self._headers = {k: v for k, v in headers.items() if isinstance(v, str)}
-        self._headers["Content-Type"] = "application/json"
+        # What the SDK adds to each request: its retries are off, so each is a first try.
+        read = getattr(client.timeout, "read", client.timeout)
+        self._headers |= {
+            "Content-Type": "application/json",
+            "x-stainless-retry-count": "0",
+            **({"x-stainless-read-timeout": str(read)} if read is not None else {}),
+        }
 
     def post(self, body: dict[str, Any]) -> Any:
         """The server's JSON reply (its text if it is not JSON); the SDK's exception if the

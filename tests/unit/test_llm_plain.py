@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import openai
 import pytest
 
 from quorum.shared.errors import PermanentLLMError, TransientLLMError
-from quorum.shared.llm import LLMGateway, _plain_http
+from quorum.shared.llm import LLMGateway, _plain_http, response_format
 from quorum.shared.settings import Settings
 from quorum.simulator.errors import LLAMA_CPP_JSON_SCHEMA_ERROR
+from tests.openai_http import http
 
 SCHEMA = {"type": "object", "properties": {"product": {"type": "string"}}}
 COMPLETION = {
@@ -49,6 +51,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.seen.append(
             {
+                "method": self.command,
                 "path": self.path,
                 "headers": dict(self.headers),
                 "body": json.loads(body),
@@ -185,3 +188,81 @@ def test_unreachable_and_silent_servers_are_transient() -> None:
         sock.listen()  # accepts the connection, never answers
         with pytest.raises(TransientLLMError, match="unreachable: APITimeoutError"):
             ask(gateway(closed, llm_timeout_s=0.2))
+
+
+# What the HTTP client adds on its own, whoever sends: the host and length of this request,
+# keep-alive (HTTP/1.1's default anyway), and the encodings it can decompress (the SDK's HTTP
+# library takes gzip; the plain path reads the body as sent, so it asks for none).
+_TRANSPORT_HEADERS = frozenset({"host", "content-length", "connection", "accept-encoding"})
+
+
+def _as_sent(seen: dict[str, Any]) -> dict[str, Any]:
+    """A request as the server saw it, less what the HTTP client adds on its own."""
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    return {
+        "method": seen["method"],
+        "path": seen["path"],
+        "headers": {k: v for k, v in headers.items() if k not in _TRANSPORT_HEADERS},
+        "body": seen["body"],
+    }
+
+
+def _sdk(base_url: str) -> openai.OpenAI:
+    """The SDK's client, made as the gateway makes its own."""
+    settings = Settings(openai_base_url=base_url, openai_api_key="sk-test")
+    return openai.OpenAI(
+        api_key="sk-test", base_url=base_url, timeout=settings.llm_timeout_s, max_retries=0
+    )
+
+
+def _sdk_ask(client: openai.OpenAI) -> Any:
+    """`ask`, through the SDK's public `chat.completions.create`."""
+    return client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "5 apples"}],
+        response_format=response_format("json_schema", "Purchase", SCHEMA),
+    )
+
+
+def test_the_plain_path_sends_the_request_the_sdk_sends(server: Server) -> None:
+    plain = gateway(server.base_url)
+    through_sdk = LLMGateway(
+        Settings(openai_base_url=server.base_url, openai_api_key="sk-test"),
+        http_client=http.Client(),
+    )
+    assert plain._plain and not through_sdk._plain
+
+    ask(plain)
+    ask(through_sdk)
+    _sdk_ask(_sdk(server.base_url))
+
+    by_plain, by_gateway, by_sdk = (_as_sent(seen) for seen in server.seen)
+    assert by_sdk["method"] == "POST" and by_sdk["path"] == "/v1/chat/completions"
+    assert by_sdk["headers"]["authorization"] == "Bearer sk-test"
+    assert by_sdk["headers"]["content-type"] == "application/json"
+    assert by_sdk["headers"]["user-agent"] == f"OpenAI/Python {openai.__version__}"
+    assert by_plain == by_sdk, "the plain-HTTP path no longer sends what the SDK sends"
+    assert by_gateway == by_sdk, "the gateway's SDK path no longer sends what the SDK sends"
+
+
+def test_the_plain_path_raises_the_error_the_sdk_raises(server: Server) -> None:
+    error = json.dumps({"error": {"message": "slow down", "type": "requests", "code": "rate"}})
+    server.script = [(429, {"Retry-After": "7"}, error)] * 2
+
+    with pytest.raises(TransientLLMError) as by_plain:
+        ask(gateway(server.base_url))
+    with pytest.raises(openai.APIStatusError) as by_sdk:
+        _sdk_ask(_sdk(server.base_url))
+
+    plain = by_plain.value.__cause__
+    sdk = by_sdk.value
+    assert isinstance(plain, openai.APIStatusError)
+    assert type(plain) is type(sdk) is openai.RateLimitError
+    assert (plain.status_code, plain.message, plain.body, plain.code, plain.type) == (
+        sdk.status_code,
+        sdk.message,
+        sdk.body,
+        sdk.code,
+        sdk.type,
+    )
+    assert plain.response.headers["retry-after"] == sdk.response.headers["retry-after"] == "7"
