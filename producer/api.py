@@ -9,6 +9,7 @@ For producers in other languages; the response model is a JSON Schema. It is a t
     GET  /v1/runs/{id}/result       wait up to ?timeout= s: 200 result, 409 failed or
                                     cancelled (with reasons), 202 not ended yet (ask again)
     POST /v1/runs/{id}/cancel       → {id, cancelled, status}
+    GET  /v1/tasks                  the defined tasks the workers published, with their schemas
     GET  /metrics                   run-level Prometheus metrics (`quorum.producer.metrics`)
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
 
@@ -31,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field
 
 from quorum.producer.client import TaskClient
-from quorum.producer.metrics import RunMetrics
+from quorum.producer.metrics import RunMetrics, TaskMetrics
 from quorum.shared.errors import InvalidRequestError, RunNotFoundError, StoreError
 from quorum.shared.models import TaskStatus, Usage
 from quorum.shared.settings import Settings, get_settings
@@ -42,21 +43,35 @@ MAX_WAIT_S = 300.0
 
 
 class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes with **kwargs
-    """A task to run: a template, its variables, a JSON Schema for the output, a config."""
+    """A task to run: a defined task by name (`task`, `kwargs`), or a template, its
+    variables, a JSON Schema for the output and a config."""
 
-    template: str = Field(description="Jinja template of the prompt (sandboxed).")
+    task: str | None = Field(None, description="A defined task's name (GET /v1/tasks).")
+    template: str | None = Field(None, description="Jinja template of the prompt (sandboxed).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
-    response_schema: dict[str, Any] = Field(
-        description='JSON Schema of the output; must describe an object ("type": "object").'
+    response_schema: dict[str, Any] | None = Field(
+        None,
+        description='JSON Schema of the output; one that is no object goes as {"value": …}.',
     )
-    config: dict[str, Any] = Field(
+    config: dict[str, Any] | None = Field(
+        None,
         description='Validation config: {"mode": "single_shot" | "threshold" | "k_ahead", '
         '"issues": [...], "max_retries", "count", "required_ahead", "max_votes", '
-        '"first_round"}.',
+        '"first_round"}; null: no votes, the cheap checks decide.',
         examples=[{"mode": "threshold", "issues": ["The quantity is a number"], "count": 3}],
     )
     model: str | None = Field(None, description="Task model (default: the workers' default).")
     validator_model: str | None = Field(None, description="Validator model for the votes.")
+    checks: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='Cheap checks before any vote: [{"expr": Jinja expression over output '
+        'and kwargs, "message": feedback when false}].',
+    )
+    temperature: float | None = Field(None, description="Temperature of the task calls.")
+    max_output_tokens: int | None = Field(
+        None, description="Output-token cap of the task calls; a cut-off output is invalid."
+    )
+    system: str | None = Field(None, description="System prompt prepended to the task calls.")
     idempotency_key: str | None = Field(
         None, description="The same key returns the first run instead of running again."
     )
@@ -140,18 +155,24 @@ def _authorized(
 
 runs = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(_authorized)])
 ops = APIRouter(tags=["ops"])
+tasks_router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(_authorized)])
 
 
 @runs.post("", status_code=201)
 def submit(request: RunRequest, tasks: Tasks) -> RunCreated:
     """Validate and enqueue a task. Bad input: 422, and nothing is written or sent."""
     run = tasks.submit(
+        task=request.task,
         template=request.template,
         response_model=request.response_schema,
         kwargs=request.kwargs,
         config=request.config,
+        checks=request.checks,
         model=request.model,
         validator_model=request.validator_model,
+        temperature=request.temperature,
+        max_output_tokens=request.max_output_tokens,
+        system=request.system,
         idempotency_key=request.idempotency_key,
         metadata=request.metadata,
         timeout_s=request.timeout_s,
@@ -209,6 +230,13 @@ def cancel(run_id: str, tasks: Tasks) -> Cancelled:
     return Cancelled(id=run_id, cancelled=cancelled, status=run.status())
 
 
+@tasks_router.get("")
+def list_tasks(tasks: Tasks) -> dict[str, dict[str, Any]]:
+    """The defined tasks the workers published, by name: template, response JSON Schema,
+    config, checks, template variables, content hash."""
+    return tasks.tasks()
+
+
 @ops.get("/healthz")
 def healthz(tasks: Tasks) -> JSONResponse:
     """200 when the Redis store answers, 503 otherwise (never needs the token)."""
@@ -260,7 +288,9 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
             max_runs=settings.metrics_max_runs,
         )
     )
+    app.state.registry.register(TaskMetrics(app.state.client.registry))
     app.include_router(runs)
+    app.include_router(tasks_router)
     app.include_router(ops)
     _errors(app)
     return app

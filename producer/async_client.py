@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from quorum.producer.client import ResponseModel, TaskClient, TaskRun, outcome
+from quorum.producer.client import TaskClient, TaskRun, outcome
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import Settings
@@ -67,9 +67,7 @@ class AsyncTaskClient:
         """Validate and enqueue a task (`TaskClient.submit`); return its run at once."""
         return AsyncTaskRun(await asyncio.to_thread(lambda: self.client.submit(**request)))
 
-    async def get(
-        self, run_id: str, *, response_model: ResponseModel | None = None
-    ) -> AsyncTaskRun:
+    async def get(self, run_id: str, *, response_model: Any = None) -> AsyncTaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""
         run = await asyncio.to_thread(self.client.get, run_id, response_model=response_model)
         return AsyncTaskRun(run)

@@ -126,7 +126,8 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
         print(json.dumps([e.model_dump(mode="json") for e in events], ensure_ascii=False, indent=2))
     else:
         print("\n".join(describe(e) for e in events))
-        print(summarize(events, run.state().spec.config.issues))
+        config = run.state().spec.config
+        print(summarize(events, config.issues if config else []))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import jsonschema
@@ -13,6 +13,7 @@ from celery import Celery
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from quorum.shared.broker import celery_config
+from quorum.shared.definitions import read_result
 from quorum.shared.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -23,6 +24,7 @@ from quorum.shared.errors import (
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.prompts import check_template
+from quorum.shared.registry import Registry
 from quorum.shared.settings import Settings, get_settings
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
@@ -81,6 +83,8 @@ def _schema_problem(schema_json: str) -> str | None:
 
 
 def _config_of(config: Any) -> Any:
+    if config is None:  # no votes: the cheap checks decide alone
+        return None
     try:
         return _CONFIG.validate_python(
             config.model_dump() if isinstance(config, BaseModel) else config
@@ -152,13 +156,12 @@ def build_spec(
 class TaskRun:
     """A handle on one run: its status, provenance and result."""
 
-    def __init__(
-        self, client: TaskClient, run_id: str, response_model: ResponseModel | None = None
-    ) -> None:
+    def __init__(self, client: TaskClient, run_id: str, response_model: Any = None) -> None:
         self._client = client
         self.id = run_id
-        self.response_model = response_model if isinstance(response_model, type) else None
-        """The Pydantic class `result()` returns an instance of (None: the output as JSON)."""
+        self.response_model = None if isinstance(response_model, dict) else response_model
+        """The Pydantic class `result()` returns an instance of, or the type (`Literal`,
+        `list[str]`, ...) it returns a value of (None: the output as JSON)."""
 
     @property
     def store(self) -> RunStore:
@@ -191,7 +194,8 @@ class TaskRun:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end and return its validated output.
 
-        Returns an instance of the Pydantic response model, or a dict for a JSON Schema.
+        Returns an instance of the Pydantic response model, a value of a type such as
+        `Literal[...]` or `list[str]`, or the JSON for a JSON Schema.
         Raises `TaskFailedError` if the run failed or was cancelled, `RunTimeoutError` if it
         has not ended after `timeout` seconds.
         """
@@ -199,11 +203,11 @@ class TaskRun:
         return outcome(state, timeout, self.response_model)
 
 
-def outcome(state: RunState, timeout: float | None, model: type[BaseModel] | None) -> Any:
-    """What waiting `timeout` seconds for a run gave: its output (an instance of `model` if
-    there is one), or the error that says why there is none."""
+def outcome(state: RunState, timeout: float | None, model: Any) -> Any:
+    """What waiting `timeout` seconds for a run gave: its output (read with `model` if there
+    is one), or the error that says why there is none."""
     if state.status is TaskStatus.SUCCESSFUL:
-        return model.model_validate(state.result) if model else state.result
+        return read_result(model, state.result)
     if not state.status.terminal:
         raise RunTimeoutError(
             f"run {state.run_id} has not ended after {timeout}s (status {state.status.value})"
@@ -231,15 +235,30 @@ class TaskClient:
         self._celery = Celery("quorum-producer", set_as_current=False)
         self._celery.conf.update(celery_config(settings))
 
+    @cached_property
+    def registry(self) -> Registry:
+        """The defined tasks the workers published."""
+        return Registry(self.store.redis, self.store.keys, ttl_s=self.settings.registry_ttl_s)
+
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """The defined tasks the workers published, by name: template, JSON Schema, config,
+        checks, content hash."""
+        return self.registry.all()
+
     def submit(
         self,
         *,
-        template: str,
-        response_model: ResponseModel,
+        task: str | None = None,
+        template: str | None = None,
+        response_model: Any = None,
         kwargs: dict[str, Any] | None = None,
-        config: Any,
+        config: Any = None,
+        checks: Any = (),
         model: str | None = None,
         validator_model: str | None = None,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
+        system: str | None = None,
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
         timeout_s: float | None = None,
@@ -247,6 +266,14 @@ class TaskClient:
         max_cost: float | None = None,
     ) -> TaskRun:
         """Validate and enqueue a task; return its run at once.
+
+        A defined task (`quorum.define`) is submitted by name with its kwargs:
+        `submit(task="extract_purchase", kwargs={...})`. An ad-hoc task gives `template`,
+        `response_model` (a Pydantic model without validators of its own, a JSON Schema, or
+        a type such as `Literal[...]` or `list[str]`), `config` (None: no votes, the cheap
+        checks decide, up to 3 retries) and `checks` (Jinja expressions over `output` and
+        `kwargs`, each `{"expr": ..., "message": ...}`). `temperature`, `max_output_tokens`
+        and `system` (a system prompt prepended) apply to the task calls.
 
         `timeout_s` is the run's deadline (default `QUORUM_RUN_TIMEOUT_S`): past it the run
         ends `FAILED` with code `timeout`. `max_tokens` and `max_cost` (USD, by the price
@@ -260,19 +287,26 @@ class TaskClient:
             isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
         ):
             raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
-        spec = build_spec(
-            template=template,
-            response_model=response_model,
-            kwargs=kwargs,
-            config=config,
-            model=model,
-            validator_model=validator_model,
-            metadata=metadata,
-            settings=self.settings,
-            timeout_s=timeout_s,
-            max_tokens=max_tokens,
-            max_cost=max_cost,
-        )
+        from quorum.producer.submission import prepare_spec  # it builds on build_spec
+
+        request = {
+            "task": task,
+            "template": template,
+            "response_model": response_model,
+            "kwargs": kwargs,
+            "config": config,
+            "checks": checks,
+            "model": model,
+            "validator_model": validator_model,
+            "temperature": temperature,
+            "max_output_tokens": max_output_tokens,
+            "system": system,
+            "metadata": metadata,
+            "timeout_s": timeout_s,
+            "max_tokens": max_tokens,
+            "max_cost": max_cost,
+        }
+        spec, response_model = prepare_spec(self, request)
         run_id = uuid.uuid4().hex
         existing = self.store.create(run_id, spec, idempotency_key=idempotency_key)
         if existing != run_id:
@@ -286,7 +320,7 @@ class TaskClient:
             raise
         return TaskRun(self, run_id, response_model)
 
-    def get(self, run_id: str, *, response_model: ResponseModel | None = None) -> TaskRun:
+    def get(self, run_id: str, *, response_model: Any = None) -> TaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""
         self.store.status(run_id)
         return TaskRun(self, run_id, response_model)

@@ -33,10 +33,11 @@ from quorum.shared.events import (
     VoteCast,
 )
 from quorum.shared.models import TaskStatus
+from quorum.shared.registry import Registry
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
 
-__all__ = ["RunFacts", "RunMetrics", "facts_of"]
+__all__ = ["RunFacts", "RunMetrics", "TaskMetrics", "facts_of"]
 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 11)
 VOTE_BUCKETS = (1, 3, 5, 7, 9, 15, 25, 50, 100)
@@ -169,3 +170,25 @@ def families(runs: Sequence[RunFacts], *, window_s: float) -> list[Metric]:
     for (model, kind), amount in sorted(spent.items()):
         tokens.add_metric([model, kind], amount)
     return [by_status, attempts, duration, retries, votes, tokens]
+
+
+class TaskMetrics(Collector):
+    """Defined tasks in the registry, and the names two workers published with different
+    content (`quorum.shared.registry`), read on each scrape."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families, computed now."""
+        defined = GaugeMetricFamily("quorum_defined_tasks", "Defined tasks the workers published")
+        defined.add_metric([], len(self.registry.all()))
+        conflicts = GaugeMetricFamily(
+            "quorum_task_definition_conflicts",
+            "Defined tasks two workers published with different content (within the "
+            "registry's TTL), by name",
+            labels=["task"],
+        )
+        for name in self.registry.conflicts():
+            conflicts.add_metric([name], 1)
+        return iter([defined, conflicts])

@@ -12,6 +12,7 @@ simulator).
 
 from quorum.producer.async_client import AsyncTaskClient, AsyncTaskRun
 from quorum.producer.client import TaskClient, TaskRun
+from quorum.shared.definitions import TaskDefinition, define
 from quorum.shared.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -22,8 +23,10 @@ from quorum.shared.errors import (
     StoreError,
     TaskFailedError,
     TemplateError,
+    UnknownTaskError,
 )
 from quorum.shared.models import (
+    ExpressionCheck,
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     TaskStatus,
@@ -36,6 +39,7 @@ from quorum.shared.settings import Settings
 __all__ = [
     "AsyncTaskClient",
     "AsyncTaskRun",
+    "ExpressionCheck",
     "InvalidRequestError",
     "KAheadVotingValidationConfig",
     "PayloadTooLargeError",
@@ -47,11 +51,14 @@ __all__ = [
     "SingleShotValidationConfig",
     "StoreError",
     "TaskClient",
+    "TaskDefinition",
     "TaskFailedError",
     "TaskRun",
     "TaskStatus",
     "TemplateError",
     "ThresholdVotingValidationConfig",
+    "UnknownTaskError",
     "Usage",
     "ValidationConfig",
+    "define",
 ]

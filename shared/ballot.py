@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from quorum.shared.context import Context
+from quorum.shared.definitions import unwrap
 from quorum.shared.errors import RoundIncompleteError, TransientLLMError
 from quorum.shared.events import (
     IssueDecided,
@@ -59,7 +60,7 @@ def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dic
         return {"issue": issue, "index": index, "skipped": reason}
     spec = state.spec
     prompt = render_task_prompt(spec.template, spec.kwargs)
-    messages = validator_messages(prompt, state.outputs[attempt], spec.config.issues[issue])
+    messages = validator_messages(prompt, state.outputs[attempt], spec.voting.issues[issue])
     reply = ctx.call(
         state,
         model=spec.validator_model,
@@ -109,7 +110,7 @@ def _store_vote(
     # An issue is decided early here unless it is already, or this job tallies the round
     # (the tally decides every open issue, with the same rule and every vote).
     if stored.votes is not None and not stored.decided and stored.tally is None:
-        config = state.spec.config
+        config = state.spec.voting
         counted = Tally.of(v.is_valid for v in stored.votes if v.issue == cast.issue)
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
@@ -211,7 +212,7 @@ def _decide_round(
     """Decide each open issue that the round's votes settle, adding the decisions made to
     `decided`; plan the next round's votes, numbered after every vote planned so far, for
     the others."""
-    config = state.spec.config
+    config = state.spec.voting
     by_issue: dict[int, list[Vote]] = defaultdict(list)
     launched: dict[int, int] = defaultdict(int)
     for cast in round_ctx.votes:
@@ -245,7 +246,7 @@ def _conclude(
 ) -> Step:
     """End the attempt on its decisions: `decided`, unless a job beside the tally decided an
     issue first, whose decision stands."""
-    run_id, issues = state.run_id, state.spec.config.issues
+    run_id, issues = state.run_id, state.spec.voting.issues
     if len(decided) < len(issues):  # read what stands
         decided = ctx.store.decisions(run_id, attempt)
     failed = {issue: d for issue, d in decided.items() if d.outcome == "failed"}
@@ -255,7 +256,7 @@ def _conclude(
             run_id,
             TaskStatus.SUCCESSFUL,
             attempt=attempt,
-            fields={"result": output},
+            fields={"result": unwrap(state.spec.wrapped, output)},
             events=[
                 ValidationPassed(attempt=attempt, worker=ctx.worker),
                 Succeeded(attempt=attempt, worker=ctx.worker),

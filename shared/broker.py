@@ -16,7 +16,7 @@ from quorum.shared.store import DRIVER_INFO
 
 __all__ = ["JOB_NAMES", "RedisChannel", "RedisTransport", "celery_config", "holds_back"]
 
-JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route")
+JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route", "quorum.submit")
 
 
 def holds_back(broker_url: str) -> bool:
@@ -82,6 +82,7 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
         "quorum.vote": {"queue": settings.vote_queue},
         "quorum.tally": {"queue": settings.control_queue},
         "quorum.route": {"queue": settings.control_queue},
+        "quorum.submit": {"queue": settings.control_queue},
     }
     if settings.broker.startswith(("amqp://", "amqps://", "pyamqp://")):
         # RabbitMQ redelivers a lost worker's unacknowledged jobs when its connection closes;

@@ -47,9 +47,16 @@ class LLM(Protocol):
     """What the steps need of the LLM gateway."""
 
     def complete_json(
-        self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        name: str,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
     ) -> Completion:
-        """Ask for JSON fitting `schema`."""
+        """Ask for JSON fitting `schema` (with the run's settings, where set)."""
         ...
 
 
@@ -80,7 +87,9 @@ class Context:
             return None
         reply = self.llm.complete_json(model=model, messages=messages, **kw)
         usage = budget.priced(reply.usage, price)
-        return Completion(content=reply.content, usage=usage, latency_s=reply.latency_s)
+        return Completion(
+            content=reply.content, usage=usage, latency_s=reply.latency_s, truncated=reply.truncated
+        )
 
     def over_budget(self, state: RunState) -> bool:
         """End the run FAILED (`budget_exceeded`) if what it has spent is over its budget."""

@@ -5,6 +5,7 @@
     │   ├── TemplateError                   syntax error, missing variable, sandbox escape
     │   ├── SchemaError                     response_model is no Pydantic class nor JSON Schema
     │   ├── PayloadTooLargeError            template, kwargs or schema over the size limit
+    │   ├── UnknownTaskError                no defined task of that name (nor on this worker)
     │   └── RunNotFoundError                no run with that id
     ├── TaskFailedError                     a run ended FAILED or CANCELLED; carries evidence
     ├── RunTimeoutError (a TimeoutError)    a run did not finish within the time waited
@@ -36,6 +37,7 @@ __all__ = [
     "TaskFailedError",
     "TemplateError",
     "TransientLLMError",
+    "UnknownTaskError",
 ]
 
 
@@ -57,6 +59,10 @@ class SchemaError(InvalidRequestError):
 
 class PayloadTooLargeError(InvalidRequestError):
     """A part of the request is larger than the configured limit."""
+
+
+class UnknownTaskError(InvalidRequestError):
+    """No defined task of that name: not in the registry, nor defined in this process."""
 
 
 class RunNotFoundError(InvalidRequestError, KeyError):

@@ -21,6 +21,7 @@ __all__ = [
     "AttemptStarted",
     "CallEvent",
     "Cancelled",
+    "CheckFailed",
     "Event",
     "Failed",
     "IssueDecided",
@@ -68,7 +69,9 @@ class Submitted(_Event):
 
     type: Literal["submitted"] = "submitted"
     model: str
-    mode: str
+    mode: str = Field(description="The config's mode; `none`: a vote-free run.")
+    task: str | None = Field(None, description="The defined task's name, if one.")
+    task_hash: str | None = Field(None, description="Its content hash at submit.")
 
 
 class AttemptStarted(_Event):
@@ -90,6 +93,19 @@ class OutputInvalid(CallEvent):
     type: Literal["output_invalid"] = "output_invalid"
     output: Any
     error: str
+
+
+class CheckFailed(CallEvent):
+    """A cheap check rejected the output before any vote (`shared.checks`): a failed
+    attempt whose feedback is `message`."""
+
+    type: Literal["check_failed"] = "check_failed"
+    check: Literal["model", "validator", "expression"]
+    name: str = Field(description="The model, the validator function, or the expression.")
+    message: str
+    output: Any
+    task: str | None = None
+    definition_hash: str | None = Field(None, description="Of the code the worker ran.")
 
 
 class VoteCast(CallEvent):
@@ -179,6 +195,7 @@ Event = Annotated[
     | AttemptStarted
     | Output
     | OutputInvalid
+    | CheckFailed
     | VoteCast
     | VoteSkipped
     | IssueDecided

@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 
+from quorum.shared import checks
 from quorum.shared.context import Context, Enqueuer, Plan, fail_run
 from quorum.shared.errors import RunNotFoundError
 from quorum.shared.events import (
@@ -28,6 +29,7 @@ from quorum.shared.events import (
     RetryScheduled,
 )
 from quorum.shared.models import TaskStatus
+from quorum.shared.options import cut_off, task_call_options, with_system
 from quorum.shared.prompts import (
     FailedAttempt,
     feedback_section,
@@ -161,7 +163,7 @@ def launch(
 
 
 def _first_plan(state: RunState) -> Plan:
-    config = state.spec.config
+    config = state.spec.voting
     return {issue: list(range(first_round_size(config))) for issue in range(len(config.issues))}
 
 
@@ -182,20 +184,22 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     prompt = render_task_prompt(spec.template, spec.kwargs)
     # The first round's chord needs only the plan: it is built while the task model answers,
     # and sent once the output is stored (never, if it is not).
-    plan = _first_plan(state)
-    first_round = ctx.enqueue.prepare_round(run_id, attempt, 1, plan)
+    plan = _first_plan(state) if spec.config else {}
+    first_round = ctx.enqueue.prepare_round(run_id, attempt, 1, plan) if plan else None
     reply = ctx.call(
         state,
         model=spec.model,
-        messages=task_messages(prompt, failures),
+        messages=with_system(spec.system, task_messages(prompt, failures)),
         schema=spec.response_schema,
         name=spec.response_name,
+        **task_call_options(spec),
     )
     if reply is None:
         return Step.FAILED
     output, error = parse_output(
         reply.content, spec.response_schema, max_bytes=ctx.max_output_bytes
     )
+    error = cut_off(spec, reply.truncated) or error
     call = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage}
     if error is not None:
         ctx.store.bill(run_id, reply.usage)
@@ -207,6 +211,10 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
         if not ctx.over_budget(state):
             ctx.enqueue.route(run_id, attempt)
         return Step.INVALID
+    checked = checks.run_checks(spec, output)  # the cheap checks: no vote on what they reject
+    if checked.failure is not None or spec.config is None:
+        return Step(checks.conclude(ctx, state, attempt, checked, reply.usage, call))
+    output = checked.output
     moved = ctx.store.transition(
         run_id,
         TaskStatus.VALIDATING,
@@ -233,7 +241,7 @@ def route(ctx: Context, run_id: str, attempt: int) -> Step:
     failure = state.failures.get(attempt)
     if failure is None:
         return Step.SKIPPED
-    if attempt <= state.spec.config.max_retries:
+    if attempt <= state.spec.max_retries:
         scheduled = RetryScheduled(
             attempt=attempt,
             worker=ctx.worker,

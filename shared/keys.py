@@ -66,3 +66,14 @@ class Keys:
     def sweep_lock(self) -> str:
         """String: held by the one worker sweeping right now (SET NX PX)."""
         return self._join("lock", "sweep")
+
+    def definitions(self) -> str:
+        """Hash: defined task name → its published definition (JSON: template, schema,
+        config, checks, content hash, the worker that published it). Every worker with the
+        code republishes at start and every quarter of `QUORUM_REGISTRY_TTL_S`."""
+        return self._join("{tasks}", "definitions")
+
+    def definition_conflicts(self) -> str:
+        """Hash: defined task name → the last conflict seen (JSON: the two hashes and
+        workers), when two workers published different content under one name."""
+        return self._join("{tasks}", "conflicts")

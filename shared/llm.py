@@ -57,6 +57,8 @@ class Completion:
     content: str
     usage: Usage
     latency_s: float
+    truncated: bool = False
+    """The server stopped at the output-token cap (`finish_reason` "length")."""
 
 
 def response_format(dialect: Dialect, name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +154,13 @@ def _content(reply: Any) -> str:
     message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     return content if isinstance(content, str) else ""
+
+
+def _truncated(reply: Any) -> bool:
+    """Whether the first choice stopped at the output-token cap."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    return isinstance(first, dict) and first.get("finish_reason") == "length"
 
 
 def _plain_http(base_url: str | None) -> bool:
@@ -276,27 +285,51 @@ class LLMGateway:
             return client
 
     def complete_json(
-        self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        name: str,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
     ) -> Completion:
-        """Ask `model` for JSON fitting `schema`; return its raw text for the caller to parse."""
+        """Ask `model` for JSON fitting `schema`; return its raw text for the caller to parse.
+
+        `temperature` and `max_output_tokens` (sent as `max_tokens`, which OpenAI-compatible
+        servers all read) go to the server when set."""
+        options: dict[str, Any] = {}
+        if temperature is not None:
+            options["temperature"] = temperature
+        if max_output_tokens is not None:
+            options["max_tokens"] = max_output_tokens
         started = time.perf_counter()
         try:
-            reply = self._create(model=model, messages=messages, schema=schema, name=name)
+            reply = self._create(
+                model=model, messages=messages, schema=schema, name=name, options=options
+            )
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
         return Completion(
             content=_content(reply),
             usage=_usage(reply),
             latency_s=time.perf_counter() - started,
+            truncated=_truncated(reply),
         )
 
     def _create(
-        self, *, model: str, messages: list[dict[str, str]], schema: dict[str, Any], name: str
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        name: str,
+        options: dict[str, Any] | None = None,
     ) -> Any:
         """One chat completion; on a `json_schema` refusal, switch dialect and ask once more."""
         dialect = self.dialect
         try:
-            return self._post(model, messages, response_format(dialect, name, schema))
+            return self._post(model, messages, response_format(dialect, name, schema), options)
         except openai.OpenAIError as exc:
             if dialect != "json_schema" or not refuses_json_schema(exc):
                 raise
@@ -305,10 +338,14 @@ class LLMGateway:
             "%s refuses json_schema structured output; using json_object from now on",
             self._settings.openai_base_url or "the LLM server",
         )
-        return self._post(model, messages, response_format("json_object", name, schema))
+        return self._post(model, messages, response_format("json_object", name, schema), options)
 
     def _post(
-        self, model: str, messages: list[dict[str, str]], response_format: dict[str, Any]
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        response_format: dict[str, Any],
+        options: dict[str, Any] | None = None,
     ) -> Any:
         """POST /chat/completions through the SDK's client, as `chat.completions.create` does,
         minus its walk of the request through the parameter types and its build of a
@@ -317,6 +354,7 @@ class LLMGateway:
         `_content` and `_usage` read. A plain-HTTP server gets the same request over this
         thread's own connection (`_PlainHTTP`)."""
         body = {"model": model, "messages": messages, "response_format": response_format}
+        body.update(options or {})
         if self._plain:
             return self._wire().post(body)
         return self.client.post("/chat/completions", body=body, cast_to=object)

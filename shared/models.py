@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 __all__ = [
+    "VOTE_FREE_RETRIES",
+    "ExpressionCheck",
     "KAheadVotingValidationConfig",
     "ProvenanceEvent",
     "RunSpec",
@@ -177,6 +179,20 @@ class Usage(BaseModel):
     cost_usd: float = Field(0.0, description="What the tokens cost, by the price table.")
 
 
+VOTE_FREE_RETRIES = 3
+"""Retries of a run without a config (`config=None`) whose cheap checks fail."""
+
+
+class ExpressionCheck(BaseModel):
+    """A cheap check: a sandboxed Jinja expression over `output` and `kwargs` that must be
+    true, and the message that is the next attempt's feedback when it is not."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    expr: str = Field(min_length=1, max_length=4000, description="Jinja expression.")
+    message: str = Field(min_length=1, max_length=4000, description="Feedback when false.")
+
+
 class RunSpec(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes with **kwargs
     """Everything a worker needs to run a task, as submitted and validated."""
 
@@ -185,7 +201,7 @@ class RunSpec(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes w
     template: str
     kwargs: dict[str, Any]
     response_schema: dict[str, Any]
-    config: ValidationConfig
+    config: ValidationConfig | None
     model: str
     validator_model: str
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -193,6 +209,30 @@ class RunSpec(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes w
     timeout_s: float | None = Field(None, gt=0, description="Seconds the run may take in all.")
     max_tokens: int | None = Field(None, gt=0, description="Token budget of the whole run.")
     max_cost: float | None = Field(None, gt=0, description="Cost budget (USD) of the run.")
+    # Defined tasks and cheap checks (docs/defined-tasks.md).
+    task: str | None = Field(None, description="The defined task's name, if submitted by name.")
+    task_hash: str | None = Field(None, description="Its content hash at submit.")
+    wrapped: bool = Field(False, description='A non-object response type, sent as {"value": …}.')
+    checks: tuple[ExpressionCheck, ...] = ()
+    temperature: float | None = Field(None, ge=0, le=2, description="Task calls' temperature.")
+    max_output_tokens: int | None = Field(None, gt=0, description="Task calls' output cap.")
+    system: str | None = Field(None, description="System prompt prepended to task calls.")
+
+    @property
+    def voting(
+        self,
+    ) -> (
+        SingleShotValidationConfig | ThresholdVotingValidationConfig | KAheadVotingValidationConfig
+    ):
+        """The config of a run that votes (only such a run reaches a vote or a tally)."""
+        if self.config is None:
+            raise ValueError("a vote-free run (config=None) has no voting config")
+        return self.config
+
+    @property
+    def max_retries(self) -> int:
+        """Retries after the first attempt: the config's, or `VOTE_FREE_RETRIES` without one."""
+        return VOTE_FREE_RETRIES if self.config is None else self.config.max_retries
 
 
 class Vote(BaseModel):

@@ -161,6 +161,18 @@ class Settings(BaseSettings):
     task_queue: str = Field("quorum.tasks", description="Queue of task-node jobs.")
     vote_queue: str = Field("quorum.votes", description="Queue of validator-vote jobs.")
     control_queue: str = Field("quorum.control", description="Queue of tally and route jobs.")
+    imports: str = Field(
+        "",
+        description="Modules a worker imports at start, comma-separated (like Celery's "
+        "`imports`): where its defined tasks (`quorum.define`) live.",
+    )
+    registry_ttl_s: int = Field(
+        24 * 3600,
+        gt=0,
+        description="How long a published task definition lives in Redis. Each worker "
+        "republishes its definitions at start and every quarter of this, so a definition "
+        "stays while a worker that has its code runs, and goes within this once none does.",
+    )
     api_token: SecretStr | None = Field(
         None,
         description="Bearer token the HTTP API requires on every route but /healthz; "
@@ -190,6 +202,11 @@ class Settings(BaseSettings):
         if self.redis_tls_ca_file:
             options["ssl_ca_certs"] = self.redis_tls_ca_file
         return options
+
+    @property
+    def import_modules(self) -> tuple[str, ...]:
+        """`imports` as module names."""
+        return tuple(name.strip() for name in self.imports.split(",") if name.strip())
 
     @property
     def queues(self) -> tuple[str, str, str]:

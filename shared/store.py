@@ -152,7 +152,8 @@ class RunStore(RoundStore):
                 if existing is not None:
                     return str(existing)
         now = time.time()
-        submitted = Submitted(model=spec.model, mode=spec.config.mode)
+        mode = spec.config.mode if spec.config else "none"
+        submitted = Submitted(model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash)
         run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(

@@ -59,7 +59,9 @@ def chord_backend(redis_url: str) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured for Quorum's jobs."""
-    celery = Celery("quorum", include=["quorum.worker.jobs"])
+    jobs = ["quorum.worker.jobs", "quorum.worker.definitions", "quorum.worker.submit"]
+    celery = Celery("quorum", include=jobs)
+    celery.conf.imports = settings.import_modules  # where the worker's defined tasks live
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
     if settings.redis_url.startswith(("redis://", "rediss://")):
         celery.conf.update(chord_backend(settings.redis_url))

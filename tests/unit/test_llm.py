@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections import Counter
-from unittest.mock import ANY
+from typing import Any
 
 import openai
 import pytest
@@ -224,7 +224,34 @@ def test_the_reply_is_read_as_the_server_sent_it() -> None:
 )
 def test_a_completion_without_text_or_usage_reads_as_empty_and_free(body: object) -> None:
     """The step then finds the empty output invalid, as it would any other."""
-    assert ask(answering(body)) == Completion(content="", usage=Usage(), latency_s=ANY)
+    reply = ask(answering(body))
+    assert (reply.content, reply.usage) == ("", Usage())
+
+
+def test_the_run_settings_go_to_the_server_and_a_cut_off_answer_is_told() -> None:
+    """`temperature` and `max_output_tokens` (as `max_tokens`) are sent when set, never
+    otherwise; `finish_reason: length` reads as truncated."""
+    bodies: list[dict[str, Any]] = []
+    answer = {"choices": [{"finish_reason": "length", "message": {"content": '{"a'}}]}
+
+    def serve(request: http.Request) -> http.Response:
+        bodies.append(json.loads(request.content))
+        return http.Response(200, json=answer)
+
+    transport = http.MockTransport(serve)
+    gateway = LLMGateway(Settings(openai_api_key="k"), http_client=http.Client(transport=transport))
+    plain = ask(gateway)
+    capped = gateway.complete_json(
+        model="m",
+        messages=[{"role": "user", "content": "x"}],
+        schema=VOTE_SCHEMA,
+        name="v",
+        temperature=0.2,
+        max_output_tokens=5,
+    )
+    assert plain.truncated and capped.truncated
+    assert "temperature" not in bodies[0] and "max_tokens" not in bodies[0]
+    assert (bodies[1]["temperature"], bodies[1]["max_tokens"]) == (0.2, 5)
 
 
 @pytest.mark.parametrize(
