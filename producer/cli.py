@@ -1,4 +1,4 @@
-"""The `quorum` command: submit, status, watch, result, provenance, cancel, worker, api, sim,
+"""The `quorum` command: submit, tasks, status, watch, result, provenance, cancel, worker, api, sim,
 llm, demo."""
 
 from __future__ import annotations
@@ -81,14 +81,19 @@ def _client() -> TaskClient:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    schema = json.loads(Path(args.schema).read_text())
+    schema = json.loads(Path(args.schema).read_text()) if args.schema else None
     run = _client().submit(
+        task=args.task,
         template=args.template,
         response_model=schema,
         kwargs=json.loads(args.kwargs),
-        config=json.loads(args.config),
+        config=json.loads(args.config) if args.config else None,
+        checks=json.loads(args.checks),
         model=args.model,
         validator_model=args.validator_model,
+        temperature=args.temperature,
+        max_output_tokens=args.max_output_tokens,
+        system=args.system,
         idempotency_key=args.idempotency_key,
     )
     print(run.id)
@@ -102,6 +107,20 @@ def _print_result(run: Any, timeout: float | None) -> int:
     except TaskFailedError as exc:
         print(f"{exc}\n" + "\n".join(f"- {r}" for r in exc.reasons), file=sys.stderr)
         return 1
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    published = _client().tasks()
+    if args.json:
+        print(json.dumps(published, ensure_ascii=False, indent=2))
+        return 0
+    for name, task in published.items():
+        votes = (task["config"] or {}).get("mode", "no votes")
+        variables = ", ".join(task["variables"]) or "-"
+        print(f"{name}  [{votes}]  kwargs: {variables}  hash {task['hash']}")
+    if not published:
+        print("no defined tasks published (start a worker with QUORUM_IMPORTS)")
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -211,16 +230,25 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         return command
 
-    submit = add("submit", _cmd_submit, "Submit a task (JSON Schema response model).")
-    submit.add_argument("--template", required=True)
-    submit.add_argument("--schema", required=True, help="file holding the JSON Schema")
+    submit = add(
+        "submit", _cmd_submit, "Submit a defined task (--task) or an ad-hoc one (--template)."
+    )
+    submit.add_argument("--task", help="a defined task's name (see `quorum tasks`)")
+    submit.add_argument("--template")
+    submit.add_argument("--schema", help="file holding the JSON Schema")
     submit.add_argument("--kwargs", default="{}", help="template variables as JSON")
-    submit.add_argument("--config", required=True, help='e.g. {"mode": "threshold", ...}')
+    submit.add_argument("--config", help='e.g. {"mode": "threshold", ...}; none: no votes')
+    submit.add_argument("--checks", default="[]", help='[{"expr": ..., "message": ...}]')
+    submit.add_argument("--temperature", type=float)
+    submit.add_argument("--max-output-tokens", type=int)
+    submit.add_argument("--system", help="system prompt prepended to the task calls")
     submit.add_argument("--model")
     submit.add_argument("--validator-model")
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="wait and print the result")
     submit.add_argument("--timeout", type=float)
+    tasks = add("tasks", _cmd_tasks, "List the defined tasks the workers published.")
+    tasks.add_argument("--json", action="store_true")
     for name, handler, text in [
         ("status", _cmd_status, "Print a run's status."),
         ("watch", _cmd_watch, "Follow a run's events live until it ends."),

@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from quorum.shared.context import Context
-from quorum.shared.definitions import unwrap
+from quorum.shared.definitions import result_field
 from quorum.shared.errors import RoundIncompleteError, TransientLLMError
 from quorum.shared.events import (
     IssueDecided,
@@ -256,7 +256,7 @@ def _conclude(
             run_id,
             TaskStatus.SUCCESSFUL,
             attempt=attempt,
-            fields={"result": unwrap(state.spec.wrapped, output)},
+            fields={"result": result_field(state.spec.wrapped, output)},
             events=[
                 ValidationPassed(attempt=attempt, worker=ctx.worker),
                 Succeeded(attempt=attempt, worker=ctx.worker),

@@ -26,7 +26,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from quorum.shared.definitions import TaskDefinition, defined, unwrap
+from quorum.shared.definitions import TaskDefinition, defined, result_field, unwrap
 from quorum.shared.errors import InvalidRequestError, UnknownTaskError
 from quorum.shared.events import CheckFailed, Output, Succeeded
 from quorum.shared.models import RunSpec, TaskStatus, Usage
@@ -230,7 +230,7 @@ def succeed(
         attempt=attempt,
         fields={
             f"output:{attempt}": checked.output,
-            "result": unwrap(spec.wrapped, checked.output),
+            "result": result_field(spec.wrapped, checked.output),
         },
         events=[
             Output(attempt=attempt, worker=ctx.worker, output=checked.output, **call),

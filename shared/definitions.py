@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ __all__ = [
     "own_validators",
     "read_result",
     "response_type",
+    "result_field",
     "unwrap",
 ]
 
@@ -53,6 +55,9 @@ _ENV = SandboxedEnvironment()
 _FUNCTION_SCHEMAS = frozenset(
     {"function-after", "function-before", "function-wrap", "function-plain"}
 )
+
+_LIBRARY_MODULES = frozenset({"pydantic", "pydantic_core", *sys.stdlib_module_names})
+"""Where the validator functions Pydantic builds for standard types come from."""
 
 Validator = Callable[[Any], Any]
 """A Python check: rejects the parsed output by raising `ValueError` / `AssertionError`;
@@ -138,6 +143,12 @@ def unwrap(spec_wrapped: bool, output: Any) -> Any:
     return output
 
 
+def result_field(wrapped: bool, output: Any) -> str:
+    """The run hash's `result` field for an output: the producer's value as JSON (always
+    encoded here: the store keeps a plain string as it is, which would not read back)."""
+    return json.dumps(unwrap(wrapped, output))
+
+
 def read_result(response_model: Any, result: Any) -> Any:
     """A successful run's stored result as the producer's type: a model instance for a
     Pydantic class, the type's value for a `TypeAdapter` type, the JSON for a schema."""
@@ -159,14 +170,16 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 def own_validators(model: type[BaseModel]) -> list[str]:
     """The validator functions of a Pydantic model's own (and of the models in its fields):
     `field_validator`, `model_validator`, `AfterValidator`, ... — code that a worker can run
-    only if it imports the model (a defined task). Pydantic's own functions are not counted."""
+    only if it imports the model (a defined task). The functions Pydantic uses for standard
+    types (from pydantic or the standard library) are not counted."""
     found = []
     for node in _walk(model.__pydantic_core_schema__):
         if node.get("type") not in _FUNCTION_SCHEMAS:
             continue
-        function = node.get("function", {}).get("function")
-        module = getattr(function, "__module__", "") or ""
-        if function is not None and not module.startswith("pydantic"):
+        inner = node.get("function")
+        function = inner.get("function") if isinstance(inner, dict) else inner
+        module = (getattr(function, "__module__", "") or "").split(".")[0]
+        if function is not None and module not in _LIBRARY_MODULES:
             found.append(getattr(function, "__qualname__", repr(function)))
     return sorted(set(found))
 

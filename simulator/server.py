@@ -106,7 +106,18 @@ def _usage(messages: list[Any], content: str) -> dict[str, Any]:
     }
 
 
-def _completion(n: int, model: str, messages: list[Any], content: str) -> dict[str, Any]:
+def _capped(body: dict[str, Any], content: str) -> tuple[str, str]:
+    """The content cut at the request's `max_tokens` (4 characters a token, as `_usage`
+    counts them), and the finish reason: "length" if it was cut, else "stop"."""
+    cap = body.get("max_tokens", body.get("max_completion_tokens"))
+    if isinstance(cap, int) and not isinstance(cap, bool) and math.ceil(len(content) / 4) > cap:
+        return content[: max(cap, 0) * 4], "length"
+    return content, "stop"
+
+
+def _completion(
+    n: int, model: str, messages: list[Any], content: str, finish: str = "stop"
+) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-sim-{n}",
         "object": "chat.completion",
@@ -116,7 +127,7 @@ def _completion(n: int, model: str, messages: list[Any], content: str) -> dict[s
         "choices": [
             {
                 "index": 0,
-                "finish_reason": "stop",
+                "finish_reason": finish,
                 "logprobs": None,
                 "message": {"role": "assistant", "content": content, "refusal": None},
             }
@@ -161,7 +172,8 @@ async def chat_completions(request: web.Request) -> web.Response:
         record.verdict = decision.verdict
         status = 200
         model = body.get("model") if isinstance(body.get("model"), str) else MODEL_ID
-        return _json(_completion(record.n, str(model), messages, decision.content))
+        content, finish = _capped(body, decision.content)
+        return _json(_completion(record.n, str(model), messages, content, finish))
     except _Rejected as exc:
         record.fault, status = exc.fault, exc.status
         return _json(exc.body, status=status)
