@@ -1,0 +1,147 @@
+"""The cheap checks (DESIGN §2 step 2, §8) and vote-free runs, with the step functions of
+`test_flow` (fakeredis store, scripted LLM, recording enqueuer)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+from pydantic import BaseModel, field_validator
+
+from quorum import define
+from quorum.shared import flow
+from quorum.shared.checks import run_checks
+from quorum.shared.errors import UnknownTaskError
+from quorum.shared.keys import Keys
+from quorum.shared.models import ExpressionCheck, RunSpec, SingleShotValidationConfig, TaskStatus
+from quorum.shared.store import RunStore
+from tests.unit.test_flow import GOOD, RUN, SCHEMA, FakeLLM, context, sent, types
+
+
+class Order(BaseModel):
+    product: str
+    quantity: int
+    note: str = ""
+
+    @field_validator("quantity")
+    @classmethod
+    def at_least_ten(cls, value: int) -> int:
+        if value < 10:
+            raise ValueError("quantity must be at least 10")
+        return value
+
+
+def shout(order: Order) -> Order:
+    if order.product == "pears":
+        raise AssertionError("no pears")
+    return order.model_copy(update={"note": order.note or "checked"})
+
+
+ORDERS = define(
+    "unit_orders",
+    template="Order: {{ message }}",
+    response_model=Order,
+    validators=[shout],
+    checks=[{"expr": "output.quantity < kwargs.limit", "message": "over the limit"}],
+)
+
+
+@pytest.fixture
+def store() -> RunStore:
+    return RunStore(fakeredis.FakeRedis(decode_responses=True), keys=Keys("quorum"), ttl_s=100)
+
+
+def spec(**fields: Any) -> RunSpec:
+    base: dict[str, Any] = {
+        "template": "Extract the purchase from: {{ message }}",
+        "kwargs": {"message": "I want 5 apples", "limit": 100},
+        "response_schema": SCHEMA,
+        "config": None,
+        "model": "task-model",
+        "validator_model": "judge-model",
+    }
+    return RunSpec(**{**base, **fields})
+
+
+def orders(**fields: Any) -> RunSpec:
+    return spec(task="unit_orders", task_hash=ORDERS.hash, **fields)
+
+
+@pytest.mark.parametrize(
+    ("output", "check", "message"),
+    [
+        ({"product": "apples", "quantity": 5}, "model", "quantity: Value error, quantity must"),
+        ({"product": "pears", "quantity": 50}, "validator", "no pears"),
+        ({"product": "apples", "quantity": 500}, "expression", "over the limit"),
+    ],
+)
+def test_each_check_names_itself_and_gives_its_message(
+    output: dict[str, Any], check: str, message: str
+) -> None:
+    checks = (ExpressionCheck(expr="output.quantity < kwargs.limit", message="over the limit"),)
+    checked = run_checks(orders(checks=checks), output)
+    assert checked.failure is not None
+    assert checked.failure.check == check and message in checked.failure.message
+    assert checked.output == output and checked.definition_hash == ORDERS.hash
+
+
+def test_a_validator_may_replace_the_output_and_a_wrapped_type_stays_wrapped() -> None:
+    checked = run_checks(orders(), {"product": "apples", "quantity": 12})
+    assert checked.failure is None
+    assert checked.output == {"product": "apples", "quantity": 12, "note": "checked"}
+    wrapped = spec(wrapped=True, checks=(ExpressionCheck(expr="output > 1", message="m"),))
+    assert run_checks(wrapped, {"value": 2}).output == {"value": 2}
+    assert run_checks(wrapped, {"value": 1}).failure is not None
+
+
+def test_a_check_that_cannot_be_evaluated_fails_with_the_reason() -> None:
+    bad = spec(checks=(ExpressionCheck(expr="output.missing > 1", message="m"),))
+    failure = run_checks(bad, GOOD).failure
+    assert failure is not None and "could not be evaluated" in failure.message
+
+
+def test_a_worker_without_the_definition_refuses_to_drop_its_checks() -> None:
+    with pytest.raises(UnknownTaskError, match="QUORUM_IMPORTS"):
+        run_checks(spec(task="nowhere"), GOOD)
+
+
+def test_a_vote_free_run_succeeds_on_its_checks_with_one_call(store: RunStore) -> None:
+    store.create(RUN, spec())
+    llm = FakeLLM(outputs=[json.dumps(GOOD)])
+    ctx = context(store, llm)
+    assert flow.task_node(ctx, RUN, 1) == "succeeded"
+    state = store.load(RUN)
+    assert (state.status, state.result) == (TaskStatus.SUCCESSFUL, GOOD)
+    assert len(llm.calls) == 1 and sent(ctx) == []
+    assert types(store)[-2:] == ["output", "succeeded"]
+
+
+def test_a_rejected_output_spends_no_vote_and_its_message_is_the_feedback(
+    store: RunStore,
+) -> None:
+    config = SingleShotValidationConfig(issues=["fine"])
+    store.create(RUN, orders(config=config))
+    first, second = {"product": "apples", "quantity": 5}, {"product": "apples", "quantity": 20}
+    llm = FakeLLM(outputs=[json.dumps(first), json.dumps(second)])
+    ctx = context(store, llm)
+    assert flow.task_node(ctx, RUN, 1) == "invalid"
+    assert sent(ctx) == [("route", RUN, 1)]
+    assert "check_failed" in types(store) and "vote" not in types(store)
+    assert flow.route(ctx, RUN, 1) == "retrying"
+    assert flow.task_node(ctx, RUN, 2) == "validating"
+    assert "quantity must be at least 10" in llm.prompts("response")[1]
+    assert store.load(RUN).outputs[2]["note"] == "checked"
+
+
+def test_a_vote_free_run_gives_up_after_three_retries(store: RunStore) -> None:
+    store.create(RUN, orders())
+    llm = FakeLLM(outputs=[json.dumps({"product": "apples", "quantity": 1})] * 4)
+    ctx = context(store, llm)
+    for attempt in range(1, 5):
+        assert flow.task_node(ctx, RUN, attempt) == "invalid"
+        flow.route(ctx, RUN, attempt)
+    state = store.load(RUN)
+    assert (state.status, state.code) == (TaskStatus.FAILED, "validation_failed")
+    assert len(llm.calls) == 4
