@@ -39,6 +39,8 @@ def describe(event: Event | OtherEvent) -> str:
         detail = f"issue {event['issue'] + 1} vote {event['index'] + 1}: {event.get('reason')}"
     elif kind == "issue_decided":
         detail = f"issue {event['issue'] + 1} {event['outcome']} {event.get('reason') or ''}"
+    elif kind == "check_failed":
+        detail = f"{event['check']} check {event['name']!r} rejected it: {event['message']}"
     elif kind in ("validation_failed", "failed"):
         detail = "; ".join(event.get("reasons") or [event.get("error", "")])
     else:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from quorum.producer.cli import describe, summarize
 from quorum.producer.client import TaskClient
+from quorum.producer.demo_tasks import DEMO_IMPORTS, run_defined
 from quorum.producer.stack import Stack
 from quorum.shared.errors import TaskFailedError
 from quorum.shared.events import Event, OtherEvent
@@ -150,11 +151,12 @@ def run_demo(settings: Settings, *, seed: int = 7, llm: str = "sim") -> int:
             print(f"LLM: simulator at {llm_url} (set OPENAI_API_KEY to use a real model)")
         else:
             print(f"LLM: {settings.openai_base_url or 'OpenAI'}, model {settings.model}")
-        worker = stack.worker(**env)
+        worker = stack.worker(QUORUM_IMPORTS=DEMO_IMPORTS, **env)
         print(f"Worker: started (pid {worker.pid}) with `celery -A quorum.worker.app worker`")
         client = TaskClient(settings=settings.model_copy(update={"redis_url": redis_url}))
         try:
             runs = [_run_one(client, c, m) for m in messages for c in CONFIGS]
+            run_defined(client, simulated=use_simulator)
         finally:
             client.close()
         validated = sum(ok for ok, _, _ in runs)
