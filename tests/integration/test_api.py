@@ -61,11 +61,10 @@ def test_openapi_document_describes_the_routes_and_every_route_but_healthz_needs
         "/healthz",
         "/metrics",
     } <= set(document["paths"])
-    assert set(document["components"]["schemas"]["RunRequest"]["required"]) == {
-        "template",
-        "response_schema",
-        "config",
-    }
+    # Ad hoc (template, response_schema, config) or a defined task (task, kwargs).
+    request = document["components"]["schemas"]["RunRequest"]
+    assert "required" not in request
+    assert {"task", "template", "response_schema", "config", "checks"} <= set(request["properties"])
     assert "HTTPBearer" in document["components"]["securitySchemes"]
 
 
@@ -126,9 +125,9 @@ def test_result_not_ready_answers_202_then_cancel_ends_it(api, simulator, scope)
     [
         ({"template": "Hello {{ missing }}"}, "missing"),
         ({"config": {"mode": "threshold", "issues": ["x"], "count": 2}}, "count must be odd"),
-        ({"response_schema": {"type": "string"}}, '"type": "object"'),
+        ({"response_schema": {"type": "strng"}}, "not a valid JSON Schema"),
         ({"config": {"mode": "nope", "issues": ["x"]}}, "invalid validation config"),
-        ({"template": None}, "body.template"),
+        ({"template": None}, "give a task name"),
         ({"kwargs": ["not", "a", "dict"]}, "body.kwargs"),
         ({"max_tokens": 0}, "max_tokens"),
     ],
