@@ -145,7 +145,10 @@ def prepare_spec(client: TaskClient, request: dict[str, Any]) -> tuple[RunSpec, 
             )
         return _defined_spec(client, task, request)
     if request["template"] is None or request["response_model"] is None:
-        raise InvalidRequestError("give a task name (task=...), or template and response_model")
+        raise InvalidRequestError(
+            "give a defined task's name (task), or a template and a response_model "
+            "(response_schema over HTTP)"
+        )
     response_model = request["response_model"]
     refuse_ad_hoc_validators(response_model)
     response = response_type(response_model)

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from pydantic import ValidationError
 
 from quorum.shared.definitions import TaskDefinition, defined, result_field, unwrap
@@ -48,7 +48,29 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+MAX_SIZE = 100_000
+"""The longest string or list, and the largest power, an expression check may build."""
+
+
+class _CheckEnvironment(SandboxedEnvironment):
+    """Jinja's sandbox, with `*` and `**` bounded: an expression from a producer in any
+    language must not make a worker build a gigabyte string or a huge number."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """`left <operator> right`, refused (a `SecurityError`) past `MAX_SIZE`."""
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise SecurityError(f"the sandbox refuses powers over 64 (got {right})")
+        if operator == "*":
+            sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
+            counts = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
+            if sizes and counts and sizes[0] * max(counts[0], 0) > MAX_SIZE:
+                raise SecurityError(f"the sandbox refuses sequences over {MAX_SIZE} items")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _CheckEnvironment(undefined=StrictUndefined, autoescape=False)
 _MISMATCHES: set[tuple[str, str, str]] = set()
 
 

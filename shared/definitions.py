@@ -24,6 +24,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateSyntaxError, meta
@@ -111,7 +112,21 @@ class ResponseType:
 
 def response_type(response_model: Any) -> ResponseType:
     """The `ResponseType` of a Pydantic model class, a JSON Schema dict, or a type a
-    `TypeAdapter` takes; `SchemaError` for anything else."""
+    `TypeAdapter` takes; `SchemaError` for anything else. A type's is made once."""
+    if isinstance(response_model, dict):
+        return _response_type(response_model)
+    try:
+        return _type_response(response_model)
+    except TypeError:  # unhashable: not a type, and refused as such below
+        return _response_type(response_model)
+
+
+@lru_cache(maxsize=256)
+def _type_response(response_model: Any) -> ResponseType:
+    return _response_type(response_model)
+
+
+def _response_type(response_model: Any) -> ResponseType:
     if isinstance(response_model, type) and issubclass(response_model, BaseModel):
         return ResponseType(
             response_model.model_json_schema(), response_model.__name__, model=response_model
@@ -154,6 +169,8 @@ def read_result(response_model: Any, result: Any) -> Any:
     Pydantic class, the type's value for a `TypeAdapter` type, the JSON for a schema."""
     if response_model is None or isinstance(response_model, dict):
         return result
+    if isinstance(response_model, type) and issubclass(response_model, BaseModel):
+        return response_model.model_validate(result)
     return response_type(response_model).validate(result)
 
 
@@ -167,6 +184,7 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(value)
 
 
+@lru_cache(maxsize=256)
 def own_validators(model: type[BaseModel]) -> list[str]:
     """The validator functions of a Pydantic model's own (and of the models in its fields):
     `field_validator`, `model_validator`, `AfterValidator`, ... — code that a worker can run
@@ -221,6 +239,9 @@ def expression_checks(checks: Iterable[Any]) -> tuple[ExpressionCheck, ...]:
 
     if isinstance(checks, str | bytes | Mapping):
         raise InvalidRequestError('checks must be a list of {"expr": ..., "message": ...}')
+    checks = list(checks)
+    if len(checks) > MAX_CHECKS:
+        raise InvalidRequestError(f"at most {MAX_CHECKS} checks, got {len(checks)}")
     parsed = []
     for number, check in enumerate(checks, 1):
         try:
@@ -291,6 +312,9 @@ class TaskDefinition:
         kwargs=kwargs)`."""
         return client.submit(task=self.name, kwargs=kwargs)
 
+
+MAX_CHECKS = 100
+"""The most expression checks one task may have."""
 
 _DEFINED: dict[str, TaskDefinition] = {}
 """This process's definitions by name, as its imported modules made them."""

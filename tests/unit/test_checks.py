@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import fakeredis
@@ -15,9 +16,16 @@ from quorum.shared import flow
 from quorum.shared.checks import run_checks
 from quorum.shared.errors import UnknownTaskError
 from quorum.shared.keys import Keys
-from quorum.shared.models import ExpressionCheck, RunSpec, SingleShotValidationConfig, TaskStatus
+from quorum.shared.llm import Completion
+from quorum.shared.models import (
+    ExpressionCheck,
+    RunSpec,
+    SingleShotValidationConfig,
+    TaskStatus,
+    Usage,
+)
 from quorum.shared.store import RunStore
-from tests.unit.test_flow import GOOD, RUN, SCHEMA, FakeLLM, context, sent, types
+from tests.unit.test_flow import GOOD, RUN, SCHEMA, FakeLLM, Recorder, context, sent, types
 
 
 class Order(BaseModel):
@@ -145,3 +153,39 @@ def test_a_vote_free_run_gives_up_after_three_retries(store: RunStore) -> None:
     state = store.load(RUN)
     assert (state.status, state.code) == (TaskStatus.FAILED, "validation_failed")
     assert len(llm.calls) == 4
+
+
+@pytest.mark.parametrize(
+    "expr", ["('a' * 1000000) | length > 0", "2 ** 100000 > 1", "([1] * 200000) | length > 0"]
+)
+def test_an_expression_cannot_make_the_worker_build_something_huge(expr: str) -> None:
+    failure = run_checks(spec(checks=(ExpressionCheck(expr=expr, message="m"),)), GOOD).failure
+    assert failure is not None and "sandbox refuses" in failure.message
+
+
+@dataclass
+class RecordingLLM:
+    """Answers every task call with `content`, remembering the keyword arguments."""
+
+    content: str
+    truncated: bool = False
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def complete_json(self, **kwargs: Any) -> Completion:
+        self.calls.append(kwargs)
+        return Completion(self.content, Usage(), 0.01, truncated=self.truncated)
+
+
+def test_the_run_settings_reach_the_task_call_and_a_cut_off_output_is_invalid(
+    store: RunStore,
+) -> None:
+    store.create(RUN, spec(temperature=0.3, max_output_tokens=50, system="Be terse."))
+    llm = RecordingLLM(json.dumps(GOOD)[:10], truncated=True)
+    assert flow.task_node(flow.Context(store=store, llm=llm, enqueue=Recorder()), RUN, 1) == (
+        "invalid"
+    )
+    call = llm.calls[0]
+    assert (call["temperature"], call["max_output_tokens"]) == (0.3, 50)
+    assert call["messages"][0]["content"].startswith("Be terse.\n\n")
+    invalid = [e for e in store.events(RUN) if e["type"] == "output_invalid"]
+    assert "cut off at max_output_tokens (50)" in invalid[0]["error"]
