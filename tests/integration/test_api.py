@@ -127,7 +127,7 @@ def test_result_not_ready_answers_202_then_cancel_ends_it(api, simulator, scope)
         ({"config": {"mode": "threshold", "issues": ["x"], "count": 2}}, "count must be odd"),
         ({"response_schema": {"type": "strng"}}, "not a valid JSON Schema"),
         ({"config": {"mode": "nope", "issues": ["x"]}}, "invalid validation config"),
-        ({"template": None}, "give a defined task.s name"),
+        ({"template": None}, "or a template and a response_model"),
         ({"kwargs": ["not", "a", "dict"]}, "body.kwargs"),
         ({"max_tokens": 0}, "max_tokens"),
     ],
