@@ -1,4 +1,4 @@
-"""The cheap checks (DESIGN §2 step 2, §8) and vote-free runs, with the step functions of
+"""The cheap checks (docs/architecture.md §2.2) and vote-free runs, with the step functions of
 `test_flow` (fakeredis store, scripted LLM, recording enqueuer)."""
 
 from __future__ import annotations
