@@ -22,10 +22,10 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from jinja2 import TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
@@ -35,6 +35,7 @@ from quorum.shared.errors import InvalidRequestError, SchemaError, TemplateError
 from quorum.shared.models import ExpressionCheck, ValidationConfig
 
 if TYPE_CHECKING:
+    from quorum.producer.async_client import AsyncTaskClient, AsyncTaskRun
     from quorum.producer.client import TaskClient, TaskRun
 
 __all__ = [
@@ -185,13 +186,21 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 
 @lru_cache(maxsize=256)
-def own_validators(model: type[BaseModel]) -> list[str]:
-    """The validator functions of a Pydantic model's own (and of the models in its fields):
+def own_validators(model: Any) -> list[str]:
+    """The validator functions of a Pydantic model's own (and of the models in its fields),
+    or of a type a `TypeAdapter` takes (`list[Annotated[int, AfterValidator(f)]]`):
     `field_validator`, `model_validator`, `AfterValidator`, ... — code that a worker can run
     only if it imports the model (a defined task). The functions Pydantic uses for standard
     types (from pydantic or the standard library) are not counted."""
+    response = response_type(model)
+    if response.model is not None:
+        core = response.model.__pydantic_core_schema__
+    elif response.adapter is not None:
+        core = response.adapter.core_schema
+    else:
+        return []
     found = []
-    for node in _walk(model.__pydantic_core_schema__):
+    for node in _walk(core):
         if node.get("type") not in _FUNCTION_SCHEMAS:
             continue
         inner = node.get("function")
@@ -203,14 +212,18 @@ def own_validators(model: type[BaseModel]) -> list[str]:
 
 
 def refuse_ad_hoc_validators(response_model: Any) -> None:
-    """Refuse an ad-hoc Pydantic model with validators of its own: workers could not run
-    them, and a run would end SUCCESSFUL with a result the producer's model rejects."""
-    if not (isinstance(response_model, type) and issubclass(response_model, BaseModel)):
+    """Refuse an ad-hoc Pydantic model (or type) with validators of its own: workers could
+    not run them, and a run would end SUCCESSFUL with a result the producer's model rejects."""
+    if isinstance(response_model, dict):
         return
-    found = own_validators(response_model)
+    try:
+        found = own_validators(response_model)
+    except TypeError:  # unhashable: no type, refused as such by `response_type`
+        return
     if found:
+        name = getattr(response_model, "__name__", repr(response_model))
         raise SchemaError(
-            f"response_model {response_model.__name__} has validators of its own "
+            f"response_model {name} has validators of its own "
             f"({', '.join(found)}) that workers cannot run for an ad-hoc task: define() it "
             "in a module the workers import (QUORUM_IMPORTS) and submit it by name"
         )
@@ -307,9 +320,17 @@ class TaskDefinition:
             "validators": [getattr(v, "__qualname__", repr(v)) for v in self.validators],
         }
 
-    def submit(self, client: TaskClient, /, **kwargs: Any) -> TaskRun:
+    @overload
+    def submit(self, client: TaskClient, /, **kwargs: Any) -> TaskRun: ...
+
+    @overload
+    def submit(
+        self, client: AsyncTaskClient, /, **kwargs: Any
+    ) -> Coroutine[Any, Any, AsyncTaskRun]: ...
+
+    def submit(self, client: Any, /, **kwargs: Any) -> Any:
         """Submit this task with its template variables: `client.submit(task=name,
-        kwargs=kwargs)`."""
+        kwargs=kwargs)` (with an `AsyncTaskClient`, await it)."""
         return client.submit(task=self.name, kwargs=kwargs)
 
 
@@ -397,7 +418,9 @@ def definitions() -> list[TaskDefinition]:
 
 def unknown_task(name: str, known: Iterable[str]) -> UnknownTaskError:
     """The error for a name neither this process nor the registry defines."""
-    names = ", ".join(sorted(known)) or "none"
+    known = sorted(known)
+    names = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+    names = names or "none"
     return UnknownTaskError(
         f"unknown task {name!r}: no worker has published it and this process did not define "
         f"it (known tasks: {names})"

@@ -29,6 +29,9 @@ __all__ = ["Registry"]
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 5.0
+"""Seconds between tries to publish while Redis does not answer."""
+
 
 class Registry:
     """The published definitions on one Redis, under one namespace."""
@@ -96,21 +99,29 @@ class Registry:
     def keep_published(
         self, definitions: list[TaskDefinition], *, worker: str
     ) -> threading.Thread | None:
-        """Publish now and every quarter of the TTL from a daemon thread (None: nothing to
-        publish)."""
+        """Publish now, then every quarter of the TTL from a daemon thread (every
+        `RETRY_S` while Redis does not answer); None: nothing to publish."""
         if not definitions:
             return None
-        self.publish(definitions, worker=worker)
         names = ", ".join(d.name for d in definitions)
-        log.info("published %d defined task(s): %s", len(definitions), names)
+
+        def attempt() -> bool:
+            try:
+                self.publish(definitions, worker=worker)
+            except StoreError as exc:
+                log.warning("registry: publishing %s failed, next try later: %s", names, exc)
+                return False
+            return True
+
+        first = attempt()
+        if first:
+            log.info("published %d defined task(s): %s", len(definitions), names)
 
         def again() -> None:
+            published = first
             while True:
-                time.sleep(self.ttl_s / 4)
-                try:
-                    self.publish(definitions, worker=worker)
-                except StoreError as exc:
-                    log.warning("registry: republishing failed, next try later: %s", exc)
+                time.sleep(self.ttl_s / 4 if published else min(RETRY_S, self.ttl_s / 4))
+                published = attempt()
 
         thread = threading.Thread(target=again, name="quorum-registry", daemon=True)
         thread.start()

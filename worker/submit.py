@@ -26,7 +26,7 @@ def _client() -> TaskClient:
     return TaskClient(settings=get_settings())
 
 
-@app.task(name="quorum.submit", bind=True, max_retries=0)
+@app.task(name="quorum.submit", bind=True, max_retries=0, throws=(ValueError,))
 def submit(self: Task, spec: Any) -> str:
     """Submit a run from its JSON request; return its id."""
     try:

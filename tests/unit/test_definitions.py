@@ -4,6 +4,7 @@ the registry (against fakeredis) and the per-run settings."""
 from __future__ import annotations
 
 import json
+import threading
 from typing import Annotated, Literal
 
 import fakeredis
@@ -11,6 +12,7 @@ import pytest
 from pydantic import AfterValidator, BaseModel, field_validator
 
 from quorum import SingleShotValidationConfig, define
+from quorum.producer.metrics import TaskMetrics
 from quorum.shared.definitions import (
     defined,
     own_validators,
@@ -19,7 +21,7 @@ from quorum.shared.definitions import (
     response_type,
     result_field,
 )
-from quorum.shared.errors import InvalidRequestError, SchemaError
+from quorum.shared.errors import InvalidRequestError, SchemaError, StoreError
 from quorum.shared.keys import Keys
 from quorum.shared.options import llm_options, with_system
 from quorum.shared.registry import Registry
@@ -131,3 +133,50 @@ def test_the_run_settings_are_checked_and_the_system_prompt_is_prepended() -> No
     messages = [{"role": "system", "content": "JSON only."}, {"role": "user", "content": "x"}]
     assert with_system(None, messages) is messages
     assert with_system("Be terse.", messages)[0]["content"] == "Be terse.\n\nJSON only."
+
+
+def test_an_ad_hoc_type_with_a_validator_of_its_own_is_refused_too() -> None:
+    with pytest.raises(SchemaError, match="validators of its own"):
+        refuse_ad_hoc_validators(list[Annotated[int, AfterValidator(lambda v: v)]])
+    refuse_ad_hoc_validators(list[str])
+    refuse_ad_hoc_validators({"type": "object"})
+
+
+def test_the_registry_keeps_trying_while_redis_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis = fakeredis.FakeRedis(decode_responses=True)
+    registry = Registry(redis, Keys(), ttl_s=600)
+    definition = define("unit_retry", template="{{ a }}", response_model=Plain)
+    tries: list[float] = []
+
+    def down(definitions: object, *, worker: str) -> list[str]:
+        tries.append(1.0)
+        raise StoreError("down")
+
+    sleeps: list[float] = []
+    parked = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) > 2:
+            parked.set()
+            threading.Event().wait()  # the daemon thread stays here
+
+    monkeypatch.setattr(registry, "publish", down)
+    monkeypatch.setattr("quorum.shared.registry.time.sleep", sleep)
+    assert registry.keep_published([definition], worker="w") is not None
+    assert parked.wait(timeout=5)
+    assert sleeps[:2] == [5.0, 5.0] and len(tries) == 3
+
+
+def test_the_metrics_count_the_tasks_and_the_conflicts() -> None:
+    redis = fakeredis.FakeRedis(decode_responses=True)
+    registry = Registry(redis, Keys(), ttl_s=600)
+    definition = define("unit_metrics", template="{{ a }}", response_model=Plain)
+    registry.publish([definition], worker="w1")
+    redis.hset("quorum:{tasks}:conflicts", "unit_metrics", json.dumps({"hashes": ["a", "b"]}))
+    families = {f.name: f for f in TaskMetrics(registry).collect()}
+    assert families["quorum_defined_tasks"].samples[0].value == 1
+    conflict = families["quorum_task_definition_conflicts"].samples[0]
+    assert conflict.labels == {"task": "unit_metrics"} and conflict.value == 1
