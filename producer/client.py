@@ -13,7 +13,6 @@ from celery import Celery
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from quorum.shared.broker import celery_config
-from quorum.shared.definitions import read_result
 from quorum.shared.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -25,6 +24,7 @@ from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.prompts import check_template
 from quorum.shared.registry import Registry
+from quorum.shared.responses import read_result
 from quorum.shared.settings import Settings, get_settings
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore

@@ -16,16 +16,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quorum.producer.client import build_spec
-from quorum.shared.definitions import (
-    defined,
-    expression_checks,
-    refuse_ad_hoc_validators,
-    response_type,
-    unknown_task,
-)
+from quorum.shared.definitions import defined, expression_checks, unknown_task
 from quorum.shared.errors import InvalidRequestError
 from quorum.shared.models import RunSpec
 from quorum.shared.options import llm_options
+from quorum.shared.responses import refuse_ad_hoc_validators, response_type
 
 if TYPE_CHECKING:
     from quorum.producer.client import TaskClient, TaskRun

@@ -13,7 +13,6 @@ from collections import defaultdict
 from typing import Any
 
 from quorum.shared.context import Context
-from quorum.shared.definitions import result_field
 from quorum.shared.errors import RoundIncompleteError, TransientLLMError
 from quorum.shared.events import (
     IssueDecided,
@@ -26,6 +25,7 @@ from quorum.shared.events import (
 from quorum.shared.flow import Plan, Step, gone, launch, parse_output
 from quorum.shared.models import TaskStatus, Usage, Vote
 from quorum.shared.prompts import VOTE_SCHEMA, FailedAttempt, render_task_prompt, validator_messages
+from quorum.shared.responses import result_field
 from quorum.shared.rounds import RoundContext, vote_slot
 from quorum.shared.state import RunState
 from quorum.shared.voting import Tally, decide_after_round, decide_early, next_round_size

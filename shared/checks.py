@@ -26,11 +26,12 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from pydantic import ValidationError
 
-from quorum.shared.definitions import TaskDefinition, defined, result_field, unwrap
+from quorum.shared.definitions import TaskDefinition, defined
 from quorum.shared.errors import InvalidRequestError, UnknownTaskError
 from quorum.shared.events import CheckFailed, Output, Succeeded
 from quorum.shared.models import RunSpec, TaskStatus, Usage
 from quorum.shared.prompts import FailedAttempt
+from quorum.shared.responses import result_field, unwrap
 
 if TYPE_CHECKING:
     from quorum.shared.context import Context

@@ -13,18 +13,18 @@ from pydantic import AfterValidator, BaseModel, field_validator
 
 from quorum import SingleShotValidationConfig, define
 from quorum.producer.metrics import TaskMetrics
-from quorum.shared.definitions import (
-    defined,
+from quorum.shared.definitions import defined
+from quorum.shared.errors import InvalidRequestError, SchemaError, StoreError
+from quorum.shared.keys import Keys
+from quorum.shared.options import llm_options, with_system
+from quorum.shared.registry import Registry
+from quorum.shared.responses import (
     own_validators,
     read_result,
     refuse_ad_hoc_validators,
     response_type,
     result_field,
 )
-from quorum.shared.errors import InvalidRequestError, SchemaError, StoreError
-from quorum.shared.keys import Keys
-from quorum.shared.options import llm_options, with_system
-from quorum.shared.registry import Registry
 
 
 class Plain(BaseModel):
