@@ -35,6 +35,7 @@ from quorum.producer.client import TaskClient
 from quorum.producer.metrics import RunMetrics, TaskMetrics
 from quorum.shared.errors import InvalidRequestError, RunNotFoundError, StoreError
 from quorum.shared.models import TaskStatus, Usage
+from quorum.shared.registry import PublishedTask
 from quorum.shared.settings import Settings, get_settings
 
 __all__ = ["create_app"]
@@ -231,10 +232,10 @@ def cancel(run_id: str, tasks: Tasks) -> Cancelled:
 
 
 @tasks_router.get("")
-def list_tasks(tasks: Tasks) -> dict[str, dict[str, Any]]:
+def list_tasks(tasks: Tasks) -> dict[str, PublishedTask]:
     """The defined tasks the workers published, by name: template, response JSON Schema,
     config, checks, template variables, content hash."""
-    return tasks.tasks()
+    return {name: PublishedTask.model_validate(task) for name, task in tasks.tasks().items()}
 
 
 @ops.get("/healthz")

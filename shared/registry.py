@@ -19,18 +19,40 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from pydantic import BaseModel, Field
 
 from quorum.shared.definitions import TaskDefinition
 from quorum.shared.errors import StoreError
 from quorum.shared.keys import Keys
 from quorum.shared.scripts import lua
 
-__all__ = ["Registry"]
+__all__ = ["PublishedTask", "Registry"]
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0
 """Seconds between tries to publish while Redis does not answer."""
+
+
+class PublishedTask(BaseModel):
+    """A defined task as the registry holds it: what a producer without the code needs."""
+
+    name: str
+    template: str
+    response_schema: dict[str, Any] = Field(description="What the LLM is asked for.")
+    response_name: str
+    wrapped: bool = Field(description='A non-object type, asked for as {"value": …}.')
+    config: dict[str, Any] | None = Field(description="null: no votes, the checks decide.")
+    checks: list[dict[str, Any]] = Field(description='Expression checks: {"expr", "message"}.')
+    variables: list[str] = Field(description="The template's variables: the kwargs to give.")
+    validators: list[str] = Field(description="The Python validators' names (run on workers).")
+    model: str | None = None
+    validator_model: str | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    system: str | None = None
+    hash: str = Field(description="The definition's content hash.")
+    worker: str = Field(description="The worker that published it last.")
 
 
 class Registry:

@@ -10,6 +10,7 @@ from code that never imports Quorum; bad names and kwargs are refused with nothi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from quorum import SchemaError, TaskClient, TaskStatus, UnknownTaskError
+from quorum import AsyncTaskClient, SchemaError, TaskClient, TaskStatus, UnknownTaskError
 from quorum.producer.stack import celery_command
 from tests.integration import defined_tasks as tasks
 from tests.integration.conftest import DedicatedStack
@@ -65,6 +66,7 @@ def kwargs(scope: str, **script: Any) -> dict[str, Any]:
 
 
 PASS = {"*": True}
+REFUND = {"value": "refund"}
 
 
 @pytest.mark.parametrize(
@@ -157,6 +159,18 @@ def test_a_vote_free_task_makes_exactly_one_llm_call(
     spec = run.state().spec
     assert (spec.task, spec.task_hash, spec.config) == ("it_vote_free", tasks.vote_free.hash, None)
     assert [e["type"] for e in events(run)][-2:] == ["output", "succeeded"]
+
+
+def test_the_async_client_submits_by_name_too(stack: DedicatedStack, scope: str) -> None:
+    async def submit() -> tuple[object, object]:
+        async with AsyncTaskClient(redis_url=stack.redis_url) as aclient:
+            first = await tasks.choice.submit(aclient, **kwargs(f"{scope}-1", outputs=[REFUND]))
+            second = await aclient.submit(
+                task="it_choice", kwargs=kwargs(f"{scope}-2", outputs=[REFUND])
+            )
+            return await first.result(timeout=30), await second.result(timeout=30)
+
+    assert asyncio.run(submit()) == ("refund", "refund")
 
 
 def test_an_output_cut_off_at_the_token_cap_is_an_invalid_attempt(
