@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta, nodes
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2 import Template, TemplateSyntaxError, UndefinedError, nodes
+from jinja2.sandbox import SecurityError
 
 from quorum.shared.errors import TemplateError
+from quorum.shared.sandbox import (
+    Limits,
+    compile_template,
+    parse_template,
+    render,
+    undeclared_variables,
+)
 
 __all__ = [
     "VOTE_SCHEMA",
     "FailedAttempt",
+    "Limits",
     "check_template",
     "feedback_section",
     "render_task_prompt",
@@ -23,7 +32,7 @@ __all__ = [
     "validator_messages",
 ]
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_LIMITS = Limits()
 
 VOTE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -39,13 +48,6 @@ _VALIDATOR_SYSTEM = (
 )
 
 
-def _parse(template: str) -> nodes.Template:
-    try:
-        return _ENV.parse(template)
-    except TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
-
-
 def _unsafe_attributes(tree: nodes.Template) -> list[str]:
     names = [n.attr for n in tree.find_all(nodes.Getattr)]
     names += [
@@ -56,45 +58,65 @@ def _unsafe_attributes(tree: nodes.Template) -> list[str]:
     return sorted({name for name in names if name.startswith("_")})
 
 
-def check_template(template: str, kwargs: Mapping[str, Any]) -> str:
+def check_template(template: str, kwargs: Mapping[str, Any], limits: Limits = _LIMITS) -> str:
     """Refuse a template that will not render safely with `kwargs`; return the rendered text.
 
     Raises `TemplateError` naming the problem: a syntax error, variables missing from kwargs,
-    or an attempt to reach outside the sandbox.
+    an attempt to reach outside the sandbox, or a template over its `limits` (time to compile
+    or render, size of what it builds or renders).
     """
-    unsafe, variables = _template_facts(template)
+    unsafe, variables = _template_facts(template, limits)
     if unsafe:
         raise TemplateError(f"template accesses unsafe attributes (sandbox): {', '.join(unsafe)}")
     missing = sorted(variables - set(kwargs))
     if missing:
         raise TemplateError(f"template variables missing from kwargs: {', '.join(missing)}")
-    return render_task_prompt(template, kwargs)
+    return render_task_prompt(template, kwargs, limits)
 
 
-@lru_cache(maxsize=512)
-def _template_facts(template: str) -> tuple[tuple[str, ...], frozenset[str]]:
-    """A template's unsafe attribute names and the variables it needs, parsed once."""
-    tree = _parse(template)
-    return tuple(_unsafe_attributes(tree)), frozenset(meta.find_undeclared_variables(tree))
-
-
-@lru_cache(maxsize=512)
-def _compiled(template: str) -> Template:
-    return _ENV.from_string(template)
-
-
-def render_task_prompt(template: str, kwargs: Mapping[str, Any]) -> str:
-    """Render the task template in the sandbox with strict undefined variables."""
+@contextmanager
+def _as_template_errors() -> Iterator[None]:
+    """Whatever compiling or rendering a template raises, as a `TemplateError` naming it."""
     try:
-        return _compiled(template).render(**kwargs)
+        yield
+    except TemplateError:
+        raise
     except SecurityError as exc:
         raise TemplateError(f"template refused by the sandbox: {exc}") from exc
     except UndefinedError as exc:
         raise TemplateError(f"template variable undefined: {exc.message}") from exc
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    except RecursionError as exc:
+        raise TemplateError("template is nested or recurses too deeply") from exc
+    except MemoryError as exc:
+        raise TemplateError("template needs more memory than there is") from exc
     except Exception as exc:  # a filter or test raising on the given values
         raise TemplateError(f"template failed to render: {exc}") from exc
+
+
+@lru_cache(maxsize=512)
+def _template_facts(template: str, limits: Limits) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A template's unsafe attribute names and the variables it needs, parsed once."""
+    with _as_template_errors():
+        tree = parse_template(template, limits)
+        variables = undeclared_variables(tree, limits)
+    return tuple(_unsafe_attributes(tree)), variables
+
+
+@lru_cache(maxsize=512)
+def _compiled(template: str, limits: Limits) -> Template:
+    with _as_template_errors():
+        return compile_template(template, limits)
+
+
+def render_task_prompt(template: str, kwargs: Mapping[str, Any], limits: Limits = _LIMITS) -> str:
+    """Render the task template in the bounded sandbox with strict undefined variables.
+
+    Raises `TemplateError` when it fails, or goes over `limits`.
+    """
+    with _as_template_errors():
+        return render(_compiled(template, limits), kwargs, limits)
 
 
 @dataclass(frozen=True)
