@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 
-import jsonschema
 from celery import Celery
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -22,14 +21,16 @@ from quorum.shared.errors import (
 )
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
-from quorum.shared.prompts import check_template
+from quorum.shared.payload import payload_problem
+from quorum.shared.prompts import Limits, check_template
 from quorum.shared.registry import Registry
 from quorum.shared.responses import read_result
+from quorum.shared.schemas import schema_problem
 from quorum.shared.settings import Settings, get_settings
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
 
-__all__ = ["TaskClient", "TaskRun", "build_spec", "outcome"]
+__all__ = ["TaskClient", "TaskRun", "build_spec", "outcome", "template_limits"]
 
 _CONFIG = TypeAdapter(ValidationConfig)
 ResponseModel = type[BaseModel] | dict[str, Any]
@@ -48,38 +49,40 @@ def _size(what: str, value: Any, limit: int) -> str:
     return text
 
 
-def _schema_of(response_model: Any) -> tuple[dict[str, Any], str]:
+def _clean(what: str, value: Any, settings: Settings) -> None:
+    """Refuse `value` if it nests too deeply or holds text that cannot be encoded."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    problem = payload_problem(value, what=what, max_depth=settings.max_nesting_depth)
+    if problem is not None:
+        raise InvalidRequestError(problem)
+
+
+def template_limits(settings: Settings) -> Limits:
+    """What a template may cost, by the settings."""
+    return Limits(max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s)
+
+
+def _schema_of(response_model: Any, settings: Settings) -> tuple[dict[str, Any], str]:
     """The JSON Schema and name of a Pydantic model class or a JSON Schema dict."""
     if isinstance(response_model, type) and issubclass(response_model, BaseModel):
         return response_model.model_json_schema(), response_model.__name__
     if not isinstance(response_model, dict):
         raise SchemaError(
             "response_model must be a Pydantic model class or a JSON Schema dict, "
-            f"got {response_model!r}"
+            f"got {response_model!r}"[:300]
         )
+    _clean("response_schema", response_model, settings)
     try:
         canonical = json.dumps(response_model, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SchemaError(f"response_model must be JSON-serializable: {exc}") from exc
-    problem = _schema_problem(canonical)
+    problem = schema_problem(canonical)
     if problem is not None:
         raise SchemaError(f"response_model is not a valid JSON Schema: {problem}")
     if response_model.get("type") != "object":
         raise SchemaError('response_model JSON Schema must describe an object ("type": "object")')
     return response_model, str(response_model.get("title") or "response")
-
-
-@lru_cache(maxsize=256)
-def _schema_problem(schema_json: str) -> str | None:
-    """What makes a schema (as canonical JSON) invalid, or None: a producer sends the same
-    few schemas again and again, and checking one against its metaschema is a large share of
-    a submit's CPU."""
-    schema = json.loads(schema_json)
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        return str(exc.message)
-    return None
 
 
 def _config_of(config: Any) -> Any:
@@ -131,12 +134,22 @@ def build_spec(
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise InvalidRequestError("kwargs must be a dict with string keys")
+    for what, value in (("template", template), ("kwargs", kwargs), ("metadata", metadata)):
+        _clean(what, value, settings)
+    for what, value in (("model", model), ("validator_model", validator_model)):
+        _clean(what, value, settings)
+    _clean("config", config, settings)
     _size("template", template, limit)
     _size("kwargs", kwargs, limit)
     _size("metadata", metadata or {}, limit)
-    schema, name = _schema_of(response_model)
+    schema, name = _schema_of(response_model, settings)
     _size("response_model schema", schema, limit)
-    check_template(template, kwargs)
+    prompt = check_template(template, kwargs, template_limits(settings))
+    if len(prompt.encode()) > settings.max_prompt_bytes:
+        raise PayloadTooLargeError(
+            f"the rendered prompt is {len(prompt.encode())} bytes, over the limit of "
+            f"{settings.max_prompt_bytes} bytes"
+        )
     task_model = model or settings.model
     return RunSpec(
         template=template,
@@ -306,6 +319,9 @@ class TaskClient:
             "max_tokens": max_tokens,
             "max_cost": max_cost,
         }
+        for name, value in (*request.items(), ("idempotency_key", idempotency_key)):
+            if name != "response_model" or isinstance(value, dict):
+                _clean(name, value, self.settings)
         spec, response_model = prepare_spec(self, request)
         run_id = uuid.uuid4().hex
         existing = self.store.create(run_id, spec, idempotency_key=idempotency_key)

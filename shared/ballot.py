@@ -59,7 +59,7 @@ def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dic
         _finish(ctx, run_id, attempt, issue, index, skip)
         return {"issue": issue, "index": index, "skipped": reason}
     spec = state.spec
-    prompt = render_task_prompt(spec.template, spec.kwargs)
+    prompt = render_task_prompt(spec.template, spec.kwargs, ctx.template_limits)
     messages = validator_messages(prompt, state.outputs[attempt], spec.voting.issues[issue])
     reply = ctx.call(
         state,

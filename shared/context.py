@@ -13,6 +13,7 @@ from quorum.shared import budget
 from quorum.shared.events import Failed
 from quorum.shared.llm import Completion
 from quorum.shared.models import TaskStatus
+from quorum.shared.sandbox import Limits
 from quorum.shared.settings import Price
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
@@ -63,7 +64,7 @@ class LLM(Protocol):
 @dataclass(frozen=True)
 class Context:
     """What a step works with: the store, the model, the next-job sender, the worker's name,
-    the price table, and the largest output accepted."""
+    the price table, the largest and deepest output accepted, and what a template may cost."""
 
     store: RunStore
     llm: LLM
@@ -71,6 +72,8 @@ class Context:
     worker: str = ""
     prices: Mapping[str, Price] = field(default_factory=dict)
     max_output_bytes: int = 1_000_000
+    max_depth: int = 64
+    template_limits: Limits = field(default_factory=Limits)
 
     def call(
         self, state: RunState, *, model: str, messages: list[dict[str, str]], **kw: Any

@@ -14,10 +14,7 @@ import enum
 import json
 import logging
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
-
-import jsonschema
 
 from quorum.shared import checks
 from quorum.shared.context import Context, Enqueuer, Plan, fail_run
@@ -30,12 +27,14 @@ from quorum.shared.events import (
 )
 from quorum.shared.models import TaskStatus
 from quorum.shared.options import cut_off, task_call_options, with_system
+from quorum.shared.payload import depth_over, payload_problem
 from quorum.shared.prompts import (
     FailedAttempt,
     feedback_section,
     render_task_prompt,
     task_messages,
 )
+from quorum.shared.schemas import output_error
 from quorum.shared.state import RunState
 from quorum.shared.voting import (
     first_round_size,
@@ -86,33 +85,28 @@ class _Begin(enum.Enum):
     SKIP = enum.auto()
 
 
-@lru_cache(maxsize=256)
-def _validator(schema_json: str) -> jsonschema.protocols.Validator:
-    schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema)
-
-
 def parse_output(
-    content: str, schema: dict[str, Any], *, max_bytes: int | None = None
+    content: str, schema: dict[str, Any], *, max_bytes: int | None = None, max_depth: int = 64
 ) -> tuple[Any, str | None]:
-    """Parse the model's text and check it against the schema (and the size limit).
+    """Parse the model's text and check it against the schema (and the size and depth limits).
 
     Returns `(output, None)` when it fits, else `(the parsed value or raw text, the error)`.
     """
-    size = len(content.encode())
+    size = len(content.encode(errors="replace"))
     if max_bytes is not None and size > max_bytes:
         return content[:200] + "…", f"output is {size} bytes, over the limit of {max_bytes}"
     try:
         output = json.loads(content)
     except json.JSONDecodeError as exc:
         return content, f"output is not valid JSON: {exc.msg} at position {exc.pos}"
-    error = jsonschema.exceptions.best_match(
-        _validator(json.dumps(schema, sort_keys=True)).iter_errors(output)
-    )
-    if error is None:
-        return output, None
-    where = "/".join(map(str, error.absolute_path)) or "(root)"
-    return output, f"output does not fit the schema at {where}: {error.message}"
+    except RecursionError:
+        return content[:200] + "…", "output is nested too deeply to parse"
+    if depth_over(output, max_depth):
+        return content[:200] + "…", f"output is nested deeper than {max_depth} levels"
+    problem = payload_problem(output, what="output", max_depth=max_depth)
+    if problem is not None:
+        return content.encode(errors="replace").decode()[:200] + "…", problem
+    return output, output_error(output, schema)
 
 
 def gone(run_id: str) -> None:
@@ -181,7 +175,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
         return Step.SKIPPED
     spec = state.spec
     failures = [state.failures[n] for n in sorted(state.failures) if n < attempt]
-    prompt = render_task_prompt(spec.template, spec.kwargs)
+    prompt = render_task_prompt(spec.template, spec.kwargs, ctx.template_limits)
     # The first round's chord needs only the plan: it is built while the task model answers,
     # and sent once the output is stored (never, if it is not).
     plan = _first_plan(state) if spec.config else {}
@@ -197,7 +191,10 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     if reply is None:
         return Step.FAILED
     output, error = parse_output(
-        reply.content, spec.response_schema, max_bytes=ctx.max_output_bytes
+        reply.content,
+        spec.response_schema,
+        max_bytes=ctx.max_output_bytes,
+        max_depth=ctx.max_depth,
     )
     error = cut_off(spec, reply.truncated) or error
     call = {"latency_s": round(reply.latency_s, 4), "usage": reply.usage}

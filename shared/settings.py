@@ -131,6 +131,32 @@ class Settings(BaseSettings):
         description="Largest template, kwargs, metadata or schema accepted at submit, and "
         "largest model output accepted (a larger one is an invalid attempt).",
     )
+    max_request_bytes: int = Field(
+        5_000_000,
+        gt=0,
+        description="Largest HTTP request body the API reads (413 past it, checked before "
+        "the body is read); room for each part of a submit at `max_payload_bytes`.",
+    )
+    max_nesting_depth: int = Field(
+        64,
+        gt=0,
+        le=190,
+        description="Deepest nesting of arrays and objects accepted in kwargs, metadata, a "
+        "response schema or a model's output; at most 190, so that a stored run always "
+        "parses back (Pydantic's JSON parser stops at 200 levels).",
+    )
+    max_prompt_bytes: int = Field(
+        2_000_000,
+        gt=0,
+        description="Longest prompt (in characters) a template may render to, and longest "
+        "string or list it may build on the way; checked at submit and on every render.",
+    )
+    template_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds a template may take to compile, and again to render (at submit "
+        "and on workers); past it the template is refused.",
+    )
     run_timeout_s: float = Field(
         3600.0,
         gt=0,

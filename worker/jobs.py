@@ -24,6 +24,7 @@ from quorum.shared.errors import (
     TransientLLMError,
 )
 from quorum.shared.llm import LLMGateway
+from quorum.shared.sandbox import Limits
 from quorum.shared.settings import Settings, get_settings
 from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
@@ -155,6 +156,10 @@ def _context_for(worker: str) -> flow.Context:
         worker=worker,
         prices=settings.prices,
         max_output_bytes=settings.max_payload_bytes,
+        max_depth=settings.max_nesting_depth,
+        template_limits=Limits(
+            max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s
+        ),
     )
 
 

@@ -181,3 +181,30 @@ def test_accepts_a_payload_within_the_limit() -> None:
     small = Settings(max_payload_bytes=100)
     spec = build(response_model={"type": "object"}, settings=small)
     assert spec.response_schema == {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kwargs": {"message": "\ud800"}}, "kwargs.message holds a lone surrogate"),
+        ({"template": "hi \udc00"}, "template holds a lone surrogate"),
+        ({"metadata": {"who": "\ud800"}}, "metadata.who holds a lone surrogate"),
+        ({"model": "m\ud800"}, "model holds a lone surrogate"),
+        (
+            {"response_model": {"type": "object", "title": "\ud800"}},
+            "response_schema.title holds a lone surrogate",
+        ),
+        ({"kwargs": {"message": [[[[1]]]]}}, "kwargs.message[0][0][0] is nested deeper than 4"),
+        ({"response_model": {"type": "object", "$ref": "http://h/x"}}, "is not local"),
+        ({"template": "{{ message * 1000 }}"}, "repetition"),
+        ({"template": "{{ message }}{{ message }}"}, "the rendered prompt would make 30"),
+        ({"template": "{{ message }}", "kwargs": {"message": "é" * 15}}, "prompt is 30 bytes"),
+    ],
+)
+def test_refuses_what_could_not_be_stored_or_would_cost_too_much(
+    overrides: dict[str, Any], message: str
+) -> None:
+    tight = Settings(max_nesting_depth=4, max_prompt_bytes=20)
+    with pytest.raises(InvalidRequestError, match=message.replace("[", r"\[")) as caught:
+        build(settings=tight, **overrides)
+    assert isinstance(caught.value, ValueError)
