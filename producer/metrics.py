@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from quorum.shared.errors import RunNotFoundError
+from quorum.shared.errors import RunNotFoundError, RunUnreadableError
 from quorum.shared.events import (
     CallEvent,
     Event,
@@ -96,6 +96,8 @@ class RunMetrics(Collector):
         self.window_s = window_s
         self.max_runs = max_runs
         self._ended: OrderedDict[str, RunFacts] = OrderedDict()
+        self.unreadable = 0
+        """Runs of the last scrape that could not be read back (skipped)."""
 
     def _facts(self, run_id: str) -> RunFacts | None:
         if run_id in self._ended:
@@ -104,6 +106,9 @@ class RunMetrics(Collector):
             state = self.store.load(run_id)
             facts = facts_of(state, self.store.events(run_id))
         except RunNotFoundError:  # expired since it was listed
+            return None
+        except RunUnreadableError:  # one bad run never fails a scrape: skipped, counted
+            self.unreadable += 1
             return None
         if facts.status.terminal:
             self._ended[run_id] = facts
@@ -114,15 +119,18 @@ class RunMetrics(Collector):
     def runs(self) -> list[RunFacts]:
         """The facts of every run in the window."""
         ids = self.store.recent(since=time.time() - self.window_s, limit=self.max_runs)
+        self.unreadable = 0
         return [facts for run_id in ids if (facts := self._facts(run_id)) is not None]
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, computed now."""
-        return iter(families(self.runs(), window_s=self.window_s))
+        runs = self.runs()
+        return iter(families(runs, window_s=self.window_s, unreadable=self.unreadable))
 
 
-def families(runs: Sequence[RunFacts], *, window_s: float) -> list[Metric]:
-    """Prometheus metric families describing `runs`."""
+def families(runs: Sequence[RunFacts], *, window_s: float, unreadable: int = 0) -> list[Metric]:
+    """Prometheus metric families describing `runs` (and `unreadable`, the runs skipped
+    because they could not be read back)."""
     scope = f" (runs created in the last {window_s:g} s)"
     by_status = GaugeMetricFamily(
         "quorum_runs", "Runs by current status" + scope, labels=["status"]
@@ -169,7 +177,12 @@ def families(runs: Sequence[RunFacts], *, window_s: float) -> list[Metric]:
         spent.update(run.tokens)
     for (model, kind), amount in sorted(spent.items()):
         tokens.add_metric([model, kind], amount)
-    return [by_status, attempts, duration, retries, votes, tokens]
+    skipped = GaugeMetricFamily(
+        "quorum_unreadable_runs",
+        "Runs stored in a form that cannot be read back, left out of the others" + scope,
+    )
+    skipped.add_metric([], unreadable)
+    return [by_status, attempts, duration, retries, votes, tokens, skipped]
 
 
 class TaskMetrics(Collector):

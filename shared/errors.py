@@ -13,6 +13,7 @@
     ├── LLMError                            a call to the model gave no answer
     │   ├── TransientLLMError               retry the same job later (429, 5xx, timeout)
     │   └── PermanentLLMError               fail the run now (401, 400, unknown model)
+    ├── RunUnreadableError                  a stored run cannot be parsed back
     └── StoreError                          the Redis store could not be reached
 
 Transient and permanent are told apart by class, never by matching strings: provider errors are
@@ -32,6 +33,7 @@ __all__ = [
     "RoundIncompleteError",
     "RunNotFoundError",
     "RunTimeoutError",
+    "RunUnreadableError",
     "SchemaError",
     "StoreError",
     "TaskFailedError",
@@ -122,6 +124,10 @@ class TransientLLMError(LLMError):
 
 class PermanentLLMError(LLMError):
     """A failure that retrying cannot fix (auth, bad request, unknown model)."""
+
+
+class RunUnreadableError(QuorumError):
+    """A run is stored but cannot be read back (written by another version, or damaged)."""
 
 
 class StoreError(QuorumError):

@@ -20,7 +20,7 @@ from redis import DriverInfo
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from quorum.shared.errors import RunNotFoundError, StoreError
+from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
 from quorum.shared.events import (
     TERMINAL_EVENTS,
     AttemptStarted,
@@ -99,6 +99,21 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return [entry for _, entries in reply or [] for entry in entries]
 
 
+_CLAIM_S = 60
+"""Seconds an idempotency key is held for a run still being written."""
+
+
+def _parsed(run_id: str, raw: dict[str, str]) -> RunState:
+    """The run from its hash; `RunUnreadableError` if what is stored does not parse."""
+    try:
+        return RunState.parse(run_id, raw)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise RunUnreadableError(
+            f"run {run_id!r} is stored but cannot be read back: {type(exc).__name__}: "
+            f"{str(exc)[:300]}"
+        ) from exc
+
+
 class RunStore(RoundStore):
     """Reads and writes runs; the only code that talks to Redis about them."""
 
@@ -117,6 +132,7 @@ class RunStore(RoundStore):
         self.tls = tls
         self.run_timeout_s = run_timeout_s
         self._transition = self.script("transition")
+        self._release_claim = self.script("release_claim")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunStore:
@@ -141,32 +157,44 @@ class RunStore(RoundStore):
         """Write a new PENDING run and its `submitted` event; return the run id to use.
 
         With an idempotency key already used, nothing is written and the first run's id is
-        returned instead.
+        returned instead. The key is claimed for `_CLAIM_S` seconds only until the run is
+        written, and released (if still ours) when writing fails: a failed submit never
+        holds a key for the result TTL.
         """
-        if idempotency_key is not None:
-            claimed = self.redis.set(
-                self.keys.idempotency(idempotency_key), run_id, nx=True, ex=self.ttl_s
-            )
-            if not claimed:
-                existing = self.redis.get(self.keys.idempotency(idempotency_key))
-                if existing is not None:
-                    return str(existing)
         now = time.time()
+        payload = spec.model_dump_json()  # a spec that cannot be written fails before a write
         mode = spec.config.mode if spec.config else "none"
-        submitted = Submitted(model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash)
+        submitted = Submitted(
+            model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash
+        ).model_dump_json()
+        claim = None if idempotency_key is None else self.keys.idempotency(idempotency_key)
+        if claim is not None and not self.redis.set(claim, run_id, nx=True, ex=_CLAIM_S):
+            existing = self.redis.get(claim)
+            if existing is not None:
+                return str(existing)
+        try:
+            self._write_new(run_id, spec, payload, submitted, now, claim)
+        except BaseException:
+            self._undo_create(run_id, claim)
+            raise
+        return run_id
+
+    def _write_new(
+        self, run_id: str, spec: RunSpec, payload: str, submitted: str, now: float, claim: Any
+    ) -> None:
         run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 run_key,
                 mapping={
-                    "spec": spec.model_dump_json(),
+                    "spec": payload,
                     "status": TaskStatus.PENDING.value,
                     "attempt": 0,
                     "created_at": now,
                     "updated_at": now,
                 },
             )
-            pipe.xadd(events_key, {"event": submitted.model_dump_json()})
+            pipe.xadd(events_key, {"event": submitted})
             pipe.expire(run_key, self.ttl_s)
             pipe.expire(events_key, self.ttl_s)
             pipe.execute()
@@ -180,18 +208,29 @@ class RunStore(RoundStore):
             for key, score in indices.items():
                 pipe.zadd(key, {run_id: score})
                 pipe.expire(key, self.ttl_s)
+            if claim is not None:  # the run is written: the claim lasts as long as it does
+                pipe.expire(claim, self.ttl_s)
             pipe.execute()
-        return run_id
+
+    def _undo_create(self, run_id: str, claim: str | None) -> None:
+        """Best effort after a failed `create`: drop what was written, release the claim."""
+        try:
+            self.redis.delete(self.keys.run(run_id), self.keys.events(run_id))
+            self.redis.zrem(self.keys.runs(), run_id)
+            if claim is not None:
+                self._script(self._release_claim, [claim], [run_id])
+        except redis.RedisError:
+            pass  # the claim expires in _CLAIM_S seconds by itself
 
     @mapped
     def discard(self, run_id: str, *, idempotency_key: str | None = None) -> None:
-        """Remove a run that could not be enqueued, so that nothing half-made is left."""
-        keys = [self.keys.run(run_id), self.keys.events(run_id)]
-        if idempotency_key is not None:
-            keys.append(self.keys.idempotency(idempotency_key))
-        self.redis.delete(*keys)
+        """Remove a run that could not be enqueued, so that nothing half-made is left (its
+        idempotency key released, if it still names this run)."""
+        self.redis.delete(self.keys.run(run_id), self.keys.events(run_id))
         self.redis.zrem(self.keys.runs(), run_id)
         self.unindex(run_id)
+        if idempotency_key is not None:
+            self._script(self._release_claim, [self.keys.idempotency(idempotency_key)], [run_id])
 
     @mapped
     def load(self, run_id: str) -> RunState:
@@ -199,7 +238,7 @@ class RunStore(RoundStore):
         raw = cast(dict[str, str], self.redis.hgetall(self.keys.run(run_id)))
         if not raw:
             raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
-        return RunState.parse(run_id, raw)
+        return _parsed(run_id, raw)
 
     @mapped
     def status(self, run_id: str) -> TaskStatus:
@@ -274,7 +313,7 @@ class RunStore(RoundStore):
             raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
         if not raw:
             raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
-        return RunState.parse(run_id, raw)
+        return _parsed(run_id, raw)
 
     def cancel(self, run_id: str, *, worker: str = "") -> bool:
         """End the run as CANCELLED unless it is already terminal; True if it was cancelled."""
@@ -331,7 +370,7 @@ class RunStore(RoundStore):
             self._touch(pipe, run_id)
 
         (done, *_), raw, _ = self._script_then(self._transition, keys, args, then)
-        return bool(done), RunState.parse(run_id, raw) if raw else None
+        return bool(done), _parsed(run_id, raw) if raw else None
 
     def _transition_call(
         self,

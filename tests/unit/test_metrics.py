@@ -73,4 +73,4 @@ def test_families_render_as_prometheus_text():
     assert 'quorum_issue_votes_bucket{le="1.0",outcome="passed"} 1.0' in text
     assert 'quorum_tokens{kind="prompt",model="small"} 6.0' in text
     assert "quorum_retries 1.0" in text
-    assert len(families(runs, window_s=60)) == 6
+    assert len(families(runs, window_s=60)) == 7

@@ -8,8 +8,9 @@ import time
 import fakeredis
 import pytest
 from redis import BlockingConnectionPool
+from redis import exceptions as redis_errors
 
-from quorum.shared.errors import RunNotFoundError
+from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from quorum.shared.prompts import FailedAttempt
@@ -113,6 +114,47 @@ def test_discard_removes_everything(store: RunStore, redis: fakeredis.FakeRedis)
     store.discard("r1", idempotency_key="k")
     assert redis.zcard("quorum:runs") == 0
     assert redis.exists("quorum:run:{r1}", "quorum:run:{r1}:events", "quorum:idem:k") == 0
+
+
+def test_a_create_that_fails_before_writing_leaves_the_key_free(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    # A spec that cannot be serialized (a lone surrogate) fails before the key is claimed.
+    broken = SPEC.model_copy(update={"kwargs": {"message": "\ud800"}})
+    with pytest.raises(ValueError):
+        store.create("bad", broken, idempotency_key="order-42")
+    assert redis.keys("*") == []
+    assert store.create("good", SPEC, idempotency_key="order-42") == "good"
+
+
+def test_a_create_that_fails_while_writing_releases_its_claim(
+    store: RunStore, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object) -> None:
+        raise redis_errors.ConnectionError("lost")
+
+    monkeypatch.setattr(store, "_write_new", fail)
+    with pytest.raises(StoreError):
+        store.create("bad", SPEC, idempotency_key="order-43")
+    assert redis.get(KEYS.idempotency("order-43")) is None
+    monkeypatch.undo()
+    assert store.create("good", SPEC, idempotency_key="order-43") == "good"
+    assert 100 - 2 <= redis.ttl(KEYS.idempotency("order-43")) <= 100  # the run's TTL now
+
+
+def test_discard_releases_only_its_own_claim(store: RunStore, redis: fakeredis.FakeRedis) -> None:
+    store.create("r1", SPEC, idempotency_key="k")
+    redis.set(KEYS.idempotency("k"), "someone-else")
+    store.discard("r1", idempotency_key="k")
+    assert redis.get(KEYS.idempotency("k")) == "someone-else"
+
+
+def test_a_run_that_does_not_parse_is_unreadable_not_a_crash(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    redis.hset(KEYS.run("r1"), mapping={"spec": "[" * 300, "status": "PENDING"})
+    with pytest.raises(RunUnreadableError, match="cannot be read back"):
+        store.load("r1")
 
 
 @pytest.mark.parametrize("read", ["load", "status"])
