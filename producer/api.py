@@ -14,7 +14,8 @@ For producers in other languages; the response model is a JSON Schema. It is a t
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
 
 With `QUORUM_API_TOKEN` set, every route but /healthz (the OpenAPI document included) requires
-`Authorization: Bearer <token>`, and the interactive docs pages are off.
+`Authorization: Bearer <token>`, and the interactive docs pages are off. The token, and the
+body's size (`QUORUM_MAX_REQUEST_BYTES`, 413 past it), are checked before a body is read.
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field
 
 from quorum.producer.client import TaskClient
+from quorum.producer.guard import Guard
 from quorum.producer.metrics import RunMetrics, TaskMetrics
-from quorum.shared.errors import InvalidRequestError, RunNotFoundError, StoreError
-from quorum.shared.models import TaskStatus, Usage
+from quorum.shared.errors import (
+    InvalidRequestError,
+    RunNotFoundError,
+    RunUnreadableError,
+    StoreError,
+)
+from quorum.shared.models import ProvenanceEvent, TaskStatus, Usage, ValidationConfig
 from quorum.shared.registry import PublishedTask
 from quorum.shared.settings import Settings, get_settings
 
@@ -48,17 +55,22 @@ class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashe
     variables, a JSON Schema for the output and a config."""
 
     task: str | None = Field(None, description="A defined task's name (GET /v1/tasks).")
-    template: str | None = Field(None, description="Jinja template of the prompt (sandboxed).")
+    template: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"\S",
+        description="Jinja template of the prompt (sandboxed).",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
     response_schema: dict[str, Any] | None = Field(
         None,
-        description='JSON Schema of the output; one that is no object goes as {"value": …}.',
+        description="JSON Schema of the output, self-contained (only local '#…' references), "
+        'its patterns in RE2 syntax; one that is no object goes as {"value": …}.',
     )
-    config: dict[str, Any] | None = Field(
+    config: ValidationConfig | None = Field(
         None,
-        description='Validation config: {"mode": "single_shot" | "threshold" | "k_ahead", '
-        '"issues": [...], "max_retries", "count", "required_ahead", "max_votes", '
-        '"first_round"}; null: no votes, the cheap checks decide.',
+        description="Validation config, by `mode`: single_shot, threshold or k_ahead; null: "
+        "no votes, the cheap checks decide.",
         examples=[{"mode": "threshold", "issues": ["The quantity is a number"], "count": 3}],
     )
     model: str | None = Field(None, description="Task model (default: the workers' default).")
@@ -74,15 +86,23 @@ class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashe
     )
     system: str | None = Field(None, description="System prompt prepended to the task calls.")
     idempotency_key: str | None = Field(
-        None, description="The same key returns the first run instead of running again."
+        None,
+        min_length=1,
+        max_length=256,
+        description="The same key returns the first run instead of running again.",
     )
     metadata: dict[str, Any] | None = Field(None, description="Kept with the run, unused.")
     timeout_s: float | None = Field(
-        None, description="Deadline in seconds; past it the run ends FAILED (code timeout)."
+        None,
+        gt=0,
+        lt=1e15,
+        description="Deadline in seconds; past it the run ends FAILED (code timeout).",
     )
-    max_tokens: int | None = Field(None, description="Token budget of the whole run.")
+    max_tokens: int | None = Field(
+        None, gt=0, lt=10**15, description="Token budget of the whole run."
+    )
     max_cost: float | None = Field(
-        None, description="Cost budget in USD (by the workers' price table)."
+        None, gt=0, lt=1e15, description="Cost budget in USD (by the workers' price table)."
     )
 
 
@@ -117,6 +137,13 @@ class Cancelled(BaseModel):
     status: TaskStatus
 
 
+class Health(BaseModel):
+    """Whether the API reaches its Redis store."""
+
+    status: str = Field(description="ok, or unavailable")
+    detail: str | None = Field(None, description="Why it is unavailable.")
+
+
 class ErrorBody(BaseModel):
     """An error: what was wrong, in one message."""
 
@@ -124,11 +151,29 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body cannot be read (not UTF-8 text)."},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
     404: {"model": ErrorBody, "description": "No such run (unknown id, or expired)."},
-    422: {"model": ErrorBody, "description": "Invalid request; nothing was written or sent."},
+    413: {"model": ErrorBody, "description": "Request body over QUORUM_MAX_REQUEST_BYTES."},
+    422: {
+        "model": ErrorBody,
+        "description": "Invalid request, nothing written or sent; or a stored run that "
+        "cannot be read back.",
+    },
     503: {"model": ErrorBody, "description": "The Redis store cannot be reached."},
 }
+_RUN_ID = "$response.body#/id"
+_LINKS = {
+    name: {"operationId": operation, "parameters": {"run_id": _RUN_ID}}
+    for name, operation in (
+        ("GetRun", "get_run"),
+        ("GetResult", "get_result"),
+        ("GetEvents", "get_events"),
+        ("Cancel", "cancel_run"),
+    )
+}
+"""OpenAPI links from a created run to what can be done with it (clients and fuzzers
+follow them)."""
 
 
 def _tasks(request: Request) -> TaskClient:
@@ -159,7 +204,12 @@ ops = APIRouter(tags=["ops"])
 tasks_router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(_authorized)])
 
 
-@runs.post("", status_code=201)
+@runs.post(
+    "",
+    status_code=201,
+    operation_id="submit_run",
+    responses={201: {"description": "The run, accepted.", "links": _LINKS}},
+)
 def submit(request: RunRequest, tasks: Tasks) -> RunCreated:
     """Validate and enqueue a task. Bad input: 422, and nothing is written or sent."""
     run = tasks.submit(
@@ -183,20 +233,22 @@ def submit(request: RunRequest, tasks: Tasks) -> RunCreated:
     return RunCreated(id=run.id, status=run.status())
 
 
-@runs.get("/{run_id}")
+@runs.get("/{run_id}", operation_id="get_run")
 def get_run(run_id: str, tasks: Tasks) -> RunView:
     """The run's status, attempt, result, error, failure reasons and token usage."""
     return _view(tasks, run_id)
 
 
-@runs.get("/{run_id}/events")
-def get_events(run_id: str, tasks: Tasks) -> list[dict[str, Any]]:
+@runs.get("/{run_id}/events", operation_id="get_events")
+def get_events(run_id: str, tasks: Tasks) -> list[ProvenanceEvent]:
     """The run's provenance: attempts, outputs, votes, decisions, with workers and usage."""
-    return [event.model_dump(mode="json") for event in tasks.get(run_id).provenance()]
+    events = tasks.get(run_id).provenance()
+    return [ProvenanceEvent.model_validate(event.model_dump(mode="json")) for event in events]
 
 
 @runs.get(
     "/{run_id}/result",
+    operation_id="get_result",
     responses={
         202: {"model": RunView, "description": "Not ended within `timeout`; ask again."},
         409: {"model": RunView, "description": "Ended FAILED or CANCELLED: see reasons."},
@@ -223,7 +275,7 @@ async def get_result(
     return view
 
 
-@runs.post("/{run_id}/cancel")
+@runs.post("/{run_id}/cancel", operation_id="cancel_run")
 def cancel(run_id: str, tasks: Tasks) -> Cancelled:
     """End the run CANCELLED; no LLM call starts after this. Idempotent."""
     run = tasks.get(run_id)
@@ -238,7 +290,11 @@ def list_tasks(tasks: Tasks) -> dict[str, PublishedTask]:
     return {name: PublishedTask.model_validate(task) for name, task in tasks.tasks().items()}
 
 
-@ops.get("/healthz")
+@ops.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Redis does not answer."}},
+)
 def healthz(tasks: Tasks) -> JSONResponse:
     """200 when the Redis store answers, 503 otherwise (never needs the token)."""
     try:
@@ -248,7 +304,17 @@ def healthz(tasks: Tasks) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@ops.get("/metrics", dependencies=[Depends(_authorized)])
+@ops.get(
+    "/metrics",
+    dependencies=[Depends(_authorized)],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format.",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(request: Request) -> Response:
     """Run-level metrics in the Prometheus text format."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
@@ -294,6 +360,7 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
     app.include_router(tasks_router)
     app.include_router(ops)
     _errors(app)
+    app.add_middleware(Guard, token=app.state.token, max_bytes=settings.max_request_bytes)
     return app
 
 
@@ -319,7 +386,9 @@ def _view(tasks: TaskClient, run_id: str) -> RunView:
 
 
 def _detail(status: int, detail: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+    # A message may quote the request, and a lone surrogate in it would not encode.
+    text = detail.encode(errors="backslashreplace").decode()
+    return JSONResponse({"detail": text}, status_code=status, headers=headers or None)
 
 
 def _errors(app: FastAPI) -> None:
@@ -332,6 +401,10 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RunNotFoundError)
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return _detail(404, str(exc))
+
+    @app.exception_handler(RunUnreadableError)
+    async def unreadable(_: Request, exc: Exception) -> JSONResponse:
+        return _detail(422, str(exc))
 
     @app.exception_handler(InvalidRequestError)
     async def invalid(_: Request, exc: Exception) -> JSONResponse:

@@ -66,6 +66,10 @@ def test_openapi_document_describes_the_routes_and_every_route_but_healthz_needs
     assert "required" not in request
     assert {"task", "template", "response_schema", "config", "checks"} <= set(request["properties"])
     assert "HTTPBearer" in document["components"]["securitySchemes"]
+    config = request["properties"]["config"]["anyOf"][0]
+    assert config["discriminator"]["propertyName"] == "mode"
+    links = document["paths"]["/v1/runs"]["post"]["responses"]["201"]["links"]
+    assert set(links) == {"GetRun", "GetResult", "GetEvents", "Cancel"}
 
 
 def test_submit_wait_and_read_a_successful_run(api, scope):
@@ -126,7 +130,7 @@ def test_result_not_ready_answers_202_then_cancel_ends_it(api, simulator, scope)
         ({"template": "Hello {{ missing }}"}, "missing"),
         ({"config": {"mode": "threshold", "issues": ["x"], "count": 2}}, "count must be odd"),
         ({"response_schema": {"type": "strng"}}, "not a valid JSON Schema"),
-        ({"config": {"mode": "nope", "issues": ["x"]}}, "invalid validation config"),
+        ({"config": {"mode": "nope", "issues": ["x"]}}, "body.config"),
         ({"template": None}, "or a template and a response_model"),
         ({"kwargs": ["not", "a", "dict"]}, "body.kwargs"),
         ({"max_tokens": 0}, "max_tokens"),
