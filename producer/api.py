@@ -30,7 +30,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from quorum.producer.client import TaskClient
 from quorum.producer.guard import Guard
@@ -50,9 +50,33 @@ __all__ = ["create_app"]
 MAX_WAIT_S = 300.0
 
 
+_BY_NAME: dict[str, Any] = {
+    "title": "a defined task",
+    "required": ["task"],
+    "properties": {"task": {"type": "string"}},
+    "not": {
+        "anyOf": [
+            {"required": [name]} for name in ("template", "response_schema", "config", "checks")
+        ]
+    },
+}
+_AD_HOC: dict[str, Any] = {
+    "title": "an ad-hoc task",
+    "required": ["template", "response_schema"],
+    "properties": {
+        "task": {"type": "null"},
+        "template": {"type": "string"},
+        "response_schema": {"type": "object"},
+    },
+}
+
+
 class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes with **kwargs
     """A task to run: a defined task by name (`task`, `kwargs`), or a template, its
     variables, a JSON Schema for the output and a config."""
+
+    # The document says which fields go together, so that clients (and fuzzers) can tell.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [_BY_NAME, _AD_HOC]})
 
     task: str | None = Field(None, description="A defined task's name (GET /v1/tasks).")
     template: str | None = Field(

@@ -1,5 +1,5 @@
 """The HTTP API fuzzed from its own OpenAPI document (schemathesis), bounded in examples and
-time, against a real API process, worker and simulator (DESIGN §11).
+time, against a real API process, worker and simulator (architecture.md §10).
 
 Two passes: every operation with generated requests, then stateful scenarios that follow the
 document's links from a created run to GET, /result, /events and cancel. Every answer must

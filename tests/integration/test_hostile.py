@@ -131,7 +131,7 @@ LONE = "\ud800"
         ({"kwargs": {"message": "x", "sim": "", "x": LONE}}, "kwargs.x"),
         ({"kwargs": {"message": "x", "sim": "", LONE: 1}}, "kwargs: a key"),
         ({"metadata": {"who": ["ok", LONE]}}, "metadata.who[1]"),
-        ({"response_schema": {**SCHEMA, "title": LONE}}, "response_schema.title"),
+        ({"response_schema": {**SCHEMA, "title": LONE}}, "response_model.title"),
         ({"idempotency_key": "order-" + LONE}, "idempotency_key"),
         ({"model": LONE}, "model"),
         ({"config": {**CONFIG, "issues": [LONE]}}, "issues"),
