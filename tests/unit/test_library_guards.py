@@ -112,7 +112,11 @@ def test_the_pins_are_tested_ranges_and_the_image_installs_within_them() -> None
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
     for name in ("celery", "kombu", "openai"):
-        assert str(wanted[name].specifier).startswith("~="), f"{name} is not pinned with ~="
+        specifier = wanted[name].specifier
+        # openai spans the two releases the tests run on: 2.54 where the bench extra's
+        # instructor holds jiter below 0.15 (CI), 3.3 in the image (constraints.txt).
+        bounded = any(s.operator in ("~=", "==", "<") for s in specifier)
+        assert bounded, f"{name} has no upper bound: {wanted[name]}"
         assert version(name) in wanted[name].specifier, (
             f"{name} {version(name)} is installed, outside the pin {wanted[name]}"
         )
