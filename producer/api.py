@@ -10,6 +10,7 @@ For producers in other languages; the response model is a JSON Schema. It is a t
                                     cancelled (with reasons), 202 not ended yet (ask again)
     POST /v1/runs/{id}/cancel       → {id, cancelled, status}
     GET  /v1/tasks                  the defined tasks the workers published, with their schemas
+    GET  /v1/runs, POST /v1/batches listing and batch submits (`quorum.producer.doors`)
     GET  /metrics                   run-level Prometheus metrics (`quorum.producer.metrics`)
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
 
@@ -238,7 +239,10 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
         )
     )
     app.state.registry.register(TaskMetrics(app.state.client.registry))
+    from quorum.producer.doors import doors  # its routes use this module's models
+
     app.include_router(runs)
+    app.include_router(doors, dependencies=[Depends(_authorized)])
     app.include_router(tasks_router)
     app.include_router(ops)
     _errors(app)

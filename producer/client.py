@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +20,7 @@ from quorum.shared.errors import (
     TaskFailedError,
 )
 from quorum.shared.events import Event, OtherEvent
+from quorum.shared.listing import RunFilter, RunPage, metadata_text
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.payload import payload_problem
 from quorum.shared.prompts import Limits, check_template
@@ -236,6 +237,26 @@ def outcome(state: RunState, timeout: float | None, model: Any) -> Any:
     )
 
 
+_REQUEST_DEFAULTS: dict[str, Any] = {
+    "task": None,
+    "template": None,
+    "response_model": None,
+    "kwargs": None,
+    "config": None,
+    "checks": (),
+    "model": None,
+    "validator_model": None,
+    "temperature": None,
+    "max_output_tokens": None,
+    "system": None,
+    "metadata": None,
+    "timeout_s": None,
+    "max_tokens": None,
+    "max_cost": None,
+}
+"""`submit`'s arguments but the idempotency key, with their defaults."""
+
+
 class TaskClient:
     """Submits validated LLM tasks to Quorum's workers and follows them in Redis."""
 
@@ -296,45 +317,122 @@ class TaskClient:
         Bad input raises an `InvalidRequestError` (a `ValueError`) before anything is written
         or enqueued. The same `idempotency_key` gives back the first run, executed once.
         """
+        run_id, spec, key, reader = self._prepared(
+            idempotency_key=idempotency_key,
+            task=task,
+            template=template,
+            response_model=response_model,
+            kwargs=kwargs,
+            config=config,
+            checks=checks,
+            model=model,
+            validator_model=validator_model,
+            temperature=temperature,
+            max_output_tokens=max_output_tokens,
+            system=system,
+            metadata=metadata,
+            timeout_s=timeout_s,
+            max_tokens=max_tokens,
+            max_cost=max_cost,
+        )
+        existing = self.store.create(run_id, spec, idempotency_key=key)
+        if existing == run_id:
+            self._send([(run_id, key)])
+        return TaskRun(self, existing, reader)
+
+    def submit_many(self, requests: Sequence[dict[str, Any]]) -> list[TaskRun]:
+        """Validate every request (each a dict of `submit`'s arguments), then write and
+        enqueue them all; return their runs in order.
+
+        All or nothing: the first bad request raises an `InvalidRequestError` whose message
+        starts with its index (`runs[3]: ...`) before anything is written or enqueued. At most
+        `QUORUM_MAX_BATCH` requests. Written in three Redis round trips whatever their number
+        (`RunStore.create_many`).
+        """
+        if not isinstance(requests, Sequence) or isinstance(requests, str | bytes):
+            raise InvalidRequestError("submit_many takes a list of requests")
+        if not 0 < len(requests) <= self.settings.max_batch:
+            raise InvalidRequestError(
+                f"a batch holds 1 to {self.settings.max_batch} runs, got {len(requests)}"
+            )
+        prepared = []
+        for i, request in enumerate(requests):
+            try:
+                if not isinstance(request, dict):
+                    raise InvalidRequestError("each request must be a dict of submit's arguments")
+                prepared.append(self._prepared(**request))
+            except InvalidRequestError as exc:
+                raise type(exc)(f"runs[{i}]: {exc}") from exc
+        ids = self.store.create_many([(run_id, spec, key) for run_id, spec, key, _ in prepared])
+        fresh = [(r, key) for (r, _, key, _), id_ in zip(prepared, ids, strict=True) if id_ == r]
+        self._send(fresh)
+        readers = [reader for *_, reader in prepared]
+        return [TaskRun(self, id_, reader) for id_, reader in zip(ids, readers, strict=True)]
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first, filtered by final or current `status`, defined `task`, metadata
+        values and creation time (epoch seconds); at most `limit` (1 to 1000) in a page.
+        `page.next_cursor`, passed back as `cursor`, continues the listing (None: no more)."""
+        try:
+            wanted = None if status is None else TaskStatus(status)
+        except ValueError as exc:
+            raise InvalidRequestError(f"unknown status {status!r}") from exc
+        if not (isinstance(limit, int) and 0 < limit <= 1000):
+            raise InvalidRequestError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        texts = {name: metadata_text(value) for name, value in (metadata or {}).items()}
+        if None in texts.values():
+            raise InvalidRequestError("metadata filters take strings, numbers or booleans")
+        where = RunFilter(
+            status=wanted,
+            task=task,
+            metadata={name: text for name, text in texts.items() if text is not None},
+            created_after=created_after,
+        )
+        return self.store.list_runs(where, limit=limit, cursor=cursor)
+
+    def _prepared(
+        self, *, idempotency_key: str | None = None, **request: Any
+    ) -> tuple[str, RunSpec, str | None, Any]:
+        """A request (`submit`'s arguments, any left out taking their defaults) checked and
+        made a spec (`submission.prepare_spec`), with a new run id, its idempotency key and
+        the type its result is read as; nothing written."""
         if idempotency_key is not None and not (
             isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
         ):
             raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
+        unknown = sorted(set(request) - set(_REQUEST_DEFAULTS))
+        if unknown:
+            raise InvalidRequestError(f"unknown argument(s): {', '.join(unknown)}")
         from quorum.producer.submission import prepare_spec  # it builds on build_spec
 
-        request = {
-            "task": task,
-            "template": template,
-            "response_model": response_model,
-            "kwargs": kwargs,
-            "config": config,
-            "checks": checks,
-            "model": model,
-            "validator_model": validator_model,
-            "temperature": temperature,
-            "max_output_tokens": max_output_tokens,
-            "system": system,
-            "metadata": metadata,
-            "timeout_s": timeout_s,
-            "max_tokens": max_tokens,
-            "max_cost": max_cost,
-        }
+        request = {**_REQUEST_DEFAULTS, **request}
         for name, value in (*request.items(), ("idempotency_key", idempotency_key)):
             if name != "response_model" or isinstance(value, dict):
                 _clean(name, value, self.settings)
-        spec, response_model = prepare_spec(self, request)
-        run_id = uuid.uuid4().hex
-        existing = self.store.create(run_id, spec, idempotency_key=idempotency_key)
-        if existing != run_id:
-            return TaskRun(self, existing, response_model)
+        spec, reader = prepare_spec(self, request)
+        return uuid.uuid4().hex, spec, idempotency_key, reader
+
+    def _send(self, runs: Sequence[tuple[str, str | None]]) -> None:
+        """Send each new run's first job; if one cannot be sent, remove every run of `runs`
+        so that nothing half-made is left, and raise."""
         try:
-            self._celery.send_task(
-                "quorum.task_node", kwargs={"run_id": run_id, "attempt": 1}, ignore_result=True
-            )
+            for run_id, _ in runs:
+                self._celery.send_task(
+                    "quorum.task_node", kwargs={"run_id": run_id, "attempt": 1}, ignore_result=True
+                )
         except Exception:
-            self.store.discard(run_id, idempotency_key=idempotency_key)
+            for run_id, key in runs:
+                self.store.discard(run_id, idempotency_key=key)
             raise
-        return TaskRun(self, run_id, response_model)
 
     def get(self, run_id: str, *, response_model: Any = None) -> TaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""

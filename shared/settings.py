@@ -204,6 +204,9 @@ class Settings(BaseSettings):
         description="Bearer token the HTTP API requires on every route but /healthz; "
         "unset: no auth (keep the API inside a trusted network).",
     )
+    max_batch: int = Field(
+        1000, gt=0, description="Most runs one batch submit (POST /v1/batches) may hold."
+    )
     metrics_window_s: int = Field(
         3600, gt=0, description="Runs created this many seconds back are counted in /metrics."
     )

@@ -31,6 +31,7 @@ from quorum.shared.events import (
     parse_event,
 )
 from quorum.shared.keys import Keys
+from quorum.shared.listing import RunFilter, RunIndex, RunPage
 from quorum.shared.models import RunSpec, TaskStatus, Usage, sources_of
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RoundStore
@@ -133,6 +134,7 @@ class RunStore(RoundStore):
         self.run_timeout_s = run_timeout_s
         self._transition = self.script("transition")
         self._release_claim = self.script("release_claim")
+        self.index = RunIndex(client, keys=keys, ttl_s=ttl_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunStore:
@@ -161,66 +163,103 @@ class RunStore(RoundStore):
         written, and released (if still ours) when writing fails: a failed submit never
         holds a key for the result TTL.
         """
+        return self.create_many([(run_id, spec, idempotency_key)])[0]
+
+    @mapped
+    def create_many(self, runs: Sequence[tuple[str, RunSpec, str | None]]) -> list[str]:
+        """`create` for many runs (id, spec, idempotency key), in three round trips whatever
+        their number (one more to claim idempotency keys): write the runs (one MULTI/EXEC),
+        then index them. Returns the run id to use for each, in order; a run whose key was
+        used before is not written. If writing fails, what was written is removed."""
+        payloads = [spec.model_dump_json() for _, spec, _ in runs]  # fails before a write
+        claimed = self._claim(runs)
         now = time.time()
-        payload = spec.model_dump_json()  # a spec that cannot be written fails before a write
-        mode = spec.config.mode if spec.config else "none"
-        submitted = Submitted(
-            model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash
-        ).model_dump_json()
-        claim = None if idempotency_key is None else self.keys.idempotency(idempotency_key)
-        if claim is not None and not self.redis.set(claim, run_id, nx=True, ex=_CLAIM_S):
-            existing = self.redis.get(claim)
-            if existing is not None:
-                return str(existing)
+        fresh = [
+            (run_id, spec, payload, key, now + i * 1e-6)  # distinct creation times
+            for i, ((run_id, spec, key), payload, existing) in enumerate(
+                zip(runs, payloads, claimed, strict=True)
+            )
+            if existing is None
+        ]
         try:
-            self._write_new(run_id, spec, payload, submitted, now, claim)
+            self._write_new(fresh, now)
         except BaseException:
-            self._undo_create(run_id, claim)
+            self._undo_create(fresh)
             raise
-        return run_id
+        return [existing or run_id for (run_id, _, _), existing in zip(runs, claimed, strict=True)]
+
+    def _claim(self, runs: Sequence[tuple[str, RunSpec, str | None]]) -> list[str | None]:
+        """Claim each idempotency key for its run for `_CLAIM_S` seconds (SET NX); for each
+        run, the id of the run its key was first used for if that is another, else None."""
+        if not any(key for _, _, key in runs):
+            return [None] * len(runs)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, _, key in runs:
+                if key is not None:
+                    pipe.set(self.keys.idempotency(key), run_id, nx=True, ex=_CLAIM_S)
+                    pipe.get(self.keys.idempotency(key))
+            replies = iter(pipe.execute())
+        out: list[str | None] = []
+        for run_id, _, key in runs:
+            if key is None:
+                out.append(None)
+                continue
+            _, holder = next(replies), next(replies)
+            out.append(None if holder in (None, run_id) else str(holder))
+        return out
 
     def _write_new(
-        self, run_id: str, spec: RunSpec, payload: str, submitted: str, now: float, claim: Any
+        self, fresh: list[tuple[str, RunSpec, str, str | None, float]], now: float
     ) -> None:
-        run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
+        """New PENDING runs (id, spec, spec JSON, idempotency key, creation time): their
+        hashes and `submitted` events in one MULTI/EXEC, then their indexes; a run's claim
+        then lasts as long as the run."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                run_key,
-                mapping={
-                    "spec": payload,
-                    "status": TaskStatus.PENDING.value,
-                    "attempt": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            pipe.xadd(events_key, {"event": submitted})
-            pipe.expire(run_key, self.ttl_s)
-            pipe.expire(events_key, self.ttl_s)
+            for run_id, spec, payload, _, created in fresh:
+                mode = spec.config.mode if spec.config else "none"
+                submitted = Submitted(
+                    model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash
+                )
+                run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
+                pipe.hset(
+                    run_key,
+                    mapping={
+                        "spec": payload,
+                        "status": TaskStatus.PENDING.value,
+                        "attempt": 0,
+                        "created_at": created,
+                        "updated_at": created,
+                    },
+                )
+                pipe.xadd(events_key, {"event": submitted.model_dump_json()})
+                pipe.expire(run_key, self.ttl_s)
+                pipe.expire(events_key, self.ttl_s)
             pipe.execute()
-        deadline = now + (spec.timeout_s or self.run_timeout_s)
-        indices = {
-            self.keys.runs(): now,
-            self.keys.deadlines(): deadline,
-            self.keys.progress(): now,
-        }
         with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
-            for key, score in indices.items():
-                pipe.zadd(key, {run_id: score})
-                pipe.expire(key, self.ttl_s)
-            if claim is not None:  # the run is written: the claim lasts as long as it does
-                pipe.expire(claim, self.ttl_s)
+            for run_id, spec, _, key, created in fresh:
+                deadline = created + (spec.timeout_s or self.run_timeout_s)
+                self.index.add(pipe, run_id, spec, created)
+                for index, score in (
+                    (self.keys.deadlines(), deadline),
+                    (self.keys.progress(), now),
+                ):
+                    pipe.zadd(index, {run_id: score})
+                    pipe.expire(index, self.ttl_s)
+                if key is not None:  # the run is written: the claim lasts as long as it does
+                    pipe.expire(self.keys.idempotency(key), self.ttl_s)
             pipe.execute()
 
-    def _undo_create(self, run_id: str, claim: str | None) -> None:
-        """Best effort after a failed `create`: drop what was written, release the claim."""
+    def _undo_create(self, fresh: list[tuple[str, RunSpec, str, str | None, float]]) -> None:
+        """Best effort after a failed `create_many`: drop what was written, release the
+        claims."""
         try:
-            self.redis.delete(self.keys.run(run_id), self.keys.events(run_id))
-            self.redis.zrem(self.keys.runs(), run_id)
-            if claim is not None:
-                self._script(self._release_claim, [claim], [run_id])
+            for run_id, _, _, key, _ in fresh:
+                self.redis.delete(self.keys.run(run_id), self.keys.events(run_id))
+                self.redis.zrem(self.keys.runs(), run_id)
+                if key is not None:
+                    self._script(self._release_claim, [self.keys.idempotency(key)], [run_id])
         except redis.RedisError:
-            pass  # the claim expires in _CLAIM_S seconds by itself
+            pass  # the claims expire in _CLAIM_S seconds by themselves
 
     @mapped
     def discard(self, run_id: str, *, idempotency_key: str | None = None) -> None:
@@ -260,6 +299,11 @@ class RunStore(RoundStore):
         `limit` of them (read-only; the metrics collector lists runs with it)."""
         ids = self.redis.zrevrangebyscore(self.keys.runs(), "+inf", since, start=0, num=limit)
         return cast(list[str], ids)
+
+    @mapped
+    def list_runs(self, where: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+        """A page of the runs that match `where`, newest first (`shared.listing`)."""
+        return self.index.page(where, limit=limit, cursor=cursor)
 
     @mapped
     def watch(self, run_id: str, *, timeout_s: float | None) -> Iterator[Event | OtherEvent]:
@@ -347,10 +391,18 @@ class RunStore(RoundStore):
             if not new.terminal:
                 self._touch(pipe, run_id)
 
-        (done, *_), *_ = self._script_then(self._transition, keys, args, then)
+        (done, *reply), *_ = self._script_then(self._transition, keys, args, then)
         if done and new.terminal:
-            self.unindex(run_id)
+            self._ended(run_id, new, float(reply[2] or time.time()))
         return bool(done)
+
+    def _ended(self, run_id: str, status: TaskStatus, created: float) -> None:
+        """Move a run that just ended from the sweep's indices to its final status's."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.deadlines(), run_id)
+            pipe.zrem(self.keys.progress(), run_id)
+            self.index.ended(pipe, run_id, status, created)
+            pipe.execute()
 
     @mapped
     def begin_attempt(
