@@ -87,6 +87,14 @@ ops = APIRouter(tags=["ops"])
 tasks_router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(_authorized)])
 
 
+def submit_arguments(request: RunRequest) -> dict[str, Any]:
+    """`TaskClient.submit`'s arguments for a request (its JSON Schema is `response_model`)."""
+    arguments = request.model_dump()
+    arguments["response_model"] = arguments.pop("response_schema")
+    return arguments
+
+
+@runs.post("", status_code=201)
 @runs.post(
     "",
     status_code=201,

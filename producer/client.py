@@ -347,7 +347,8 @@ class TaskClient:
         All or nothing: the first bad request raises an `InvalidRequestError` whose message
         starts with its index (`runs[3]: ...`) before anything is written or enqueued. At most
         `QUORUM_MAX_BATCH` requests. Written in three Redis round trips whatever their number
-        (`RunStore.create_many`).
+        (`RunStore.create_many`), and started by one job (`quorum.start` on the control
+        queue), which sends each run's first job.
         """
         if not isinstance(requests, Sequence) or isinstance(requests, str | bytes):
             raise InvalidRequestError("submit_many takes a list of requests")
@@ -365,7 +366,8 @@ class TaskClient:
                 raise type(exc)(f"runs[{i}]: {exc}") from exc
         ids = self.store.create_many([(run_id, spec, key) for run_id, spec, key, _ in prepared])
         fresh = [(r, key) for (r, _, key, _), id_ in zip(prepared, ids, strict=True) if id_ == r]
-        self._send(fresh)
+        if fresh:
+            self._send(fresh, as_batch=True)
         readers = [reader for *_, reader in prepared]
         return [TaskRun(self, id_, reader) for id_, reader in zip(ids, readers, strict=True)]
 
@@ -421,14 +423,26 @@ class TaskClient:
         spec, reader = prepare_spec(self, request)
         return uuid.uuid4().hex, spec, idempotency_key, reader
 
-    def _send(self, runs: Sequence[tuple[str, str | None]]) -> None:
-        """Send each new run's first job; if one cannot be sent, remove every run of `runs`
-        so that nothing half-made is left, and raise."""
+    def _send(self, runs: Sequence[tuple[str, str | None]], *, as_batch: bool = False) -> None:
+        """Send each new run's first job, or with `as_batch` one `quorum.start` job that sends
+        them; if that fails, remove every run of `runs` so that nothing half-made is left, and
+        raise."""
         try:
-            for run_id, _ in runs:
+            if as_batch:
+                ids = [run_id for run_id, _ in runs]
                 self._celery.send_task(
-                    "quorum.task_node", kwargs={"run_id": run_id, "attempt": 1}, ignore_result=True
+                    "quorum.start",
+                    kwargs={"run_ids": ids},
+                    ignore_result=True,
+                    kwargsrepr=f"{{'run_ids': [{len(ids)} runs]}}",
                 )
+            else:
+                for run_id, _ in runs:
+                    self._celery.send_task(
+                        "quorum.task_node",
+                        kwargs={"run_id": run_id, "attempt": 1},
+                        ignore_result=True,
+                    )
         except Exception:
             for run_id, key in runs:
                 self.store.discard(run_id, idempotency_key=key)

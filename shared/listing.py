@@ -124,8 +124,9 @@ class RunIndex:
         self.keys = keys
         self.ttl_s = ttl_s
 
-    def add(self, pipe: Any, run_id: str, spec: RunSpec, created: float) -> None:
-        """Put a new run into the indexes of its task and metadata, through `pipe`."""
+    def keys_of(self, spec: RunSpec) -> list[str]:
+        """The indexes a new run goes into at submit: all runs, its task's, and one per
+        scalar metadata value."""
         keys = [self.keys.runs()]
         if spec.task:
             keys.append(self.keys.runs_by_task(spec.task))
@@ -133,9 +134,7 @@ class RunIndex:
             text = metadata_text(value)
             if text is not None:
                 keys.append(self.keys.runs_by_metadata(name, text))
-        for key in keys:
-            pipe.zadd(key, {run_id: created})
-            pipe.expire(key, self.ttl_s)
+        return keys
 
     def ended(self, pipe: Any, run_id: str, status: TaskStatus, created: float) -> None:
         """Put a run that ended with `status` into that status's index, through `pipe`."""

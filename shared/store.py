@@ -236,17 +236,22 @@ class RunStore(RoundStore):
                 pipe.expire(events_key, self.ttl_s)
             pipe.execute()
         with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
+            scores: dict[str, dict[str, float]] = {
+                self.keys.deadlines(): {},
+                self.keys.progress(): {},
+            }
             for run_id, spec, _, key, created in fresh:
+                for index in self.index.keys_of(spec):
+                    scores.setdefault(index, {})[run_id] = created
                 deadline = created + (spec.timeout_s or self.run_timeout_s)
-                self.index.add(pipe, run_id, spec, created)
-                for index, score in (
-                    (self.keys.deadlines(), deadline),
-                    (self.keys.progress(), now),
-                ):
-                    pipe.zadd(index, {run_id: score})
-                    pipe.expire(index, self.ttl_s)
+                scores[self.keys.deadlines()][run_id] = deadline
+                scores[self.keys.progress()][run_id] = now
                 if key is not None:  # the run is written: the claim lasts as long as it does
                     pipe.expire(self.keys.idempotency(key), self.ttl_s)
+            for index, members in scores.items():
+                if members:
+                    pipe.zadd(index, members)
+                    pipe.expire(index, self.ttl_s)
             pipe.execute()
 
     def _undo_create(self, fresh: list[tuple[str, RunSpec, str, str | None, float]]) -> None:

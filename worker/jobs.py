@@ -15,7 +15,7 @@ from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
 from quorum.shared import ballot, flow, retry
-from quorum.shared.broker import holds_back
+from quorum.shared.broker import HeldBack, holds_back
 from quorum.shared.errors import (
     InvalidRequestError,
     PermanentLLMError,
@@ -29,9 +29,8 @@ from quorum.shared.settings import Settings, get_settings
 from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
 from quorum.worker.app import app
-from quorum.worker.transport import HeldBack
 
-__all__ = ["round_chord", "route", "tally", "task_node", "vote"]
+__all__ = ["round_chord", "route", "start", "tally", "task_node", "vote"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -278,3 +277,22 @@ def route(self: Task, run_id: str, attempt: int) -> str:
         exhausted=lambda ctx, error: fail(ctx, error, "llm_error"),
         permanent=fail,
     )
+
+
+@app.task(name="quorum.start", **_JOB)
+def start(self: Task, run_ids: list[str]) -> int:
+    """Send the first job of each run of a batch (`TaskClient.submit_many`), all in one round
+    trip to a Redis broker: the producer sends this one job instead of a job per run. If it
+    is lost, the sweep resumes the runs it would have started (they stay PENDING)."""
+    try:
+        with HeldBack() as held:
+            for run_id in run_ids:
+                _ENQUEUER.task_node(run_id, 1)
+        held.send()
+    except StoreError as exc:
+        delay = retry.backoff_s(self.request.retries, cap=_process().settings.llm_backoff_max_s)
+        log.warning(
+            "quorum.start of %d runs: broker unavailable, retry in %.1fs", len(run_ids), delay
+        )
+        raise self.retry(countdown=delay) from exc
+    return len(run_ids)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from quorum.producer import TaskClient
-from quorum.producer.stack import ManagedProcess, celery_command
+from quorum.producer.stack import ManagedProcess, celery_command, start_redis
 from tests.integration.helpers import APPLES, Purchase, directive
 from tests.integration.services import http, start_api
 
@@ -25,7 +27,7 @@ SCHEMA = Purchase.model_json_schema()
 @pytest.fixture(scope="module")
 def api(redis_url: str, worker: ManagedProcess) -> Iterator[str]:
     """The API's base URL (no token: the auth tests are in test_api)."""
-    url, process = start_api({"QUORUM_REDIS_URL": redis_url, "QUORUM_MAX_BATCH": "50"})
+    url, process = start_api({"QUORUM_REDIS_URL": redis_url, "QUORUM_MAX_BATCH": "20"})
     try:
         yield url
     finally:
@@ -111,3 +113,82 @@ def test_client_and_cli_list_the_same(api, redis_url, client: TaskClient, scope)
     listed = json.loads(out.stdout)
     assert [r["id"] for r in listed["runs"]] == [run_id]
     assert listed["next_cursor"] is None
+
+
+def test_a_batch_is_submitted_whole_and_runs(api, client: TaskClient, scope):
+    tag = uuid.uuid4().hex
+    body = {"runs": [spec(scope, metadata={"batch": tag, "n": n}) for n in range(3)]}
+    created = http("POST", f"{api}/v1/batches", body)
+    assert created.status == 201, created
+    ids = created.json()["ids"]
+    assert len(set(ids)) == 3
+    assert wait_all(api, ids) == ["SUCCESSFUL"] * 3
+    listed = http("GET", f"{api}/v1/runs?metadata.batch={tag}").json()["runs"]
+    assert sorted(r["id"] for r in listed) == sorted(ids)
+
+    runs = client.submit_many(
+        [
+            {
+                "template": TEMPLATE,
+                "response_model": Purchase,
+                "kwargs": {"message": "5 apples", "sim": directive(scope, outputs=[APPLES])},
+                "config": {"mode": "single_shot", "issues": ["names a product"]},
+            }
+        ]
+        * 2
+    )
+    assert [run.result(timeout=30) for run in runs] == [Purchase(**APPLES)] * 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "status", "message"),
+    [
+        ({"template": "Hello {{ missing }}"}, 422, "runs[1]: "),
+        ({"config": {"mode": "threshold", "issues": ["x"], "count": 2}}, 422, "runs[1]: "),
+        ({"template": None}, 422, "body.runs.1.template"),
+    ],
+)
+def test_one_bad_spec_refuses_the_batch_naming_its_index(
+    api, client: TaskClient, scope, bad, status, message
+):
+    before = client.store.redis.dbsize()
+    body = {"runs": [spec(scope), {**spec(scope), **bad}, spec(scope)]}
+    refused = http("POST", f"{api}/v1/batches", body)
+    assert refused.status == status, refused
+    assert message in refused.json()["detail"]
+    assert client.store.redis.dbsize() == before
+
+
+def test_a_batch_over_the_limit_or_empty_is_refused(api, client: TaskClient, scope):
+    before = client.store.redis.dbsize()
+    for count in (21, 0):
+        refused = http("POST", f"{api}/v1/batches", {"runs": [spec(scope)] * count})
+        assert refused.status == 422, refused
+        assert "a batch holds 1 to 20 runs" in refused.json()["detail"]
+    assert client.store.redis.dbsize() == before
+
+
+def test_one_batch_of_1000_costs_the_producer_under_a_fifth_of_1000_submits(scope):
+    """Against an API of its own and no worker (the runs only queue): wall time seen by the
+    producer, and the API process's CPU time."""
+    url, server = start_redis()
+    base, process = start_api({"QUORUM_REDIS_URL": url})
+    try:
+        bodies = [spec(scope, metadata={"n": n}) for n in range(1000)]
+        cpu = psutil.Process(process.pid)
+        http("POST", f"{base}/v1/runs", bodies[0])  # warm up
+        t0, c0 = time.perf_counter(), sum(cpu.cpu_times()[:2])
+        for body in bodies:
+            assert http("POST", f"{base}/v1/runs", body).status == 201
+        t1, c1 = time.perf_counter(), sum(cpu.cpu_times()[:2])
+        created = http("POST", f"{base}/v1/batches", {"runs": bodies})
+        t2, c2 = time.perf_counter(), sum(cpu.cpu_times()[:2])
+        assert created.status == 201 and len(created.json()["ids"]) == 1000
+        print(
+            f"1000 single submits: {t1 - t0:.2f} s, API CPU {c1 - c0:.2f} s; one batch of 1000: "
+            f"{t2 - t1:.2f} s, API CPU {c2 - c1:.2f} s; ratio {(t2 - t1) / (t1 - t0):.3f}"
+        )
+        assert (t2 - t1) < (t1 - t0) / 5
+    finally:
+        process.stop()
+        server.stop()
