@@ -5,7 +5,8 @@ For producers in other languages; the response model is a JSON Schema. It is a t
 
     POST /v1/runs                   submit → 201 {id, status}; bad input → 422 {detail}
     GET  /v1/runs/{id}              status, attempt, result, error, reasons, usage
-    GET  /v1/runs/{id}/events       provenance, oldest first
+    GET  /v1/runs/{id}/events       provenance, oldest first; with `Accept: text/event-stream`,
+                                    Server-Sent Events as they happen (`quorum.producer.sse`)
     GET  /v1/runs/{id}/result       wait up to ?timeout= s: 200 result, 409 failed or
                                     cancelled (with reasons), 202 not ended yet (ask again)
     POST /v1/runs/{id}/cancel       → {id, cancelled, status}
@@ -22,16 +23,19 @@ body's size (`QUORUM_MAX_REQUEST_BYTES`, 413 past it), are checked before a body
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from quorum.producer import sse
 from quorum.producer.bodies import (
     ERRORS,
     LINKS,
@@ -50,6 +54,7 @@ from quorum.shared.errors import (
     RunUnreadableError,
     StoreError,
 )
+from quorum.shared.live import EventHub, stream_id
 from quorum.shared.models import ProvenanceEvent, TaskStatus
 from quorum.shared.registry import PublishedTask
 from quorum.shared.settings import Settings, get_settings
@@ -94,7 +99,6 @@ def submit_arguments(request: RunRequest) -> dict[str, Any]:
     return arguments
 
 
-@runs.post("", status_code=201)
 @runs.post(
     "",
     status_code=201,
@@ -130,10 +134,40 @@ def get_run(run_id: str, tasks: Tasks) -> RunView:
     return _view(tasks, run_id)
 
 
-@runs.get("/{run_id}/events", operation_id="get_events")
-def get_events(run_id: str, tasks: Tasks) -> list[ProvenanceEvent]:
-    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage."""
-    events = tasks.get(run_id).provenance()
+@runs.get(
+    "/{run_id}/events",
+    operation_id="get_events",
+    response_model=list[ProvenanceEvent],
+    responses={
+        200: {
+            "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}},
+            "description": "The events, oldest first; as Server-Sent Events when asked for "
+            "`text/event-stream`: `id:` the stream id, `event:` the type, `data:` the event.",
+        }
+    },
+)
+def get_events(
+    run_id: str,
+    request: Request,
+    tasks: Tasks,
+    last_event_id: Annotated[
+        str | None, Header(description="SSE: resume after this event id.")
+    ] = None,
+) -> Any:
+    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage.
+
+    With `Accept: text/event-stream`, Server-Sent Events instead: each event as it happens,
+    from the first (or after `Last-Event-ID`), until the terminal one; then the stream ends.
+    """
+    run = tasks.get(run_id)
+    if sse.wants_events(request.headers.get("accept")):
+        return sse.event_stream(
+            request.app.state.hub,
+            run_id,
+            after=stream_id(last_event_id),
+            heartbeat_s=tasks.settings.sse_heartbeat_s,
+        )
+    events = run.provenance()
     return [ProvenanceEvent.model_validate(event.model_dump(mode="json")) for event in events]
 
 
@@ -225,6 +259,13 @@ def docs(request: Request) -> Response:
     return get_swagger_ui_html(openapi_url="/openapi.json", title="Quorum API")
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Close the event hub's connections when the server stops."""
+    yield
+    await app.state.hub.close()
+
+
 def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastAPI:
     """The API application on the configured Redis and broker."""
     app = FastAPI(
@@ -235,9 +276,12 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
         responses=ERRORS,
+        lifespan=_lifespan,
     )
     app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
     app.state.client = client or TaskClient(settings=settings)
+    store = app.state.client.store
+    app.state.hub = EventHub(store.url, keys=store.keys, options=store.asyncio_options)
     app.state.registry = CollectorRegistry(auto_describe=False)
     app.state.registry.register(
         RunMetrics(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from functools import cached_property
@@ -390,6 +391,8 @@ class TaskClient:
             raise InvalidRequestError(f"unknown status {status!r}") from exc
         if not (isinstance(limit, int) and 0 < limit <= 1000):
             raise InvalidRequestError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        if created_after is not None and not math.isfinite(created_after):
+            raise InvalidRequestError(f"created_after must be a finite number, got {created_after}")
         texts = {name: metadata_text(value) for name, value in (metadata or {}).items()}
         if None in texts.values():
             raise InvalidRequestError("metadata filters take strings, numbers or booleans")

@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         1000, gt=0, description="Most runs one batch submit (POST /v1/batches) may hold."
     )
+    sse_heartbeat_s: float = Field(
+        15.0,
+        gt=0,
+        description="A live event stream (Server-Sent Events) quiet for this long gets a "
+        "comment line, so that proxies keep it open.",
+    )
     metrics_window_s: int = Field(
         3600, gt=0, description="Runs created this many seconds back are counted in /metrics."
     )

@@ -343,6 +343,12 @@ class RunStore(RoundStore):
                 break
         return self.load(run_id)
 
+    @property
+    def asyncio_options(self) -> dict[str, Any]:
+        """The options of an asyncio client on this store's Redis (`url`): the same as its
+        own connections'."""
+        return {**_CLIENT_OPTIONS, **(self.tls or {})}
+
     async def wait_async(self, run_id: str, *, timeout_s: float | None) -> RunState:
         """`wait` for asyncio code, on a connection of its own."""
         if self.url is None:
