@@ -124,6 +124,7 @@ def submit(request: RunRequest, tasks: Tasks) -> RunCreated:
         timeout_s=request.timeout_s,
         max_tokens=request.max_tokens,
         max_cost=request.max_cost,
+        callback_url=request.callback_url,
     )
     return RunCreated(id=run.id, status=run.status())
 

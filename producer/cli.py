@@ -98,6 +98,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         max_output_tokens=args.max_output_tokens,
         system=args.system,
         idempotency_key=args.idempotency_key,
+        callback_url=args.callback_url,
     )
     print(run.id)
     return _print_result(run, args.timeout) if args.wait else 0
@@ -271,6 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--model")
     submit.add_argument("--validator-model")
     submit.add_argument("--idempotency-key")
+    submit.add_argument("--callback-url", help="POSTed the run's final view, signed, at its end")
     submit.add_argument("--wait", action="store_true", help="wait and print the result")
     submit.add_argument("--timeout", type=float)
     tasks = add("tasks", _cmd_tasks, "List the defined tasks the workers published.")

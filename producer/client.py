@@ -31,6 +31,7 @@ from quorum.shared.schemas import schema_problem
 from quorum.shared.settings import Settings, get_settings
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
+from quorum.shared.webhooks import check_callback_url
 
 __all__ = ["TaskClient", "TaskRun", "build_spec", "outcome", "template_limits"]
 
@@ -269,6 +270,7 @@ class TaskClient:
         self.store = RunStore.from_settings(settings)
         self._celery = Celery("quorum-producer", set_as_current=False)
         self._celery.conf.update(celery_config(settings))
+        self.store.on_webhook = self._send_webhook  # a run cancelled here ends here
 
     @cached_property
     def registry(self) -> Registry:
@@ -299,6 +301,7 @@ class TaskClient:
         timeout_s: float | None = None,
         max_tokens: int | None = None,
         max_cost: float | None = None,
+        callback_url: str | None = None,
     ) -> TaskRun:
         """Validate and enqueue a task; return its run at once.
 
@@ -314,6 +317,9 @@ class TaskClient:
         ends `FAILED` with code `timeout`. `max_tokens` and `max_cost` (USD, by the price
         table `QUORUM_PRICES`) bound what every LLM call of the run spends together: a run
         that would go over ends `FAILED` with code `budget_exceeded`, keeping its last output.
+
+        `callback_url`: when the run ends, its final view is POSTed there, signed (see
+        docs/http-api.md, Webhooks); its host must be in `QUORUM_WEBHOOK_ALLOWED_HOSTS`.
 
         Bad input raises an `InvalidRequestError` (a `ValueError`) before anything is written
         or enqueued. The same `idempotency_key` gives back the first run, executed once.
@@ -335,6 +341,7 @@ class TaskClient:
             timeout_s=timeout_s,
             max_tokens=max_tokens,
             max_cost=max_cost,
+            callback_url=callback_url,
         )
         existing = self.store.create(run_id, spec, idempotency_key=key)
         if existing == run_id:
@@ -405,7 +412,11 @@ class TaskClient:
         return self.store.list_runs(where, limit=limit, cursor=cursor)
 
     def _prepared(
-        self, *, idempotency_key: str | None = None, **request: Any
+        self,
+        *,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        **request: Any,
     ) -> tuple[str, RunSpec, str | None, Any]:
         """A request (`submit`'s arguments, any left out taking their defaults) checked and
         made a spec (`submission.prepare_spec`), with a new run id, its idempotency key and
@@ -424,6 +435,9 @@ class TaskClient:
             if name != "response_model" or isinstance(value, dict):
                 _clean(name, value, self.settings)
         spec, reader = prepare_spec(self, request)
+        if callback_url is not None:
+            url = check_callback_url(callback_url, self.settings.webhook_allowed_hosts)
+            spec = spec.model_copy(update={"callback_url": url})
         return uuid.uuid4().hex, spec, idempotency_key, reader
 
     def _send(self, runs: Sequence[tuple[str, str | None]], *, as_batch: bool = False) -> None:
@@ -450,6 +464,10 @@ class TaskClient:
             for run_id, key in runs:
                 self.store.discard(run_id, idempotency_key=key)
             raise
+
+    def _send_webhook(self, run_id: str) -> None:
+        """Send `quorum.webhook` for a run that ended in this process (cancelled)."""
+        self._celery.send_task("quorum.webhook", kwargs={"run_id": run_id}, ignore_result=True)
 
     def get(self, run_id: str, *, response_model: Any = None) -> TaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""

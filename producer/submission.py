@@ -56,6 +56,9 @@ class SubmitRequest(BaseModel):
     timeout_s: float | None = None
     max_tokens: int | None = None
     max_cost: float | None = None
+    callback_url: str | None = Field(
+        None, description="Where the run's final view is POSTed, signed, when it ends."
+    )
 
 
 def submit_request(client: TaskClient, body: Any) -> TaskRun:

@@ -20,6 +20,8 @@ from redis import DriverInfo
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from quorum.shared.creation import CreationStore
+from quorum.shared.deliveries import DeliveryStore
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
 from quorum.shared.events import (
     TERMINAL_EVENTS,
@@ -27,17 +29,17 @@ from quorum.shared.events import (
     Cancelled,
     Event,
     OtherEvent,
-    Submitted,
     parse_event,
 )
 from quorum.shared.keys import Keys
 from quorum.shared.listing import RunFilter, RunIndex, RunPage
-from quorum.shared.models import RunSpec, TaskStatus, Usage, sources_of
+from quorum.shared.models import TaskStatus, Usage, sources_of
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RoundStore
 from quorum.shared.scripts import mapped
 from quorum.shared.settings import Settings
 from quorum.shared.state import USAGE_FIELDS, RunState, usage_of
+from quorum.shared.webhooks import lease_s
 
 __all__ = ["DRIVER_INFO", "RunStore", "connect"]
 
@@ -100,10 +102,6 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return [entry for _, entries in reply or [] for entry in entries]
 
 
-_CLAIM_S = 60
-"""Seconds an idempotency key is held for a run still being written."""
-
-
 def _parsed(run_id: str, raw: dict[str, str]) -> RunState:
     """The run from its hash; `RunUnreadableError` if what is stored does not parse."""
     try:
@@ -115,7 +113,7 @@ def _parsed(run_id: str, raw: dict[str, str]) -> RunState:
         ) from exc
 
 
-class RunStore(RoundStore):
+class RunStore(RoundStore, CreationStore, DeliveryStore):
     """Reads and writes runs; the only code that talks to Redis about them."""
 
     def __init__(
@@ -139,7 +137,7 @@ class RunStore(RoundStore):
     @classmethod
     def from_settings(cls, settings: Settings) -> RunStore:
         """A store on the configured Redis and namespace."""
-        return cls(
+        store = cls(
             connect(
                 settings.redis_url,
                 tls=settings.redis_tls,
@@ -151,120 +149,10 @@ class RunStore(RoundStore):
             run_timeout_s=settings.run_timeout_s,
             tls=settings.redis_tls,
         )
+        store.webhook_lease_s = lease_s(settings)
+        return store
 
-    # -- producer side -------------------------------------------------------------------
-
-    @mapped
-    def create(self, run_id: str, spec: RunSpec, *, idempotency_key: str | None = None) -> str:
-        """Write a new PENDING run and its `submitted` event; return the run id to use.
-
-        With an idempotency key already used, nothing is written and the first run's id is
-        returned instead. The key is claimed for `_CLAIM_S` seconds only until the run is
-        written, and released (if still ours) when writing fails: a failed submit never
-        holds a key for the result TTL.
-        """
-        return self.create_many([(run_id, spec, idempotency_key)])[0]
-
-    @mapped
-    def create_many(self, runs: Sequence[tuple[str, RunSpec, str | None]]) -> list[str]:
-        """`create` for many runs (id, spec, idempotency key), in three round trips whatever
-        their number (one more to claim idempotency keys): write the runs (one MULTI/EXEC),
-        then index them. Returns the run id to use for each, in order; a run whose key was
-        used before is not written. If writing fails, what was written is removed."""
-        payloads = [spec.model_dump_json() for _, spec, _ in runs]  # fails before a write
-        claimed = self._claim(runs)
-        now = time.time()
-        fresh = [
-            (run_id, spec, payload, key, now + i * 1e-6)  # distinct creation times
-            for i, ((run_id, spec, key), payload, existing) in enumerate(
-                zip(runs, payloads, claimed, strict=True)
-            )
-            if existing is None
-        ]
-        try:
-            self._write_new(fresh, now)
-        except BaseException:
-            self._undo_create(fresh)
-            raise
-        return [existing or run_id for (run_id, _, _), existing in zip(runs, claimed, strict=True)]
-
-    def _claim(self, runs: Sequence[tuple[str, RunSpec, str | None]]) -> list[str | None]:
-        """Claim each idempotency key for its run for `_CLAIM_S` seconds (SET NX); for each
-        run, the id of the run its key was first used for if that is another, else None."""
-        if not any(key for _, _, key in runs):
-            return [None] * len(runs)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for run_id, _, key in runs:
-                if key is not None:
-                    pipe.set(self.keys.idempotency(key), run_id, nx=True, ex=_CLAIM_S)
-                    pipe.get(self.keys.idempotency(key))
-            replies = iter(pipe.execute())
-        out: list[str | None] = []
-        for run_id, _, key in runs:
-            if key is None:
-                out.append(None)
-                continue
-            _, holder = next(replies), next(replies)
-            out.append(None if holder in (None, run_id) else str(holder))
-        return out
-
-    def _write_new(
-        self, fresh: list[tuple[str, RunSpec, str, str | None, float]], now: float
-    ) -> None:
-        """New PENDING runs (id, spec, spec JSON, idempotency key, creation time): their
-        hashes and `submitted` events in one MULTI/EXEC, then their indexes; a run's claim
-        then lasts as long as the run."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            for run_id, spec, payload, _, created in fresh:
-                mode = spec.config.mode if spec.config else "none"
-                submitted = Submitted(
-                    model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash
-                )
-                run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
-                pipe.hset(
-                    run_key,
-                    mapping={
-                        "spec": payload,
-                        "status": TaskStatus.PENDING.value,
-                        "attempt": 0,
-                        "created_at": created,
-                        "updated_at": created,
-                    },
-                )
-                pipe.xadd(events_key, {"event": submitted.model_dump_json()})
-                pipe.expire(run_key, self.ttl_s)
-                pipe.expire(events_key, self.ttl_s)
-            pipe.execute()
-        with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
-            scores: dict[str, dict[str, float]] = {
-                self.keys.deadlines(): {},
-                self.keys.progress(): {},
-            }
-            for run_id, spec, _, key, created in fresh:
-                for index in self.index.keys_of(spec):
-                    scores.setdefault(index, {})[run_id] = created
-                deadline = created + (spec.timeout_s or self.run_timeout_s)
-                scores[self.keys.deadlines()][run_id] = deadline
-                scores[self.keys.progress()][run_id] = now
-                if key is not None:  # the run is written: the claim lasts as long as it does
-                    pipe.expire(self.keys.idempotency(key), self.ttl_s)
-            for index, members in scores.items():
-                if members:
-                    pipe.zadd(index, members)
-                    pipe.expire(index, self.ttl_s)
-            pipe.execute()
-
-    def _undo_create(self, fresh: list[tuple[str, RunSpec, str, str | None, float]]) -> None:
-        """Best effort after a failed `create_many`: drop what was written, release the
-        claims."""
-        try:
-            for run_id, _, _, key, _ in fresh:
-                self.redis.delete(self.keys.run(run_id), self.keys.events(run_id))
-                self.redis.zrem(self.keys.runs(), run_id)
-                if key is not None:
-                    self._script(self._release_claim, [self.keys.idempotency(key)], [run_id])
-        except redis.RedisError:
-            pass  # the claims expire in _CLAIM_S seconds by themselves
+    # -- producer side (creating runs: `shared.creation`) ---------------------------------
 
     @mapped
     def discard(self, run_id: str, *, idempotency_key: str | None = None) -> None:
@@ -404,16 +292,21 @@ class RunStore(RoundStore):
 
         (done, *reply), *_ = self._script_then(self._transition, keys, args, then)
         if done and new.terminal:
-            self._ended(run_id, new, float(reply[2] or time.time()))
+            self._ended(run_id, new, float(reply[2] or time.time()), webhook=reply[3] == 1)
         return bool(done)
 
-    def _ended(self, run_id: str, status: TaskStatus, created: float) -> None:
-        """Move a run that just ended from the sweep's indices to its final status's."""
+    def _ended(self, run_id: str, status: TaskStatus, created: float, *, webhook: bool) -> None:
+        """Move a run that just ended from the sweep's indices to its final status's, and
+        schedule and send its webhook if its end recorded one (`shared.webhooks`)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.deadlines(), run_id)
             pipe.zrem(self.keys.progress(), run_id)
             self.index.ended(pipe, run_id, status, created)
+            if webhook:
+                self._webhook_recorded(pipe, run_id)
             pipe.execute()
+        if webhook:
+            self.send_webhook(run_id)
 
     @mapped
     def begin_attempt(
