@@ -3,6 +3,7 @@ session's Redis, worker and simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from quorum import AsyncTaskClient, TaskStatus
 from quorum.producer import TaskClient
 from quorum.producer.stack import ManagedProcess, celery_command, start_redis
 from tests.integration.helpers import APPLES, Purchase, directive
@@ -200,3 +202,25 @@ def test_one_batch_of_1000_costs_the_producer_under_a_fifth_of_1000_submits(scop
     finally:
         process.stop()
         server.stop()
+
+
+def test_the_async_client_submits_a_batch_and_lists_it(redis_url, worker, scope):
+    tag = uuid.uuid4().hex
+    one = {
+        "template": TEMPLATE,
+        "response_model": Purchase,
+        "kwargs": {"message": "5 apples", "sim": directive(scope, outputs=[APPLES])},
+        "config": {"mode": "single_shot", "issues": ["names a product"]},
+        "metadata": {"batch": tag},
+    }
+
+    async def go() -> tuple[list[str], list[str], list[Purchase]]:
+        async with AsyncTaskClient(redis_url=redis_url) as aclient:
+            runs = await aclient.submit_many([one, one])
+            results = [await run.result(timeout=30) for run in runs]
+            page = await aclient.list(metadata={"batch": tag}, status=TaskStatus.SUCCESSFUL)
+            return [run.id for run in runs], [r.id for r in page], results
+
+    ids, listed, results = asyncio.run(go())
+    assert results == [Purchase(**APPLES)] * 2
+    assert listed == ids[::-1]
