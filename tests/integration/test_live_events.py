@@ -85,6 +85,21 @@ def test_events_arrive_in_order_as_they_happen_and_the_stream_closes(api, scope)
     assert [f for f in frames(api, run_id, last_event_id=events[-1]["id"]) if "id" in f] == []
 
 
+def test_the_first_event_arrives_before_the_run_ends(api, scope):
+    run_id = http("POST", f"{api}/v1/runs", body(scope, latency=1, votes={"*": True})).json()["id"]
+    url = urllib.parse.urlsplit(api)
+    conn = HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("GET", f"/v1/runs/{run_id}/events", headers={"Accept": "text/event-stream"})
+    reply = conn.getresponse()
+    while (line := reply.readline().decode()) and not line.startswith("event: submitted"):
+        pass
+    assert line.startswith("event: submitted")
+    assert http("GET", f"{api}/v1/runs/{run_id}").json()["status"] in ("PENDING", "RUNNING")
+    rest = reply.read().decode()  # the rest, once the run has ended
+    conn.close()
+    assert "event: succeeded" in rest
+
+
 def test_a_stream_resumed_mid_run_gets_the_rest(api, scope):
     run_id = http("POST", f"{api}/v1/runs", body(scope, latency=0.5, votes={"*": True})).json()[
         "id"

@@ -122,3 +122,15 @@ def test_create_many_honours_idempotency_keys(store: RunStore) -> None:
     assert first == ["a", "a", "c"]
     assert store.create_many([("d", spec(), "k1")]) == ["a"]
     assert ids(store, RunFilter()) == ["c", "a"]
+
+
+def test_runs_of_a_defined_task_have_their_own_index(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    named = spec().model_copy(update={"task": "extract", "task_hash": "h1"})
+    store.create_many([("a", named, None), ("b", spec(), None), ("c", named, None)])
+    assert redis.zrange(KEYS.runs_by_task("extract"), 0, -1) == ["a", "c"]
+    assert ids(store, RunFilter(task="extract")) == ["c", "a"]
+    assert store.list_runs(RunFilter(task="extract"))[0].task == "extract"
+    store.transition("a", TaskStatus.FAILED)
+    assert ids(store, RunFilter(task="extract", status=TaskStatus.FAILED)) == ["a"]
