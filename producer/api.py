@@ -155,7 +155,8 @@ def get_events(
         str | None, Header(description="SSE: resume after this event id.")
     ] = None,
 ) -> Any:
-    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage.
+    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage;
+    each event's `id` is its stream id (`Last-Event-ID` resumes a live stream after it).
 
     With `Accept: text/event-stream`, Server-Sent Events instead: each event as it happens,
     from the first (or after `Last-Event-ID`), until the terminal one; then the stream ends.
@@ -168,8 +169,11 @@ def get_events(
             after=stream_id(last_event_id),
             heartbeat_s=tasks.settings.sse_heartbeat_s,
         )
-    events = run.provenance()
-    return [ProvenanceEvent.model_validate(event.model_dump(mode="json")) for event in events]
+    entries = tasks.store.event_entries(run.id)
+    return [
+        ProvenanceEvent.model_validate({"id": entry_id, **event.model_dump(mode="json")})
+        for entry_id, event in entries
+    ]
 
 
 @runs.get(

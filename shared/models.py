@@ -251,6 +251,9 @@ class ProvenanceEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    id: str | None = Field(
+        None, description="Its stream id: a live stream's Last-Event-ID resumes after it."
+    )
     type: str
     attempt: int = 0
     worker: str = ""

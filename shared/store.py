@@ -183,8 +183,14 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
     @mapped
     def events(self, run_id: str) -> list[Event | OtherEvent]:
         """The run's provenance, oldest first."""
+        return [event for _, event in self.event_entries(run_id)]
+
+    @mapped
+    def event_entries(self, run_id: str) -> list[tuple[str, Event | OtherEvent]]:
+        """The run's provenance, oldest first, each event with its stream id (what a live
+        stream's `Last-Event-ID` resumes after)."""
         entries = cast(list[Any], self.redis.xrange(self.keys.events(run_id)))
-        return [parse_event(fields["event"]) for _, fields in entries]
+        return [(entry_id, parse_event(fields["event"])) for entry_id, fields in entries]
 
     @mapped
     def recent(self, *, since: float, limit: int) -> list[str]:
