@@ -153,7 +153,7 @@ def test_a_batch_is_submitted_whole_and_runs(api, client: TaskClient, scope):
     ("bad", "status", "message"),
     [
         ({"template": "Hello {{ missing }}"}, 422, "runs[1]: "),
-        ({"config": {"mode": "threshold", "issues": ["x"], "count": 2}}, 422, "runs[1]: "),
+        ({"config": {"mode": "threshold", "issues": ["x"], "count": 2}}, 422, "body.runs.1.config"),
         ({"template": None}, 422, "runs[1]: give a defined task's name"),
         ({"kwargs": ["not", "a", "dict"]}, 422, "body.runs.1.kwargs"),
     ],
