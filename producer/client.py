@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import uuid
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
@@ -21,7 +19,7 @@ from quorum.shared.errors import (
     TaskFailedError,
 )
 from quorum.shared.events import Event, OtherEvent
-from quorum.shared.listing import RunFilter, RunPage, metadata_text
+from quorum.shared.listing import RunFilter, RunPage
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.payload import payload_problem
 from quorum.shared.prompts import Limits, check_template
@@ -31,7 +29,6 @@ from quorum.shared.schemas import schema_problem
 from quorum.shared.settings import Settings, get_settings
 from quorum.shared.state import RunState
 from quorum.shared.store import RunStore
-from quorum.shared.webhooks import check_callback_url
 
 __all__ = ["TaskClient", "TaskRun", "build_spec", "outcome", "template_limits"]
 
@@ -239,26 +236,6 @@ def outcome(state: RunState, timeout: float | None, model: Any) -> Any:
     )
 
 
-_REQUEST_DEFAULTS: dict[str, Any] = {
-    "task": None,
-    "template": None,
-    "response_model": None,
-    "kwargs": None,
-    "config": None,
-    "checks": (),
-    "model": None,
-    "validator_model": None,
-    "temperature": None,
-    "max_output_tokens": None,
-    "system": None,
-    "metadata": None,
-    "timeout_s": None,
-    "max_tokens": None,
-    "max_cost": None,
-}
-"""`submit`'s arguments but the idempotency key, with their defaults."""
-
-
 class TaskClient:
     """Submits validated LLM tasks to Quorum's workers and follows them in Redis."""
 
@@ -324,7 +301,10 @@ class TaskClient:
         Bad input raises an `InvalidRequestError` (a `ValueError`) before anything is written
         or enqueued. The same `idempotency_key` gives back the first run, executed once.
         """
-        run_id, spec, key, reader = self._prepared(
+        from quorum.producer.submission import prepare  # it builds on build_spec
+
+        run_id, spec, key, reader = prepare(
+            self,
             idempotency_key=idempotency_key,
             task=task,
             template=template,
@@ -358,20 +338,9 @@ class TaskClient:
         (`RunStore.create_many`), and started by one job (`quorum.start` on the control
         queue), which sends each run's first job.
         """
-        if not isinstance(requests, Sequence) or isinstance(requests, str | bytes):
-            raise InvalidRequestError("submit_many takes a list of requests")
-        if not 0 < len(requests) <= self.settings.max_batch:
-            raise InvalidRequestError(
-                f"a batch holds 1 to {self.settings.max_batch} runs, got {len(requests)}"
-            )
-        prepared = []
-        for i, request in enumerate(requests):
-            try:
-                if not isinstance(request, dict):
-                    raise InvalidRequestError("each request must be a dict of submit's arguments")
-                prepared.append(self._prepared(**request))
-            except InvalidRequestError as exc:
-                raise type(exc)(f"runs[{i}]: {exc}") from exc
+        from quorum.producer.submission import prepare_batch
+
+        prepared = prepare_batch(self, requests)
         ids = self.store.create_many([(run_id, spec, key) for run_id, spec, key, _ in prepared])
         fresh = [(r, key) for (r, _, key, _), id_ in zip(prepared, ids, strict=True) if id_ == r]
         if fresh:
@@ -392,53 +361,12 @@ class TaskClient:
         """Runs newest first, filtered by final or current `status`, defined `task`, metadata
         values and creation time (epoch seconds); at most `limit` (1 to 1000) in a page.
         `page.next_cursor`, passed back as `cursor`, continues the listing (None: no more)."""
-        try:
-            wanted = None if status is None else TaskStatus(status)
-        except ValueError as exc:
-            raise InvalidRequestError(f"unknown status {status!r}") from exc
         if not (isinstance(limit, int) and 0 < limit <= 1000):
             raise InvalidRequestError(f"limit must be an integer from 1 to 1000, got {limit!r}")
-        if created_after is not None and not math.isfinite(created_after):
-            raise InvalidRequestError(f"created_after must be a finite number, got {created_after}")
-        texts = {name: metadata_text(value) for name, value in (metadata or {}).items()}
-        if None in texts.values():
-            raise InvalidRequestError("metadata filters take strings, numbers or booleans")
-        where = RunFilter(
-            status=wanted,
-            task=task,
-            metadata={name: text for name, text in texts.items() if text is not None},
-            created_after=created_after,
+        where = RunFilter.checked(
+            status=status, task=task, metadata=metadata, created_after=created_after
         )
         return self.store.list_runs(where, limit=limit, cursor=cursor)
-
-    def _prepared(
-        self,
-        *,
-        idempotency_key: str | None = None,
-        callback_url: str | None = None,
-        **request: Any,
-    ) -> tuple[str, RunSpec, str | None, Any]:
-        """A request (`submit`'s arguments, any left out taking their defaults) checked and
-        made a spec (`submission.prepare_spec`), with a new run id, its idempotency key and
-        the type its result is read as; nothing written."""
-        if idempotency_key is not None and not (
-            isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
-        ):
-            raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
-        unknown = sorted(set(request) - set(_REQUEST_DEFAULTS))
-        if unknown:
-            raise InvalidRequestError(f"unknown argument(s): {', '.join(unknown)}")
-        from quorum.producer.submission import prepare_spec  # it builds on build_spec
-
-        request = {**_REQUEST_DEFAULTS, **request}
-        for name, value in (*request.items(), ("idempotency_key", idempotency_key)):
-            if name != "response_model" or isinstance(value, dict):
-                _clean(name, value, self.settings)
-        spec, reader = prepare_spec(self, request)
-        if callback_url is not None:
-            url = check_callback_url(callback_url, self.settings.webhook_allowed_hosts)
-            spec = spec.model_copy(update={"callback_url": url})
-        return uuid.uuid4().hex, spec, idempotency_key, reader
 
     def _send(self, runs: Sequence[tuple[str, str | None]], *, as_batch: bool = False) -> None:
         """Send each new run's first job, or with `as_batch` one `quorum.start` job that sends

@@ -17,6 +17,7 @@ a page may be short while more runs match: follow `next_cursor` until it is None
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
@@ -90,6 +91,28 @@ class RunFilter:
     task: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     created_after: float | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        status: Any = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_after: float | None = None,
+    ) -> RunFilter:
+        """A filter from a producer's arguments; `InvalidRequestError` naming a bad one."""
+        try:
+            wanted = None if status is None else TaskStatus(status)
+        except ValueError as exc:
+            raise InvalidRequestError(f"unknown status {status!r}") from exc
+        if created_after is not None and not math.isfinite(created_after):
+            raise InvalidRequestError(f"created_after must be a finite number, got {created_after}")
+        texts = {name: metadata_text(value) for name, value in (metadata or {}).items()}
+        if None in texts.values():
+            raise InvalidRequestError("metadata filters take strings, numbers or booleans")
+        indexed = {name: text for name, text in texts.items() if text is not None}
+        return cls(status=wanted, task=task, metadata=indexed, created_after=created_after)
 
     def sources(self, keys: Keys) -> list[str]:
         """The indexes the filter reads, the one to walk first."""
