@@ -5,11 +5,13 @@ For producers in other languages; the response model is a JSON Schema. It is a t
 
     POST /v1/runs                   submit → 201 {id, status}; bad input → 422 {detail}
     GET  /v1/runs/{id}              status, attempt, result, error, reasons, usage
-    GET  /v1/runs/{id}/events       provenance, oldest first
+    GET  /v1/runs/{id}/events       provenance, oldest first; with `Accept: text/event-stream`,
+                                    Server-Sent Events as they happen (`quorum.producer.sse`)
     GET  /v1/runs/{id}/result       wait up to ?timeout= s: 200 result, 409 failed or
                                     cancelled (with reasons), 202 not ended yet (ask again)
     POST /v1/runs/{id}/cancel       → {id, cancelled, status}
     GET  /v1/tasks                  the defined tasks the workers published, with their schemas
+    GET  /v1/runs, POST /v1/batches listing and batch submits (`quorum.producer.doors`)
     GET  /metrics                   run-level Prometheus metrics (`quorum.producer.metrics`)
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
 
@@ -21,16 +23,19 @@ body's size (`QUORUM_MAX_REQUEST_BYTES`, 413 past it), are checked before a body
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from quorum.producer import sse
 from quorum.producer.bodies import (
     ERRORS,
     LINKS,
@@ -49,6 +54,7 @@ from quorum.shared.errors import (
     RunUnreadableError,
     StoreError,
 )
+from quorum.shared.live import EventHub, stream_id
 from quorum.shared.models import ProvenanceEvent, TaskStatus
 from quorum.shared.registry import PublishedTask
 from quorum.shared.settings import Settings, get_settings
@@ -86,6 +92,13 @@ ops = APIRouter(tags=["ops"])
 tasks_router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(_authorized)])
 
 
+def submit_arguments(request: RunRequest) -> dict[str, Any]:
+    """`TaskClient.submit`'s arguments for a request (its JSON Schema is `response_model`)."""
+    arguments = request.model_dump()
+    arguments["response_model"] = arguments.pop("response_schema")
+    return arguments
+
+
 @runs.post(
     "",
     status_code=201,
@@ -111,6 +124,7 @@ def submit(request: RunRequest, tasks: Tasks) -> RunCreated:
         timeout_s=request.timeout_s,
         max_tokens=request.max_tokens,
         max_cost=request.max_cost,
+        callback_url=request.callback_url,
     )
     return RunCreated(id=run.id, status=run.status())
 
@@ -121,11 +135,45 @@ def get_run(run_id: str, tasks: Tasks) -> RunView:
     return _view(tasks, run_id)
 
 
-@runs.get("/{run_id}/events", operation_id="get_events")
-def get_events(run_id: str, tasks: Tasks) -> list[ProvenanceEvent]:
-    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage."""
-    events = tasks.get(run_id).provenance()
-    return [ProvenanceEvent.model_validate(event.model_dump(mode="json")) for event in events]
+@runs.get(
+    "/{run_id}/events",
+    operation_id="get_events",
+    response_model=list[ProvenanceEvent],
+    responses={
+        200: {
+            "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}},
+            "description": "The events, oldest first; as Server-Sent Events when asked for "
+            "`text/event-stream`: `id:` the stream id, `event:` the type, `data:` the event.",
+        }
+    },
+)
+def get_events(
+    run_id: str,
+    request: Request,
+    tasks: Tasks,
+    last_event_id: Annotated[
+        str | None, Header(description="SSE: resume after this event id.")
+    ] = None,
+) -> Any:
+    """The run's provenance: attempts, outputs, votes, decisions, with workers and usage;
+    each event's `id` is its stream id (`Last-Event-ID` resumes a live stream after it).
+
+    With `Accept: text/event-stream`, Server-Sent Events instead: each event as it happens,
+    from the first (or after `Last-Event-ID`), until the terminal one; then the stream ends.
+    """
+    run = tasks.get(run_id)
+    if sse.wants_events(request.headers.get("accept")):
+        return sse.event_stream(
+            request.app.state.hub,
+            run_id,
+            after=stream_id(last_event_id),
+            heartbeat_s=tasks.settings.sse_heartbeat_s,
+        )
+    entries = tasks.store.event_entries(run.id)
+    return [
+        ProvenanceEvent.model_validate({"id": entry_id, **event.model_dump(mode="json")})
+        for entry_id, event in entries
+    ]
 
 
 @runs.get(
@@ -216,6 +264,13 @@ def docs(request: Request) -> Response:
     return get_swagger_ui_html(openapi_url="/openapi.json", title="Quorum API")
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Close the event hub's connections when the server stops."""
+    yield
+    await app.state.hub.close()
+
+
 def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastAPI:
     """The API application on the configured Redis and broker."""
     app = FastAPI(
@@ -226,9 +281,12 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
         responses=ERRORS,
+        lifespan=_lifespan,
     )
     app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
     app.state.client = client or TaskClient(settings=settings)
+    store = app.state.client.store
+    app.state.hub = EventHub(store.url, keys=store.keys, options=store.asyncio_options)
     app.state.registry = CollectorRegistry(auto_describe=False)
     app.state.registry.register(
         RunMetrics(
@@ -238,7 +296,10 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
         )
     )
     app.state.registry.register(TaskMetrics(app.state.client.registry))
+    from quorum.producer.doors import doors  # its routes use this module's models
+
     app.include_router(runs)
+    app.include_router(doors, dependencies=[Depends(_authorized)])
     app.include_router(tasks_router)
     app.include_router(ops)
     _errors(app)

@@ -9,10 +9,12 @@ waits cost no thread each. There is no second copy of the client's logic.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from quorum.producer.client import TaskClient, TaskRun, outcome
 from quorum.shared.events import Event, OtherEvent
+from quorum.shared.listing import RunPage
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import Settings
 from quorum.shared.state import RunState
@@ -66,6 +68,16 @@ class AsyncTaskClient:
     async def submit(self, **request: Any) -> AsyncTaskRun:
         """Validate and enqueue a task (`TaskClient.submit`); return its run at once."""
         return AsyncTaskRun(await asyncio.to_thread(lambda: self.client.submit(**request)))
+
+    async def submit_many(self, requests: Sequence[dict[str, Any]]) -> list[AsyncTaskRun]:
+        """Validate, write and enqueue a batch, all or nothing (`TaskClient.submit_many`)."""
+        runs = await asyncio.to_thread(self.client.submit_many, requests)
+        return [AsyncTaskRun(run) for run in runs]
+
+    async def list(self, **filters: Any) -> RunPage:
+        """A page of runs, newest first (`TaskClient.list`: status, task, metadata,
+        created_after, limit, cursor)."""
+        return await asyncio.to_thread(lambda: self.client.list(**filters))
 
     async def get(self, run_id: str, *, response_model: Any = None) -> AsyncTaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""

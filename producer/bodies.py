@@ -100,6 +100,12 @@ class RunRequest(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashe
     max_cost: float | None = Field(
         None, gt=0, lt=1e15, description="Cost budget in USD (by the workers' price table)."
     )
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="When the run ends, its final view is POSTed here, signed "
+        "(Quorum-Signature); the host must be in QUORUM_WEBHOOK_ALLOWED_HOSTS.",
+    )
 
 
 class RunCreated(BaseModel):

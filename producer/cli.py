@@ -1,5 +1,5 @@
-"""The `quorum` command: submit, tasks, status, watch, result, provenance, cancel, worker, api, sim,
-llm, demo."""
+"""The `quorum` command: submit, tasks, status, watch, result, provenance, cancel, runs, worker,
+api, sim, llm, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         max_output_tokens=args.max_output_tokens,
         system=args.system,
         idempotency_key=args.idempotency_key,
+        callback_url=args.callback_url,
     )
     print(run.id)
     return _print_result(run, args.timeout) if args.wait else 0
@@ -155,6 +157,29 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     cancelled = _client().get(args.run_id).cancel()
     print("cancelled" if cancelled else "already ended")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    metadata = dict(pair.partition("=")[::2] for pair in args.metadata)
+    page = _client().list(
+        status=args.status,
+        task=args.task,
+        metadata=metadata,
+        created_after=args.created_after,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    if args.json:
+        runs = [run.model_dump(mode="json") for run in page]
+        print(json.dumps({"runs": runs, "next_cursor": page.next_cursor}, indent=2))
+        return 0
+    for run in page:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created_at))
+        task = run.task or "-"
+        print(f"{run.id}  {run.status.value:<10}  {when}  {task}  {run.code or ''}".rstrip())
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
     return 0
 
 
@@ -247,6 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--model")
     submit.add_argument("--validator-model")
     submit.add_argument("--idempotency-key")
+    submit.add_argument("--callback-url", help="POSTed the run's final view, signed, at its end")
     submit.add_argument("--wait", action="store_true", help="wait and print the result")
     submit.add_argument("--timeout", type=float)
     tasks = add("tasks", _cmd_tasks, "List the defined tasks the workers published.")
@@ -264,6 +290,16 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--timeout", type=float)
         if name == "provenance":
             command.add_argument("--json", action="store_true")
+    runs = add("runs", _cmd_runs, "List runs, newest first (filters: AND).")
+    runs.add_argument("--status", help="e.g. FAILED")
+    runs.add_argument("--task", help="a defined task's name")
+    runs.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    runs.add_argument("--created-after", type=float, help="epoch seconds")
+    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--cursor", help="continue a listing (printed after a full page)")
+    runs.add_argument("--json", action="store_true")
     worker = add(
         "worker", _cmd_worker, "Start a worker: celery -A quorum.worker.app worker [ARGS]."
     )

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +19,7 @@ from quorum.shared.errors import (
     TaskFailedError,
 )
 from quorum.shared.events import Event, OtherEvent
+from quorum.shared.listing import RunFilter, RunPage
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.payload import payload_problem
 from quorum.shared.prompts import Limits, check_template
@@ -247,6 +247,7 @@ class TaskClient:
         self.store = RunStore.from_settings(settings)
         self._celery = Celery("quorum-producer", set_as_current=False)
         self._celery.conf.update(celery_config(settings))
+        self.store.on_webhook = self._send_webhook  # a run cancelled here ends here
 
     @cached_property
     def registry(self) -> Registry:
@@ -277,6 +278,7 @@ class TaskClient:
         timeout_s: float | None = None,
         max_tokens: int | None = None,
         max_cost: float | None = None,
+        callback_url: str | None = None,
     ) -> TaskRun:
         """Validate and enqueue a task; return its run at once.
 
@@ -293,48 +295,107 @@ class TaskClient:
         table `QUORUM_PRICES`) bound what every LLM call of the run spends together: a run
         that would go over ends `FAILED` with code `budget_exceeded`, keeping its last output.
 
+        `callback_url`: when the run ends, its final view is POSTed there, signed (see
+        docs/http-api.md, Webhooks); its host must be in `QUORUM_WEBHOOK_ALLOWED_HOSTS`.
+
         Bad input raises an `InvalidRequestError` (a `ValueError`) before anything is written
         or enqueued. The same `idempotency_key` gives back the first run, executed once.
         """
-        if idempotency_key is not None and not (
-            isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
-        ):
-            raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
-        from quorum.producer.submission import prepare_spec  # it builds on build_spec
+        from quorum.producer.submission import prepare  # it builds on build_spec
 
-        request = {
-            "task": task,
-            "template": template,
-            "response_model": response_model,
-            "kwargs": kwargs,
-            "config": config,
-            "checks": checks,
-            "model": model,
-            "validator_model": validator_model,
-            "temperature": temperature,
-            "max_output_tokens": max_output_tokens,
-            "system": system,
-            "metadata": metadata,
-            "timeout_s": timeout_s,
-            "max_tokens": max_tokens,
-            "max_cost": max_cost,
-        }
-        for name, value in (*request.items(), ("idempotency_key", idempotency_key)):
-            if name != "response_model" or isinstance(value, dict):
-                _clean(name, value, self.settings)
-        spec, response_model = prepare_spec(self, request)
-        run_id = uuid.uuid4().hex
-        existing = self.store.create(run_id, spec, idempotency_key=idempotency_key)
-        if existing != run_id:
-            return TaskRun(self, existing, response_model)
+        run_id, spec, key, reader = prepare(
+            self,
+            idempotency_key=idempotency_key,
+            task=task,
+            template=template,
+            response_model=response_model,
+            kwargs=kwargs,
+            config=config,
+            checks=checks,
+            model=model,
+            validator_model=validator_model,
+            temperature=temperature,
+            max_output_tokens=max_output_tokens,
+            system=system,
+            metadata=metadata,
+            timeout_s=timeout_s,
+            max_tokens=max_tokens,
+            max_cost=max_cost,
+            callback_url=callback_url,
+        )
+        existing = self.store.create(run_id, spec, idempotency_key=key)
+        if existing == run_id:
+            self._send([(run_id, key)])
+        return TaskRun(self, existing, reader)
+
+    def submit_many(self, requests: Sequence[dict[str, Any]]) -> list[TaskRun]:
+        """Validate every request (each a dict of `submit`'s arguments), then write and
+        enqueue them all; return their runs in order.
+
+        All or nothing: the first bad request raises an `InvalidRequestError` whose message
+        starts with its index (`runs[3]: ...`) before anything is written or enqueued. At most
+        `QUORUM_MAX_BATCH` requests. Written in three Redis round trips whatever their number
+        (`RunStore.create_many`), and started by one job (`quorum.start` on the control
+        queue), which sends each run's first job.
+        """
+        from quorum.producer.submission import prepare_batch
+
+        prepared = prepare_batch(self, requests)
+        ids = self.store.create_many([(run_id, spec, key) for run_id, spec, key, _ in prepared])
+        fresh = [(r, key) for (r, _, key, _), id_ in zip(prepared, ids, strict=True) if id_ == r]
+        if fresh:
+            self._send(fresh, as_batch=True)
+        readers = [reader for *_, reader in prepared]
+        return [TaskRun(self, id_, reader) for id_, reader in zip(ids, readers, strict=True)]
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first, filtered by final or current `status`, defined `task`, metadata
+        values and creation time (epoch seconds); at most `limit` (1 to 1000) in a page.
+        `page.next_cursor`, passed back as `cursor`, continues the listing (None: no more)."""
+        if not (isinstance(limit, int) and 0 < limit <= 1000):
+            raise InvalidRequestError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        where = RunFilter.checked(
+            status=status, task=task, metadata=metadata, created_after=created_after
+        )
+        return self.store.list_runs(where, limit=limit, cursor=cursor)
+
+    def _send(self, runs: Sequence[tuple[str, str | None]], *, as_batch: bool = False) -> None:
+        """Send each new run's first job, or with `as_batch` one `quorum.start` job that sends
+        them; if that fails, remove every run of `runs` so that nothing half-made is left, and
+        raise."""
         try:
-            self._celery.send_task(
-                "quorum.task_node", kwargs={"run_id": run_id, "attempt": 1}, ignore_result=True
-            )
+            if as_batch:
+                ids = [run_id for run_id, _ in runs]
+                self._celery.send_task(
+                    "quorum.start",
+                    kwargs={"run_ids": ids},
+                    ignore_result=True,
+                    kwargsrepr=f"{{'run_ids': [{len(ids)} runs]}}",
+                )
+            else:
+                for run_id, _ in runs:
+                    self._celery.send_task(
+                        "quorum.task_node",
+                        kwargs={"run_id": run_id, "attempt": 1},
+                        ignore_result=True,
+                    )
         except Exception:
-            self.store.discard(run_id, idempotency_key=idempotency_key)
+            for run_id, key in runs:
+                self.store.discard(run_id, idempotency_key=key)
             raise
-        return TaskRun(self, run_id, response_model)
+
+    def _send_webhook(self, run_id: str) -> None:
+        """Send `quorum.webhook` for a run that ended in this process (cancelled)."""
+        self._celery.send_task("quorum.webhook", kwargs={"run_id": run_id}, ignore_result=True)
 
     def get(self, run_id: str, *, response_model: Any = None) -> TaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""

@@ -10,8 +10,9 @@ template variable is refused with an `InvalidRequestError` before anything is wr
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,12 +21,102 @@ from quorum.shared.definitions import defined, expression_checks, unknown_task
 from quorum.shared.errors import InvalidRequestError
 from quorum.shared.models import RunSpec
 from quorum.shared.options import llm_options
+from quorum.shared.payload import payload_problem
 from quorum.shared.responses import refuse_ad_hoc_validators, response_type
+from quorum.shared.webhooks import check_callback_url
 
 if TYPE_CHECKING:
     from quorum.producer.client import TaskClient, TaskRun
 
-__all__ = ["SubmitRequest", "prepare_spec", "submit_request"]
+__all__ = [
+    "SUBMIT_DEFAULTS",
+    "Prepared",
+    "SubmitRequest",
+    "prepare",
+    "prepare_batch",
+    "prepare_spec",
+    "submit_request",
+]
+
+SUBMIT_DEFAULTS: dict[str, Any] = {
+    "task": None,
+    "template": None,
+    "response_model": None,
+    "kwargs": None,
+    "config": None,
+    "checks": (),
+    "model": None,
+    "validator_model": None,
+    "temperature": None,
+    "max_output_tokens": None,
+    "system": None,
+    "metadata": None,
+    "timeout_s": None,
+    "max_tokens": None,
+    "max_cost": None,
+}
+"""`submit`'s arguments but the idempotency key and the callback URL, with their defaults."""
+
+
+class Prepared(NamedTuple):
+    """A request checked and made a spec; nothing written yet."""
+
+    run_id: str
+    spec: RunSpec
+    idempotency_key: str | None
+    reader: Any
+    """The type the run's result is read as (None: as JSON)."""
+
+
+def prepare(
+    client: TaskClient,
+    *,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    **request: Any,
+) -> Prepared:
+    """A request (`TaskClient.submit`'s arguments, any left out taking their defaults)
+    checked and made a spec (`prepare_spec`), with a new run id; nothing written."""
+    if idempotency_key is not None and not (
+        isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 256
+    ):
+        raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
+    unknown = sorted(set(request) - set(SUBMIT_DEFAULTS))
+    if unknown:
+        raise InvalidRequestError(f"unknown argument(s): {', '.join(unknown)}")
+    request = {**SUBMIT_DEFAULTS, **request}
+    extra = (("idempotency_key", idempotency_key), ("callback_url", callback_url))
+    for name, value in (*request.items(), *extra):
+        if name != "response_model" or isinstance(value, dict):
+            value = value.model_dump() if isinstance(value, BaseModel) else value
+            depth = client.settings.max_nesting_depth
+            problem = payload_problem(value, what=name, max_depth=depth)
+            if problem is not None:
+                raise InvalidRequestError(problem)
+    spec, reader = prepare_spec(client, request)
+    if callback_url is not None:
+        url = check_callback_url(callback_url, client.settings.webhook_allowed_hosts)
+        spec = spec.model_copy(update={"callback_url": url})
+    return Prepared(uuid.uuid4().hex, spec, idempotency_key, reader)
+
+
+def prepare_batch(client: TaskClient, requests: Any) -> list[Prepared]:
+    """Every request of a batch prepared, all or nothing: the first bad one raises an
+    `InvalidRequestError` whose message starts with its index (`runs[3]: ...`)."""
+    if not isinstance(requests, Sequence) or isinstance(requests, str | bytes):
+        raise InvalidRequestError("submit_many takes a list of requests")
+    most = client.settings.max_batch
+    if not 0 < len(requests) <= most:
+        raise InvalidRequestError(f"a batch holds 1 to {most} runs, got {len(requests)}")
+    prepared = []
+    for i, request in enumerate(requests):
+        try:
+            if not isinstance(request, dict):
+                raise InvalidRequestError("each request must be a dict of submit's arguments")
+            prepared.append(prepare(client, **request))
+        except InvalidRequestError as exc:
+            raise type(exc)(f"runs[{i}]: {exc}") from exc
+    return prepared
 
 
 class SubmitRequest(BaseModel):
@@ -56,6 +147,9 @@ class SubmitRequest(BaseModel):
     timeout_s: float | None = None
     max_tokens: int | None = None
     max_cost: float | None = None
+    callback_url: str | None = Field(
+        None, description="Where the run's final view is POSTed, signed, when it ends."
+    )
 
 
 def submit_request(client: TaskClient, body: Any) -> TaskRun:

@@ -25,6 +25,7 @@ from quorum.shared.errors import (
     TemplateError,
     UnknownTaskError,
 )
+from quorum.shared.listing import RunPage, RunSummary
 from quorum.shared.models import (
     ExpressionCheck,
     KAheadVotingValidationConfig,
@@ -35,6 +36,7 @@ from quorum.shared.models import (
     ValidationConfig,
 )
 from quorum.shared.settings import Settings
+from quorum.shared.webhooks import verify as verify_webhook
 
 __all__ = [
     "AsyncTaskClient",
@@ -45,6 +47,8 @@ __all__ = [
     "PayloadTooLargeError",
     "QuorumError",
     "RunNotFoundError",
+    "RunPage",
+    "RunSummary",
     "RunTimeoutError",
     "SchemaError",
     "Settings",
@@ -61,4 +65,5 @@ __all__ = [
     "Usage",
     "ValidationConfig",
     "define",
+    "verify_webhook",
 ]

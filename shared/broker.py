@@ -5,24 +5,78 @@ batches, builds on it (`quorum.worker.transport`)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import redis
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
+from quorum.shared.errors import StoreError
 from quorum.shared.settings import Settings
 from quorum.shared.store import DRIVER_INFO
 
-__all__ = ["JOB_NAMES", "RedisChannel", "RedisTransport", "celery_config", "holds_back"]
+__all__ = [
+    "JOB_NAMES",
+    "HeldBack",
+    "RedisChannel",
+    "RedisTransport",
+    "celery_config",
+    "holds_back",
+]
 
-JOB_NAMES = ("quorum.task_node", "quorum.vote", "quorum.tally", "quorum.route", "quorum.submit")
+JOB_NAMES = (
+    "quorum.task_node",
+    "quorum.vote",
+    "quorum.tally",
+    "quorum.route",
+    "quorum.submit",
+    "quorum.start",
+    "quorum.webhook",
+)
 
 
 def holds_back(broker_url: str) -> bool:
     """Whether the broker at `broker_url` goes through our Redis transport, whose publishes
     `HeldBack` can keep back (any other broker sends them at once)."""
     return broker_url.startswith(("redis://", "rediss://"))
+
+
+_held = threading.local()
+
+
+class HeldBack:
+    """The jobs this thread publishes to a Redis broker inside `with HeldBack() as held:`,
+    kept back until `held.send()` sends them all in one round trip (MULTI/EXEC), instead of
+    one LPUSH each as they are published.
+
+    A voting round's chord then costs one round trip, and its votes reach the queue at once,
+    where a worker's message loop takes them in together (`_Channel._brpop_read`). And it can
+    be built before the run may vote (while the task model is still answering), to be sent
+    once it may. Inside another such block, the outer one holds them. Jobs never sent are
+    never seen by anyone.
+    """
+
+    def __init__(self) -> None:
+        self._messages: list[tuple[RedisChannel, str, str]] = []
+
+    def __enter__(self) -> HeldBack:
+        if getattr(_held, "messages", None) is None:
+            _held.messages = self._messages
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if _held.messages is self._messages:
+            _held.messages = None
+
+    def send(self) -> None:
+        """LPUSH the held jobs; `StoreError` if Redis fails (the job is retried)."""
+        by_channel: dict[RedisChannel, list[tuple[str, str]]] = {}
+        for channel, key, message in self._messages:
+            by_channel.setdefault(channel, []).append((key, message))
+        for channel, messages in by_channel.items():
+            channel.push(messages)
 
 
 class RedisChannel(kombu_redis.Channel):
@@ -63,6 +117,25 @@ class RedisChannel(kombu_redis.Channel):
             self.__dict__["_quorum_client"] = cached
         return cached[1]
 
+    def push(self, messages: list[tuple[str, str]]) -> None:
+        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`HeldBack.send`)."""
+        try:
+            with self.conn_or_acquire() as client, client.pipeline() as pipe:
+                for key, message in messages:
+                    pipe.lpush(key, message)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"the broker is unavailable: {exc}") from exc
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """LPUSH the message now, or when the `HeldBack` block holding it is sent."""
+        held = getattr(_held, "messages", None)
+        if held is None or "_publish_batch" in kwargs or queue in (self._expires or {}):
+            super()._put(queue, message, **kwargs)
+            return
+        priority = self._get_message_priority(message, reverse=False)
+        held.append((self, self._q_for_pri(queue, priority), dumps(message)))
+
 
 class RedisTransport(kombu_redis.Transport):
     """kombu's Redis transport, with `RedisChannel`."""
@@ -83,6 +156,8 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
         "quorum.tally": {"queue": settings.control_queue},
         "quorum.route": {"queue": settings.control_queue},
         "quorum.submit": {"queue": settings.control_queue},
+        "quorum.start": {"queue": settings.control_queue},
+        "quorum.webhook": {"queue": settings.control_queue},
     }
     if settings.broker.startswith(("amqp://", "amqps://", "pyamqp://")):
         # RabbitMQ redelivers a lost worker's unacknowledged jobs when its connection closes;

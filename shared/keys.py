@@ -55,6 +55,34 @@ class Keys:
         """Sorted set: run ids by creation time."""
         return self._join("runs")
 
+    def runs_by_status(self, status: str) -> str:
+        """Sorted set: ids of the runs that ended with `status`, by creation time; written by
+        the step after the one that ends the run (listing).
+
+        Like `runs` and every listing index, it spans runs, so it carries no run's hash tag:
+        its slot is its own name's. No atomic step touches two indexes or an index and a
+        run; a listing reads one index and checks the others by ZSCORE, each command on its
+        own slot. Members whose run has expired are dropped when a listing meets them."""
+        return self._join("runs", "status", status)
+
+    def runs_by_task(self, task: str) -> str:
+        """Sorted set: ids of the runs of a defined task, by creation time; written at submit
+        (listing; its slot: as `runs_by_status`)."""
+        return self._join("runs", "task", task)
+
+    def runs_by_metadata(self, name: str, value: str) -> str:
+        """Sorted set: ids of the runs whose metadata holds `name` = `value` (the value as
+        text: a string itself, anything else as JSON), by creation time; written at submit
+        (listing; its slot: as `runs_by_status`)."""
+        return self._join("runs", "meta", f"{name}={value}")
+
+    def webhooks(self) -> str:
+        """Sorted set: ids of the ended runs whose callback is not yet delivered, by when
+        the sweep should drive the delivery next (epoch seconds). It spans runs, so its slot
+        is its own name's; the durable record of a delivery is the run hash's `webhook` field,
+        set in the step that ends the run, and this index only schedules it."""
+        return self._join("webhooks")
+
     def deadlines(self) -> str:
         """Sorted set: live run ids by deadline (epoch seconds); the sweep ends those past it."""
         return self._join("deadlines")

@@ -234,6 +234,8 @@ class RunSpec(BaseModel):  # type: ignore[no-redef]  # the mypy plugin clashes w
         """Retries after the first attempt: the config's, or `VOTE_FREE_RETRIES` without one."""
         return VOTE_FREE_RETRIES if self.config is None else self.config.max_retries
 
+    callback_url: str | None = Field(None, description="Where the run's final view is POSTed.")
+
 
 class Vote(BaseModel):
     """One validator's verdict on one issue. `is_valid` is None for an error vote."""
@@ -249,6 +251,9 @@ class ProvenanceEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    id: str | None = Field(
+        None, description="Its stream id: a live stream's Last-Event-ID resumes after it."
+    )
     type: str
     attempt: int = 0
     worker: str = ""

@@ -204,6 +204,37 @@ class Settings(BaseSettings):
         description="Bearer token the HTTP API requires on every route but /healthz; "
         "unset: no auth (keep the API inside a trusted network).",
     )
+    max_batch: int = Field(
+        1000, gt=0, description="Most runs one batch submit (POST /v1/batches) may hold."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 signature of every webhook (the Quorum-Signature "
+        "header); workers sign with it, receivers check with it. Needed on the workers.",
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host names a callback_url may point at, as JSON: ["hooks.example.com"]. '
+        "Checked at submit and again before each delivery; empty: no callbacks accepted.",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="HTTP timeout of one webhook delivery attempt."
+    )
+    webhook_retry_for_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long after a run ends its webhook is retried (jittered exponential "
+        "backoff) before it is given up and logged.",
+    )
+    webhook_backoff_max_s: float = Field(
+        300.0, gt=0, description="Longest wait between two attempts at one webhook."
+    )
+    sse_heartbeat_s: float = Field(
+        15.0,
+        gt=0,
+        description="A live event stream (Server-Sent Events) quiet for this long gets a "
+        "comment line, so that proxies keep it open.",
+    )
     metrics_window_s: int = Field(
         3600, gt=0, description="Runs created this many seconds back are counted in /metrics."
     )

@@ -20,6 +20,8 @@ from redis import DriverInfo
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from quorum.shared.creation import CreationStore
+from quorum.shared.deliveries import DeliveryStore
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
 from quorum.shared.events import (
     TERMINAL_EVENTS,
@@ -27,16 +29,17 @@ from quorum.shared.events import (
     Cancelled,
     Event,
     OtherEvent,
-    Submitted,
     parse_event,
 )
 from quorum.shared.keys import Keys
-from quorum.shared.models import RunSpec, TaskStatus, Usage, sources_of
+from quorum.shared.listing import RunFilter, RunIndex, RunPage
+from quorum.shared.models import TaskStatus, Usage, sources_of
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RoundStore
 from quorum.shared.scripts import mapped
 from quorum.shared.settings import Settings
 from quorum.shared.state import USAGE_FIELDS, RunState, usage_of
+from quorum.shared.webhooks import lease_s
 
 __all__ = ["DRIVER_INFO", "RunStore", "connect"]
 
@@ -99,10 +102,6 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return [entry for _, entries in reply or [] for entry in entries]
 
 
-_CLAIM_S = 60
-"""Seconds an idempotency key is held for a run still being written."""
-
-
 def _parsed(run_id: str, raw: dict[str, str]) -> RunState:
     """The run from its hash; `RunUnreadableError` if what is stored does not parse."""
     try:
@@ -114,7 +113,7 @@ def _parsed(run_id: str, raw: dict[str, str]) -> RunState:
         ) from exc
 
 
-class RunStore(RoundStore):
+class RunStore(RoundStore, CreationStore, DeliveryStore):
     """Reads and writes runs; the only code that talks to Redis about them."""
 
     def __init__(
@@ -133,11 +132,12 @@ class RunStore(RoundStore):
         self.run_timeout_s = run_timeout_s
         self._transition = self.script("transition")
         self._release_claim = self.script("release_claim")
+        self.index = RunIndex(client, keys=keys, ttl_s=ttl_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunStore:
         """A store on the configured Redis and namespace."""
-        return cls(
+        store = cls(
             connect(
                 settings.redis_url,
                 tls=settings.redis_tls,
@@ -149,78 +149,10 @@ class RunStore(RoundStore):
             run_timeout_s=settings.run_timeout_s,
             tls=settings.redis_tls,
         )
+        store.webhook_lease_s = lease_s(settings)
+        return store
 
-    # -- producer side -------------------------------------------------------------------
-
-    @mapped
-    def create(self, run_id: str, spec: RunSpec, *, idempotency_key: str | None = None) -> str:
-        """Write a new PENDING run and its `submitted` event; return the run id to use.
-
-        With an idempotency key already used, nothing is written and the first run's id is
-        returned instead. The key is claimed for `_CLAIM_S` seconds only until the run is
-        written, and released (if still ours) when writing fails: a failed submit never
-        holds a key for the result TTL.
-        """
-        now = time.time()
-        payload = spec.model_dump_json()  # a spec that cannot be written fails before a write
-        mode = spec.config.mode if spec.config else "none"
-        submitted = Submitted(
-            model=spec.model, mode=mode, task=spec.task, task_hash=spec.task_hash
-        ).model_dump_json()
-        claim = None if idempotency_key is None else self.keys.idempotency(idempotency_key)
-        if claim is not None and not self.redis.set(claim, run_id, nx=True, ex=_CLAIM_S):
-            existing = self.redis.get(claim)
-            if existing is not None:
-                return str(existing)
-        try:
-            self._write_new(run_id, spec, payload, submitted, now, claim)
-        except BaseException:
-            self._undo_create(run_id, claim)
-            raise
-        return run_id
-
-    def _write_new(
-        self, run_id: str, spec: RunSpec, payload: str, submitted: str, now: float, claim: Any
-    ) -> None:
-        run_key, events_key = self.keys.run(run_id), self.keys.events(run_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                run_key,
-                mapping={
-                    "spec": payload,
-                    "status": TaskStatus.PENDING.value,
-                    "attempt": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            pipe.xadd(events_key, {"event": submitted})
-            pipe.expire(run_key, self.ttl_s)
-            pipe.expire(events_key, self.ttl_s)
-            pipe.execute()
-        deadline = now + (spec.timeout_s or self.run_timeout_s)
-        indices = {
-            self.keys.runs(): now,
-            self.keys.deadlines(): deadline,
-            self.keys.progress(): now,
-        }
-        with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
-            for key, score in indices.items():
-                pipe.zadd(key, {run_id: score})
-                pipe.expire(key, self.ttl_s)
-            if claim is not None:  # the run is written: the claim lasts as long as it does
-                pipe.expire(claim, self.ttl_s)
-            pipe.execute()
-
-    def _undo_create(self, run_id: str, claim: str | None) -> None:
-        """Best effort after a failed `create`: drop what was written, release the claim."""
-        try:
-            self.redis.delete(self.keys.run(run_id), self.keys.events(run_id))
-            self.redis.zrem(self.keys.runs(), run_id)
-            if claim is not None:
-                self._script(self._release_claim, [claim], [run_id])
-        except redis.RedisError:
-            pass  # the claim expires in _CLAIM_S seconds by itself
+    # -- producer side (creating runs: `shared.creation`) ---------------------------------
 
     @mapped
     def discard(self, run_id: str, *, idempotency_key: str | None = None) -> None:
@@ -251,8 +183,14 @@ class RunStore(RoundStore):
     @mapped
     def events(self, run_id: str) -> list[Event | OtherEvent]:
         """The run's provenance, oldest first."""
+        return [event for _, event in self.event_entries(run_id)]
+
+    @mapped
+    def event_entries(self, run_id: str) -> list[tuple[str, Event | OtherEvent]]:
+        """The run's provenance, oldest first, each event with its stream id (what a live
+        stream's `Last-Event-ID` resumes after)."""
         entries = cast(list[Any], self.redis.xrange(self.keys.events(run_id)))
-        return [parse_event(fields["event"]) for _, fields in entries]
+        return [(entry_id, parse_event(fields["event"])) for entry_id, fields in entries]
 
     @mapped
     def recent(self, *, since: float, limit: int) -> list[str]:
@@ -260,6 +198,11 @@ class RunStore(RoundStore):
         `limit` of them (read-only; the metrics collector lists runs with it)."""
         ids = self.redis.zrevrangebyscore(self.keys.runs(), "+inf", since, start=0, num=limit)
         return cast(list[str], ids)
+
+    @mapped
+    def list_runs(self, where: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+        """A page of the runs that match `where`, newest first (`shared.listing`)."""
+        return self.index.page(where, limit=limit, cursor=cursor)
 
     @mapped
     def watch(self, run_id: str, *, timeout_s: float | None) -> Iterator[Event | OtherEvent]:
@@ -293,6 +236,12 @@ class RunStore(RoundStore):
             if _ended(self.redis.hget(run, "status")):
                 break
         return self.load(run_id)
+
+    @property
+    def asyncio_options(self) -> dict[str, Any]:
+        """The options of an asyncio client on this store's Redis (`url`): the same as its
+        own connections'."""
+        return {**_CLIENT_OPTIONS, **(self.tls or {})}
 
     async def wait_async(self, run_id: str, *, timeout_s: float | None) -> RunState:
         """`wait` for asyncio code, on a connection of its own."""
@@ -347,10 +296,23 @@ class RunStore(RoundStore):
             if not new.terminal:
                 self._touch(pipe, run_id)
 
-        (done, *_), *_ = self._script_then(self._transition, keys, args, then)
+        (done, *reply), *_ = self._script_then(self._transition, keys, args, then)
         if done and new.terminal:
-            self.unindex(run_id)
+            self._ended(run_id, new, float(reply[2] or time.time()), webhook=reply[3] == 1)
         return bool(done)
+
+    def _ended(self, run_id: str, status: TaskStatus, created: float, *, webhook: bool) -> None:
+        """Move a run that just ended from the sweep's indices to its final status's, and
+        schedule and send its webhook if its end recorded one (`shared.webhooks`)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.deadlines(), run_id)
+            pipe.zrem(self.keys.progress(), run_id)
+            self.index.ended(pipe, run_id, status, created)
+            if webhook:
+                self._webhook_recorded(pipe, run_id)
+            pipe.execute()
+        if webhook:
+            self.send_webhook(run_id)
 
     @mapped
     def begin_attempt(

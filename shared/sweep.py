@@ -2,6 +2,7 @@
 
 - A live run past its deadline (submit's `timeout_s`, else `QUORUM_RUN_TIMEOUT_S`) ends
   `FAILED` with code `timeout`.
+- A webhook delivery whose lease ran out is sent again (`shared.webhooks`).
 - A live run that has made no progress (no transition, vote or decision) for
   `QUORUM_STALL_AFTER_S` has lost its job: the broker lost a message, or a chord's body never
   fired. Its current step is sent again; every step is idempotent, so a job that was only slow
@@ -25,7 +26,7 @@ from quorum.shared.flow import Context, fail_run
 from quorum.shared.models import TaskStatus
 from quorum.shared.state import RunState
 
-__all__ = ["Sweeper", "expire", "resume", "sweep"]
+__all__ = ["Sweeper", "expire", "redrive_webhooks", "resume", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Swept:
 
     timed_out: int = 0
     resumed: int = 0
+    webhooks: int = 0
 
 
 def _live(ctx: Context, run_id: str) -> RunState | None:
@@ -45,6 +47,8 @@ def _live(ctx: Context, run_id: str) -> RunState | None:
         state = None
     if state is None or state.status.terminal:
         ctx.store.unindex(run_id)
+        if state is not None:
+            ctx.store.recover_webhook(run_id)  # its end's next step may not have run
         return None
     return state
 
@@ -91,7 +95,19 @@ def sweep(ctx: Context, *, now: float, stall_after_s: float, limit: int = 500) -
     timed_out = sum(expire(ctx, r, now=now) for r in ctx.store.past_deadline(now, limit=limit))
     stalled = ctx.store.stalled(now - stall_after_s, limit=limit)
     resumed = sum(resume(ctx, r, now=now) is not None for r in stalled)
-    return Swept(timed_out=timed_out, resumed=resumed)
+    return Swept(timed_out=timed_out, resumed=resumed, webhooks=redrive_webhooks(ctx, now=now))
+
+
+def redrive_webhooks(ctx: Context, *, now: float, limit: int = 500) -> int:
+    """Send `quorum.webhook` again for every delivery whose lease ran out (a worker died
+    while it delivered, or its job was lost); each is leased anew first."""
+    due = ctx.store.due_webhooks(now, limit=limit)
+    for run_id in due:
+        ctx.store.schedule_webhook(run_id, now + ctx.store.webhook_lease_s)
+        ctx.store.send_webhook(run_id)
+    if due:
+        log.info("sweep: %d webhook deliveries sent again", len(due))
+    return len(due)
 
 
 class Sweeper:

@@ -14,8 +14,8 @@ from celery import Signature, Task, chord
 from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
-from quorum.shared import ballot, flow, retry
-from quorum.shared.broker import holds_back
+from quorum.shared import ballot, flow, retry, webhooks
+from quorum.shared.broker import HeldBack, holds_back
 from quorum.shared.errors import (
     InvalidRequestError,
     PermanentLLMError,
@@ -29,9 +29,8 @@ from quorum.shared.settings import Settings, get_settings
 from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
 from quorum.worker.app import app
-from quorum.worker.transport import HeldBack
 
-__all__ = ["round_chord", "route", "tally", "task_node", "vote"]
+__all__ = ["round_chord", "route", "start", "tally", "task_node", "vote", "webhook"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,7 +58,9 @@ class _Process:
 def _process() -> _Process:
     """This worker process's `_Process`, made on first use (after any fork)."""
     settings = get_settings()
-    return _Process(settings, RunStore.from_settings(settings), LLMGateway(settings))
+    store = RunStore.from_settings(settings)
+    store.on_webhook = lambda run_id: webhook.apply_async(kwargs={"run_id": run_id})
+    return _Process(settings, store, LLMGateway(settings))
 
 
 @worker_ready.connect
@@ -278,3 +279,40 @@ def route(self: Task, run_id: str, attempt: int) -> str:
         exhausted=lambda ctx, error: fail(ctx, error, "llm_error"),
         permanent=fail,
     )
+
+
+@app.task(name="quorum.start", **_JOB)
+def start(self: Task, run_ids: list[str]) -> int:
+    """Send the first job of each run of a batch (`TaskClient.submit_many`), all in one round
+    trip to a Redis broker: the producer sends this one job instead of a job per run. If it
+    is lost, the sweep resumes the runs it would have started (they stay PENDING)."""
+    try:
+        with HeldBack() as held:
+            for run_id in run_ids:
+                _ENQUEUER.task_node(run_id, 1)
+        held.send()
+    except StoreError as exc:
+        delay = retry.backoff_s(self.request.retries, cap=_process().settings.llm_backoff_max_s)
+        log.warning(
+            "quorum.start of %d runs: broker unavailable, retry in %.1fs", len(run_ids), delay
+        )
+        raise self.retry(countdown=delay) from exc
+    return len(run_ids)
+
+
+@app.task(name="quorum.webhook", **_JOB)
+def webhook(self: Task, run_id: str) -> str:
+    """POST an ended run's final view to its callback URL, signed; retried with backoff for
+    `QUORUM_WEBHOOK_RETRY_FOR_S` (`shared.webhooks`)."""
+    process = _process()
+    try:
+        sent = webhooks.deliver(
+            process.store, process.settings, run_id, retries=self.request.retries
+        )
+    except StoreError as exc:
+        delay = retry.backoff_s(self.request.retries, cap=process.settings.llm_backoff_max_s)
+        log.warning("quorum.webhook %s: store unavailable, retry in %.1fs: %s", run_id, delay, exc)
+        raise self.retry(countdown=delay) from exc
+    if sent.retry_in is not None:
+        raise self.retry(countdown=sent.retry_in)
+    return sent.outcome

@@ -1,5 +1,5 @@
-"""The worker's Redis transport: its message loop takes waiting jobs in batches, and the
-jobs a thread publishes inside `HeldBack` (a voting round's chord) go out together.
+"""The worker's Redis transport: its message loop takes waiting jobs in batches (the jobs a
+thread publishes inside `shared.broker.HeldBack`, a voting round's chord, go out together).
 
 `celery -A quorum.worker.app worker` uses it for a Redis broker (`worker.app`); producers send
 through the plain `shared.broker.RedisTransport`. It overrides kombu's private methods
@@ -10,61 +10,23 @@ through the plain `shared.broker.RedisTransport`. It overrides kombu's private m
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from functools import cached_property
 from queue import Empty
 from typing import Any
 
-import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import loads
 
 from quorum.shared.broker import RedisChannel
-from quorum.shared.errors import StoreError
 from quorum.shared.scripts import lua
 
-__all__ = ["INTAKE_TRANSPORT", "HeldBack", "IntakeRedisTransport"]
+__all__ = ["INTAKE_TRANSPORT", "IntakeRedisTransport"]
 
 log = logging.getLogger(__name__)
-
-_held = threading.local()
-
-
-class HeldBack:
-    """The jobs this thread publishes to a Redis broker inside `with HeldBack() as held:`,
-    kept back until `held.send()` sends them all in one round trip (MULTI/EXEC), instead of
-    one LPUSH each as they are published.
-
-    A voting round's chord then costs one round trip, and its votes reach the queue at once,
-    where a worker's message loop takes them in together (`_Channel._brpop_read`). And it can
-    be built before the run may vote (while the task model is still answering), to be sent
-    once it may. Inside another such block, the outer one holds them. Jobs never sent are
-    never seen by anyone.
-    """
-
-    def __init__(self) -> None:
-        self._messages: list[tuple[_Channel, str, str]] = []
-
-    def __enter__(self) -> HeldBack:
-        if getattr(_held, "messages", None) is None:
-            _held.messages = self._messages
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if _held.messages is self._messages:
-            _held.messages = None
-
-    def send(self) -> None:
-        """LPUSH the held jobs; `StoreError` if Redis fails (the job is retried)."""
-        by_channel: dict[_Channel, list[tuple[str, str]]] = {}
-        for channel, key, message in self._messages:
-            by_channel.setdefault(channel, []).append((key, message))
-        for channel, messages in by_channel.items():
-            channel.push(messages)
 
 
 class _QoS(kombu_redis.QoS):
@@ -89,25 +51,6 @@ class _Channel(RedisChannel):
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "intake_batch")  # type: ignore[assignment]
     intake_batch = 1
     """Most messages one wake-up of the message loop takes from a queue (transport option)."""
-
-    def push(self, messages: list[tuple[str, str]]) -> None:
-        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`HeldBack.send`)."""
-        try:
-            with self.conn_or_acquire() as client, client.pipeline() as pipe:
-                for key, message in messages:
-                    pipe.lpush(key, message)
-                pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"the broker is unavailable: {exc}") from exc
-
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """LPUSH the message now, or when the `HeldBack` block holding it is sent."""
-        held = getattr(_held, "messages", None)
-        if held is None or "_publish_batch" in kwargs or queue in (self._expires or {}):
-            super()._put(queue, message, **kwargs)
-            return
-        priority = self._get_message_priority(message, reverse=False)
-        held.append((self, self._q_for_pri(queue, priority), dumps(message)))
 
     def _brpop_read(self, **options: Any) -> bool:
         """Deliver the message BRPOP brought, as kombu's own does, then up to

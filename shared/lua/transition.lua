@@ -1,7 +1,10 @@
 -- Compare-and-set a run's status, appending its events and setting fields only if it moves.
 -- KEYS: run, events, and for a terminal status the done list. ARGV: allowed statuses (comma
 -- list), expected attempt ('' = any), new status, ttl, number of events n, the n events
--- (JSON), then field/value pairs to set. Returns {moved (0/1), status, attempt}.
+-- (JSON), then field/value pairs to set. Returns {moved (0/1), status, attempt}, and when it
+-- moved to a terminal status, the run's creation time and whether it recorded a webhook
+-- delivery after them: a run with a `callback` field gets `webhook` = pending in this same
+-- step (shared/webhooks.py).
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if not cur[1] then return {0, '', ''} end
 local allowed = false
@@ -17,5 +20,11 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 if KEYS[3] then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
+  local hook = 0
+  if redis.call('HEXISTS', KEYS[1], 'callback') == 1 then
+    redis.call('HSET', KEYS[1], 'webhook', 'pending')
+    hook = 1
+  end
+  return {1, ARGV[3], cur[2], redis.call('HGET', KEYS[1], 'created_at'), hook}
 end
 return {1, ARGV[3], cur[2]}

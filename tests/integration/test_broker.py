@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from quorum.producer.stack import start_redis
+from quorum.shared.broker import HeldBack
 from quorum.shared.errors import StoreError
-from quorum.worker.transport import HeldBack
 from quorum.worker.transport import IntakeRedisTransport as RedisTransport
 from tests.integration.conftest import redis_server
 

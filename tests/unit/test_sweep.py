@@ -85,3 +85,31 @@ def test_one_worker_of_many_sweeps_per_interval(store, ctx) -> None:
     assert first.once() is not None
     assert second.once() is None
     assert first.once() is None  # the claim holds for the interval, whoever asks
+
+
+def test_the_sweep_sends_again_a_delivery_whose_lease_ran_out(store, ctx) -> None:
+    from tests.unit.test_webhooks import spec as hooked
+
+    sent_hooks: list[str] = []
+    store.on_webhook = sent_hooks.append
+    store.create("w1", hooked())
+    assert store.transition("w1", TaskStatus.FAILED)
+    assert sent_hooks == ["w1"]  # sent once as the run ended
+    assert sweep.sweep(ctx, now=time.time(), stall_after_s=10**6).webhooks == 0  # leased
+    later = time.time() + store.webhook_lease_s + 1
+    assert sweep.sweep(ctx, now=later, stall_after_s=10**6).webhooks == 1
+    assert sent_hooks == ["w1", "w1"]
+    assert store.due_webhooks(later) == []  # leased again until the job settles it
+
+
+def test_the_sweep_schedules_a_delivery_its_end_left_unscheduled(store, ctx) -> None:
+    from tests.unit.test_webhooks import spec as hooked
+
+    sent_hooks: list[str] = []
+    store.on_webhook = sent_hooks.append
+    store.create("w1", hooked())
+    store.redis.hset(store.keys.run("w1"), mapping={"status": "FAILED", "webhook": "pending"})
+    assert store.due_webhooks(time.time() + 10**6) == []  # as if its process died right after
+    swept = sweep.sweep(ctx, now=time.time() + 10**6, stall_after_s=10)  # meets it, ended
+    assert swept.webhooks == 1 and sent_hooks == ["w1"]
+    assert store.pending_webhook("w1") is not None
