@@ -68,6 +68,10 @@ LOCAL_RUNS: list[tuple[ValidationConfig, str]] = [
 DEADLINE_S = {"sim": 60.0, "local": 120.0}
 
 
+# The events that carry an attempt's answer.
+_ANSWERS = ("output", "output_invalid", "check_failed")
+
+
 @dataclass(frozen=True)
 class Story:
     """What happened in a run, attempt by attempt, told from its provenance."""
@@ -82,6 +86,9 @@ def _verdict(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> str
     kinds = {e["type"] for e in events}
     if "output_invalid" in kinds:
         return "the output did not parse or fit the schema"
+    caught = next((e for e in events if e["type"] == "check_failed"), None)
+    if caught is not None:
+        return f"the {caught['check']} check {caught['name']!r} rejected it"
     failed = sorted(
         {e["issue"] for e in events if e["type"] == "issue_decided" and e["outcome"] != "passed"}
     )
@@ -96,9 +103,7 @@ def story(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> Story:
     lines, rejected, fixed, previous = [], False, False, None
     for attempt in sorted({e["attempt"] for e in events if e.get("attempt")}):
         mine = [e for e in events if e.get("attempt") == attempt]
-        output = next(
-            (e.get("output") for e in mine if e["type"] in ("output", "output_invalid")), None
-        )
+        output = next((e.get("output") for e in mine if e["type"] in _ANSWERS), None)
         verdict = _verdict(mine, issues)
         if verdict:
             line, rejected = verdict, True

@@ -71,6 +71,13 @@ def test_an_output_that_does_not_parse_is_rejected_too() -> None:
     assert told.text == '  attempt 1: "{": the output did not parse or fit the schema'
 
 
+def test_an_answer_a_cheap_check_caught_is_a_rejection() -> None:
+    caught = ev("check_failed", 1, output=WRONG, check="validator", name="no_digits", message="m")
+    told = story([caught, *attempt(2, RIGHT, ["passed", "passed"])], ISSUES)
+    assert (told.rejected, told.fixed) == (True, True)
+    assert told.text.splitlines()[0].endswith(": the validator check 'no_digits' rejected it")
+
+
 def test_an_attempt_its_deadline_cut_short_has_no_answer() -> None:
     events = [*attempt(1, WRONG, ["passed", "failed"]), ev("attempt_started", 2)]
     told = story(events, ISSUES)
