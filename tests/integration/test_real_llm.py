@@ -32,6 +32,7 @@ from quorum.producer.localllm import (
     worker_env,
 )
 from quorum.producer.stack import ManagedProcess, free_port, start_redis, start_worker
+from quorum.shared.events import CallEvent
 from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
@@ -124,13 +125,14 @@ def expected_decision(config: ValidationConfig, decided: dict[str, Any]) -> tupl
     return decision.outcome.value, decision.reason
 
 
-def check_usage(call: dict[str, Any]) -> int:
+def check_usage(call: CallEvent) -> int:
     """A model call's usage, as the server counted it; return its total."""
-    usage = call["usage"]
-    assert usage["prompt_tokens"] > 0, call
-    assert usage["completion_tokens"] > 0, call
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    return int(usage["total_tokens"])
+    usage = call.usage
+    assert usage is not None, call
+    assert usage.prompt_tokens > 0, call
+    assert usage.completion_tokens > 0, call
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    return usage.total_tokens
 
 
 def check_attempt(config: ValidationConfig, events: list[dict[str, Any]]) -> bool | None:
