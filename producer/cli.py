@@ -233,12 +233,25 @@ def _cmd_llm_serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, got {text!r}")
+    return value
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from quorum.producer.demo import run_demo
 
     if args.llm == "local" and _local_extra_missing():
         return 2
-    return run_demo(get_settings(), seed=args.seed, llm=args.llm)
+    return run_demo(
+        get_settings(), seed=args.seed, llm=args.llm, deadline_s=args.deadline, every=args.all
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -322,6 +335,18 @@ def _parser() -> argparse.ArgumentParser:
         default="sim",
         help="sim: the simulator (or the server OPENAI_BASE_URL / OPENAI_API_KEY name); "
         "local: a real small model served on this machine (needs quorum-celery[local])",
+    )
+    demo.add_argument(
+        "--deadline",
+        type=_seconds,
+        metavar="SECONDS",
+        help="each run's deadline (timeout_s at submit; default 60, local 120): a run that "
+        "reaches it is reported as timed out and cancelled, and the demo goes on",
+    )
+    demo.add_argument(
+        "--all",
+        action="store_true",
+        help="local: each message in each voting mode (default: fewer runs)",
     )
     bench = add(
         "bench", _cmd_bench, "Benchmark Quorum against py-ai-toolkit (quorum-celery[bench])."

@@ -402,6 +402,13 @@ class TaskClient:
         self.store.status(run_id)
         return TaskRun(self, run_id, response_model)
 
+    def jobs_running(self, run_id: str, *, timeout_s: float = 0.5) -> int:
+        """How many jobs of the run the workers are running now (Celery's `inspect active`,
+        from the workers that answer within `timeout_s`): 0 once none is at work on it."""
+        replies = self._celery.control.inspect(timeout=timeout_s).active() or {}
+        jobs = [job for running in replies.values() for job in running or []]
+        return sum(run_id in f"{job.get('args')} {job.get('kwargs')}" for job in jobs)
+
     def close(self) -> None:
         """Release the client's connections."""
         self.store.redis.close()

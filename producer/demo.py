@@ -9,20 +9,23 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from quorum.producer.cli import describe, summarize
-from quorum.producer.client import TaskClient
+from quorum.producer.cli import summarize
+from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.demo_tasks import DEMO_IMPORTS, run_defined
+from quorum.producer.follow import Ending, follow, settle
 from quorum.producer.stack import Stack
 from quorum.shared.errors import TaskFailedError
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
+    TaskStatus,
     ThresholdVotingValidationConfig,
+    ValidationConfig,
 )
 from quorum.shared.settings import Settings
 
-__all__ = ["Purchase", "Story", "run_demo", "story"]
+__all__ = ["DEADLINE_S", "LOCAL_RUNS", "Purchase", "Shown", "Story", "run_demo", "story"]
 
 TEMPLATE = "Extract purchase from: {{ message }}"
 ISSUES = [
@@ -38,14 +41,35 @@ class Purchase(BaseModel):
     quantity: int
 
 
-# What the demo asks a real model (`--llm local`): each message in each voting mode.
-LOCAL_MESSAGES = ["I want 5 apples", "Please send me 3 bottles of milk"]
-
-CONFIGS = [
+CONFIGS: list[ValidationConfig] = [
     SingleShotValidationConfig(issues=ISSUES, max_retries=2),
     ThresholdVotingValidationConfig(issues=ISSUES, count=3, required_ahead=1, max_retries=2),
     KAheadVotingValidationConfig(issues=ISSUES, count=3, required_ahead=2, max_retries=2),
 ]
+# What `--llm local --all` asks a real model: each message in each voting mode.
+LOCAL_MESSAGES = ["I want 5 apples", "Please send me 3 bottles of milk"]
+# What `--llm local` asks by default: each mode once, on the message a small model most often
+# gets wrong (it leaves the quantity in the product), with fewer retries and votes than
+# CONFIGS: a rejection and a retry in a minute or two on a 2-core CPU, not ten.
+LOCAL_RUNS: list[tuple[ValidationConfig, str]] = [
+    (SingleShotValidationConfig(issues=ISSUES, max_retries=2), LOCAL_MESSAGES[0]),
+    (
+        ThresholdVotingValidationConfig(issues=ISSUES, count=3, required_ahead=1, max_retries=1),
+        LOCAL_MESSAGES[0],
+    ),
+    (
+        KAheadVotingValidationConfig(
+            issues=ISSUES, count=3, required_ahead=2, max_votes=7, max_retries=1
+        ),
+        LOCAL_MESSAGES[0],
+    ),
+]
+# Each run's deadline (`timeout_s` at submit) unless `--deadline` says otherwise.
+DEADLINE_S = {"sim": 60.0, "local": 120.0}
+
+
+# The events that carry an attempt's answer.
+_ANSWERS = ("output", "output_invalid", "check_failed")
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,9 @@ def _verdict(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> str
     kinds = {e["type"] for e in events}
     if "output_invalid" in kinds:
         return "the output did not parse or fit the schema"
+    caught = next((e for e in events if e["type"] == "check_failed"), None)
+    if caught is not None:
+        return f"the {caught['check']} check {caught['name']!r} rejected it"
     failed = sorted(
         {e["issue"] for e in events if e["type"] == "issue_decided" and e["outcome"] != "passed"}
     )
@@ -76,14 +103,12 @@ def story(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> Story:
     lines, rejected, fixed, previous = [], False, False, None
     for attempt in sorted({e["attempt"] for e in events if e.get("attempt")}):
         mine = [e for e in events if e.get("attempt") == attempt]
-        output = next(
-            (e.get("output") for e in mine if e["type"] in ("output", "output_invalid")), None
-        )
+        output = next((e.get("output") for e in mine if e["type"] in _ANSWERS), None)
         verdict = _verdict(mine, issues)
         if verdict:
             line, rejected = verdict, True
         elif verdict is None:
-            line = "no verdict"
+            line = "no verdict" if output is not None else "no answer before the run ended"
         elif not rejected:
             line = "the votes passed it"
         elif output != previous:
@@ -95,77 +120,145 @@ def story(events: Sequence[Event | OtherEvent], issues: Sequence[str]) -> Story:
     return Story("\n".join(lines), rejected, fixed)
 
 
-def _run_one(client: TaskClient, config: object, message: str) -> tuple[bool, Story, float]:
-    """Run one extraction; return whether it validated, its story, and its seconds."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Shown:
+    """One run of the demo, as it was shown."""
+
+    ok: bool  # it validated
+    story: Story
+    ending: Ending
+    settled: bool  # none of its jobs was still at work once it had ended
+
+
+def _run_one(
+    client: TaskClient, config: ValidationConfig, message: str, *, deadline_s: float
+) -> Shown:
+    """Run one extraction within its deadline and tell its story. A run still live at its
+    deadline is cancelled; the next one starts once its jobs have ended."""
+    submitted = time.monotonic()
     run = client.submit(
         template=TEMPLATE,
         response_model=Purchase,
         kwargs={"message": message},
         config=config,
+        timeout_s=deadline_s,
     )
-    print(f"\n== {type(config).__name__}  {message!r}  run {run.id}")
-    for event in run.watch(timeout=300):
-        print("   " + describe(event), flush=True)
-    elapsed = time.perf_counter() - started
-    try:
-        purchase = run.result(timeout=1)
-        print(f"-> {purchase!r}  ({run.status().value} in {elapsed:.2f}s)")
-        ok = True
-    except TaskFailedError as exc:
-        print(f"-> {exc.status.value} in {elapsed:.2f}s: {'; '.join(exc.reasons)}")
-        ok = False
+    print(f"\n== {type(config).__name__}  {message!r}  run {run.id}  (deadline {deadline_s:.0f} s)")
+    ending = follow(run, submitted=submitted)
+    ok = False
+    if ending.timed_out:
+        print(f"-> {ending.headline()}; its provenance so far:")
+    else:
+        try:
+            purchase = run.result(timeout=0)
+            print(f"-> {purchase!r}  ({ending.headline()})")
+            ok = True
+        except TaskFailedError as exc:
+            print(f"-> {ending.headline()}: {'; '.join(exc.reasons)}")
+    settled = _settled(client, run, ending)
     events = run.provenance()
     print("provenance summary:")
     print(summarize(events, ISSUES))
     told = story(events, ISSUES)
     print("what happened:\n" + told.text)
-    return ok, told, elapsed
+    return Shown(ok, told, ending, settled)
 
 
-def run_demo(settings: Settings, *, seed: int = 7, llm: str = "sim") -> int:
-    """Start what is missing (Redis, an LLM, a worker), run the three modes, stop it all.
+def _run_defined(client: TaskClient, *, simulated: bool, deadline_s: float) -> Shown:
+    """The defined task's run (`demo_tasks`), as the demo's last."""
+    run, ending = run_defined(client, simulated=simulated, deadline_s=deadline_s)
+    settled = _settled(client, run, ending)
+    ok = ending.state.status is TaskStatus.SUCCESSFUL
+    return Shown(ok, story(run.provenance(), ISSUES), ending, settled)
+
+
+def _settled(client: TaskClient, run: TaskRun, ending: Ending) -> bool:
+    """Whether none of the run's jobs is at work now that it has ended. A run its deadline
+    ended may still have a model call out: wait for it, so that the next run's calls do not
+    queue behind it at a model server that answers one at a time."""
+    return not ending.timed_out or settle(client, run, timeout_s=client.settings.llm_timeout_s + 5)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    seed: int = 7,
+    llm: str = "sim",
+    deadline_s: float | None = None,
+    every: bool = False,
+) -> int:
+    """Start what is missing (Redis, an LLM, a worker), run the demo's runs, stop it all.
 
     `llm="sim"` uses the simulator unless `OPENAI_API_KEY` or `OPENAI_BASE_URL` names a real
-    server; `llm="local"` serves a real small model on this machine (the `local` extra) and
-    uses it as task model and validator alike.
+    server: the purchase extraction in each voting mode. `llm="local"` serves a real small
+    model on this machine (the `local` extra) as task model and validator alike, and runs
+    `LOCAL_RUNS` (with `every`, each message in each mode). Each run gets `deadline_s` as its
+    deadline (`timeout_s`; default `DEADLINE_S`); one that reaches it is reported as timed
+    out and cancelled, and the demo goes on. Returns 0 once every run has ended, 1 if a
+    run's job was still at work after the run ended.
     """
-    use_simulator = llm == "sim" and not (settings.openai_api_key or settings.openai_base_url)
-    messages = LOCAL_MESSAGES if llm == "local" else ["I want 5 apples"]
+    if llm == "local":
+        runs = [(c, m) for m in LOCAL_MESSAGES for c in CONFIGS] if every else LOCAL_RUNS
+    else:
+        runs = [(c, "I want 5 apples") for c in CONFIGS]
+    deadline_s = deadline_s or DEADLINE_S[llm]
     with Stack(redis_url=settings.redis_url) as stack:
         redis_url = stack.redis()
         print(f"Redis: {redis_url}")
-        env: dict[str, str] = {}
-        if llm == "local":
-            env = stack.local_llm()
-            settings = settings.model_copy(
-                update={"model": env["QUORUM_MODEL"], "validator_model": env["QUORUM_MODEL"]}
-            )
-            print(
-                f"LLM: {env['QUORUM_MODEL']} served by llama-cpp-python at {env['OPENAI_BASE_URL']}"
-            )
-        elif use_simulator:
-            llm_url = stack.simulator(
-                "--latency", "uniform:0.05:0.2", "--pass-rate", "0.8", "--seed", str(seed)
-            )
-            print(f"LLM: simulator at {llm_url} (set OPENAI_API_KEY to use a real model)")
-        else:
-            print(f"LLM: {settings.openai_base_url or 'OpenAI'}, model {settings.model}")
-        worker = stack.worker(QUORUM_IMPORTS=DEMO_IMPORTS, **env)
+        simulated = llm == "sim" and not (settings.openai_api_key or settings.openai_base_url)
+        settings, env = _serve_llm(stack, settings, llm=llm, seed=seed)
+        # A short sweep interval: a run past its deadline ends within a second of it.
+        worker = stack.worker(QUORUM_IMPORTS=DEMO_IMPORTS, QUORUM_SWEEP_INTERVAL_S="1", **env)
         print(f"Worker: started (pid {worker.pid}) with `celery -A quorum.worker.app worker`")
         client = TaskClient(settings=settings.model_copy(update={"redis_url": redis_url}))
+        done: list[Shown] = []
         try:
-            runs = [_run_one(client, c, m) for m in messages for c in CONFIGS]
-            run_defined(client, simulated=use_simulator)
+            for config, message in runs:
+                done.append(_run_one(client, config, message, deadline_s=deadline_s))
+                if not done[-1].settled:
+                    run_id = done[-1].ending.state.run_id
+                    print(f"\nquorum: a job of run {run_id} is still at work after it ended")
+                    break
+            else:
+                done.append(_run_defined(client, simulated=simulated, deadline_s=deadline_s))
         finally:
             client.close()
-        validated = sum(ok for ok, _, _ in runs)
-        rejected = sum(told.rejected for _, told, _ in runs)
-        fixed = sum(told.fixed for _, told, _ in runs)
-        mean = sum(seconds for _, _, seconds in runs) / len(runs)
-        print(
-            f"\n{validated} of {len(runs)} runs validated, {mean:.2f}s per run on average. "
-            f"The votes rejected an answer in {rejected} run(s); in {fixed} a retry gave a new "
-            "answer that passed. Stopping the local stack."
+        _conclude(done)
+    return 0 if all(shown.settled for shown in done) else 1
+
+
+def _serve_llm(
+    stack: Stack, settings: Settings, *, llm: str, seed: int
+) -> tuple[Settings, dict[str, str]]:
+    """Start the demo's LLM; return the producer's settings and the worker's environment."""
+    if llm == "local":
+        env = stack.local_llm()
+        model = env["QUORUM_MODEL"]
+        print(f"LLM: {model} served by llama-cpp-python at {env['OPENAI_BASE_URL']}")
+        return settings.model_copy(update={"model": model, "validator_model": model}), env
+    if llm == "sim" and not (settings.openai_api_key or settings.openai_base_url):
+        url = stack.simulator(
+            "--latency", "uniform:0.05:0.2", "--pass-rate", "0.8", "--seed", str(seed)
         )
-    return 0
+        print(f"LLM: simulator at {url} (set OPENAI_API_KEY to use a real model)")
+    else:
+        print(f"LLM: {settings.openai_base_url or 'OpenAI'}, model {settings.model}")
+    return settings, {}
+
+
+def _conclude(done: Sequence[Shown]) -> None:
+    """The demo's last lines: what validated, what timed out, what the retries changed."""
+    validated = sum(shown.ok for shown in done)
+    timed_out = [shown.ending.state.run_id for shown in done if shown.ending.timed_out]
+    rejected = sum(shown.story.rejected for shown in done)
+    fixed = sum(shown.story.fixed for shown in done)
+    seconds = sum(shown.ending.seconds for shown in done)
+    print(
+        f"\n{validated} of {len(done)} runs validated, {len(timed_out)} timed out; "
+        f"{seconds:.1f}s in all, {seconds / len(done):.2f}s per run on average. "
+        f"The votes rejected an answer in {rejected} run(s); in {fixed} a retry gave a new "
+        "answer that passed."
+    )
+    if timed_out:
+        print("Timed out: " + ", ".join(f"run {run_id}" for run_id in timed_out))
+    print("Stopping the local stack.")

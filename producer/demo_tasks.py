@@ -9,8 +9,8 @@ import time
 
 from pydantic import BaseModel, field_validator
 
-from quorum.producer.cli import describe
-from quorum.producer.client import TaskClient
+from quorum.producer.client import TaskClient, TaskRun
+from quorum.producer.follow import Ending, follow
 from quorum.shared.definitions import define
 from quorum.shared.errors import TaskFailedError
 from quorum.shared.models import ThresholdVotingValidationConfig
@@ -64,22 +64,30 @@ _SCRIPT = {
 }
 
 
-def run_defined(client: TaskClient, *, simulated: bool) -> tuple[bool, float]:
-    """Submit the defined task by name; show which check caught what, and the votes it
-    saved. Returns whether it validated, and its seconds."""
-    started = time.perf_counter()
+def run_defined(
+    client: TaskClient, *, simulated: bool, deadline_s: float
+) -> tuple[TaskRun, Ending]:
+    """Submit the defined task by name, with `deadline_s` as its deadline; show which check
+    caught what, and the votes it saved. Returns the run and how it ended."""
+    submitted = time.monotonic()
     sim = f" <<sim:{json.dumps({**_SCRIPT, 'id': f'demo-{time.time_ns()}'})}>>" if simulated else ""
-    run = extract_purchase.submit(client, message="I want 5 apples", sim=sim)
-    print(f"\n== defined task {extract_purchase.name!r} (submitted by name)  run {run.id}")
-    for event in run.watch(timeout=300):
-        print("   " + describe(event), flush=True)
-    elapsed = time.perf_counter() - started
-    try:
-        print(f"-> {run.result(timeout=1)!r}  ({run.status().value} in {elapsed:.2f}s)")
-        ok = True
-    except TaskFailedError as exc:
-        print(f"-> {exc.status.value} in {elapsed:.2f}s: {'; '.join(exc.reasons)}")
-        ok = False
+    run = client.submit(
+        task=extract_purchase.name,
+        kwargs={"message": "I want 5 apples", "sim": sim},
+        timeout_s=deadline_s,
+    )
+    print(
+        f"\n== defined task {extract_purchase.name!r} (submitted by name)  run {run.id}  "
+        f"(deadline {deadline_s:.0f} s)"
+    )
+    ending = follow(run, submitted=submitted)
+    if ending.timed_out:
+        print(f"-> {ending.headline()}")
+    else:
+        try:
+            print(f"-> {run.result(timeout=0)!r}  ({ending.headline()})")
+        except TaskFailedError as exc:
+            print(f"-> {ending.headline()}: {'; '.join(exc.reasons)}")
     events = run.provenance()
     caught = [e for e in events if e["type"] == "check_failed"]
     for event in caught:
@@ -91,4 +99,4 @@ def run_defined(client: TaskClient, *, simulated: bool) -> tuple[bool, float]:
         )
     if not caught:
         print("  no cheap check had to reject an answer this time")
-    return ok, elapsed
+    return run, ending

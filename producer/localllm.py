@@ -23,6 +23,7 @@ from quorum.producer.stack import ManagedProcess, free_port
 
 __all__ = [
     "MODEL_ALIAS",
+    "default_threads",
     "gguf_path",
     "missing_packages",
     "served_model",
@@ -83,10 +84,23 @@ def _wait_ready(base_url: str, server: ManagedProcess, timeout_s: float) -> None
     raise RuntimeError(f"the model server did not answer in {timeout_s}s:\n{server.output()}")
 
 
+def default_threads() -> int:
+    """Threads of one model server: half the CPUs, leaving the rest to the worker, Redis and
+    the producer. A server with as many threads as CPUs collapses as soon as anything else
+    runs: its threads wait for each other at every step, and one of them is always waiting
+    for a CPU (a vote took 12 s with 2 threads on a busy 2-core machine, 1.8 s with 1)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def start_local_llm(
-    *, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 120.0
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
 ) -> tuple[str, ManagedProcess]:
-    """Serve SmolLM2 on `port` (a free one by default); return its base URL (…/v1) and process.
+    """Serve SmolLM2 on `port` (a free one by default) with `threads` threads (default
+    `default_threads()`); return its base URL (…/v1) and process.
 
     Returns once `GET /v1/models` answers. Raises `RuntimeError` naming what to install when
     the `local` extra is missing.
@@ -110,7 +124,9 @@ def start_local_llm(
         "--n_ctx",
         "4096",
         "--n_threads",
-        str(max(1, os.cpu_count() or 1)),
+        str(threads or default_threads()),
+        "--n_threads_batch",
+        str(threads or default_threads()),
     ]
     server = ManagedProcess("llama-cpp-python server", command)
     base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from quorum.producer import TaskClient
+from quorum.producer.demo import LOCAL_RUNS
 from quorum.producer.localllm import (
     INSTALL_HINT,
     MODEL_ALIAS,
@@ -30,6 +32,7 @@ from quorum.producer.localllm import (
     worker_env,
 )
 from quorum.producer.stack import ManagedProcess, free_port, start_redis, start_worker
+from quorum.shared.events import CallEvent
 from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
@@ -38,6 +41,7 @@ from quorum.shared.models import (
     ValidationConfig,
 )
 from quorum.shared.settings import Settings
+from quorum.shared.store import RunStore
 from quorum.shared.voting import Tally, decide_after_round, decide_early
 from tests.integration.helpers import Purchase
 
@@ -57,6 +61,10 @@ CONFIGS = {
         issues=ISSUES, count=3, required_ahead=2, max_votes=7, max_retries=1
     ),
 }
+
+# The demo's runs take 5-10 s each on a busy 2-core CPU: with this deadline some end in time
+# and some reach it, so both endings are checked, and the test takes under a minute.
+DEMO_DEADLINE_S = 8.0
 
 
 def require_local_extra() -> None:
@@ -117,13 +125,14 @@ def expected_decision(config: ValidationConfig, decided: dict[str, Any]) -> tupl
     return decision.outcome.value, decision.reason
 
 
-def check_usage(call: dict[str, Any]) -> int:
+def check_usage(call: CallEvent) -> int:
     """A model call's usage, as the server counted it; return its total."""
-    usage = call["usage"]
-    assert usage["prompt_tokens"] > 0, call
-    assert usage["completion_tokens"] > 0, call
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    return int(usage["total_tokens"])
+    usage = call.usage
+    assert usage is not None, call
+    assert usage.prompt_tokens > 0, call
+    assert usage.completion_tokens > 0, call
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    return usage.total_tokens
 
 
 def check_attempt(config: ValidationConfig, events: list[dict[str, Any]]) -> bool | None:
@@ -209,3 +218,34 @@ def test_the_compose_llm_service_command_serves_the_model():
     finally:
         served.stop()
     assert served.process.returncode == 128 + signal.SIGTERM
+
+
+def test_the_local_demo_ends_every_run_it_starts_within_a_short_deadline() -> None:
+    """`quorum demo --llm local` with a deadline short enough that a run may reach it: the
+    demo exits 0, every run it submitted has ended in Redis, and each run that its deadline
+    ended is named in the output as timed out."""
+    require_local_extra()
+    redis_url, redis_server = start_redis()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "QUORUM_"))}
+    quorum = str(Path(sys.executable).with_name("quorum"))
+    try:
+        demo = subprocess.run(
+            [quorum, "demo", "--llm", "local", "--deadline", str(DEMO_DEADLINE_S)],
+            env={**env, "QUORUM_REDIS_URL": redis_url},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
+        store = RunStore.from_settings(Settings(redis_url=redis_url))
+        states = [store.load(run_id) for run_id in store.recent(since=0, limit=100)]
+        store.redis.close()
+    finally:
+        redis_server.stop()
+    assert len(states) == len(LOCAL_RUNS) + 1, demo.stdout[-4000:]  # and the defined task
+    for state in states:
+        assert state.status.terminal, (state.run_id, state.status)
+        assert state.spec.timeout_s == DEMO_DEADLINE_S
+        timed_out = state.code == "timeout" or state.status is TaskStatus.CANCELLED
+        named = f"run {state.run_id} timed out after" in demo.stdout
+        assert named == timed_out, (state.run_id, state.status, state.code, demo.stdout[-4000:])

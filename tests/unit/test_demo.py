@@ -71,6 +71,19 @@ def test_an_output_that_does_not_parse_is_rejected_too() -> None:
     assert told.text == '  attempt 1: "{": the output did not parse or fit the schema'
 
 
+def test_an_answer_a_cheap_check_caught_is_a_rejection() -> None:
+    caught = ev("check_failed", 1, output=WRONG, check="validator", name="no_digits", message="m")
+    told = story([caught, *attempt(2, RIGHT, ["passed", "passed"])], ISSUES)
+    assert (told.rejected, told.fixed) == (True, True)
+    assert told.text.splitlines()[0].endswith(": the validator check 'no_digits' rejected it")
+
+
+def test_an_attempt_its_deadline_cut_short_has_no_answer() -> None:
+    events = [*attempt(1, WRONG, ["passed", "failed"]), ev("attempt_started", 2)]
+    told = story(events, ISSUES)
+    assert told.text.splitlines()[-1] == "  attempt 2: null: no answer before the run ended"
+
+
 @pytest.mark.parametrize("argv", [["demo", "--llm", "local"], ["llm", "serve"]])
 def test_local_commands_name_the_extra_when_it_is_missing(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -84,3 +97,21 @@ def test_demo_refuses_an_unknown_llm(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         cli.main(["demo", "--llm", "gpt"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_passes_its_deadline_and_run_set_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quorum.producer import demo
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(demo, "run_demo", lambda settings, **options: seen.update(options) or 0)
+    assert cli.main(["demo", "--deadline", "7.5", "--all"]) == 0
+    assert seen == {"seed": 7, "llm": "sim", "deadline_s": 7.5, "every": True}
+
+
+@pytest.mark.parametrize("deadline", ["0", "-3", "soon"])
+def test_demo_refuses_a_deadline_that_is_not_a_positive_number(
+    deadline: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--deadline", deadline])
+    assert "a positive number of seconds" in capsys.readouterr().err
