@@ -209,26 +209,33 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(rows)
 
 
+def _worktree(stack: contextlib.ExitStack, repo: Path, commit: str, where: Path) -> Path:
+    """A detached worktree of `commit` at `where`, removed when `stack` closes."""
+    subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", str(where), commit],
+        check=True,
+        capture_output=True,
+    )
+    stack.callback(
+        subprocess.run,
+        ["git", "-C", str(repo), "worktree", "remove", "--force", str(where)],
+        check=False,
+    )
+    return where
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure BASE against this checkout, alternately, and print a table of the figures."""
+    """Measure BASE against this checkout (or `--head`), alternately; print a table."""
     parser = argparse.ArgumentParser(prog="python -m quorum.bench.compare")
     parser.add_argument("base", help="the commit to compare this checkout with")
+    parser.add_argument("--head", help="a commit to measure instead of this checkout")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per side (default 2)")
     parser.add_argument("--out", type=Path, help="also write the table (and JSON) here")
     args = parser.parse_args(argv)
-    head_root = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="quorum-base-") as tmp, contextlib.ExitStack() as stack:
-        base_root = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(head_root), "worktree", "add", "--detach", str(base_root), args.base],
-            check=True,
-            capture_output=True,
-        )
-        stack.callback(
-            subprocess.run,
-            ["git", "-C", str(head_root), "worktree", "remove", "--force", str(base_root)],
-            check=False,
-        )
+        base_root = _worktree(stack, repo, args.base, Path(tmp) / "base")
+        head_root = _worktree(stack, repo, args.head, Path(tmp) / "head") if args.head else repo
         redis_url, server = start_redis()
         stack.callback(server.stop)
         base_url, simulator = start_simulator("--latency", "0.2", "--pass-rate", "1.0")
