@@ -14,6 +14,7 @@ For producers in other languages; the response model is a JSON Schema. It is a t
     GET  /v1/runs, POST /v1/batches listing and batch submits (`quorum.producer.doors`)
     GET  /metrics                   run-level Prometheus metrics (`quorum.producer.metrics`)
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
+    GET  /ui                        the dashboard (`quorum.producer.dashboard`): runs, votes
 
 With `QUORUM_API_TOKEN` set, every route but /healthz (the OpenAPI document included) requires
 `Authorization: Bearer <token>`, and the interactive docs pages are off. The token, and the
@@ -46,6 +47,7 @@ from quorum.producer.bodies import (
     RunView,
 )
 from quorum.producer.client import TaskClient
+from quorum.producer.dashboard import dashboard
 from quorum.producer.guard import Guard
 from quorum.producer.metrics import RunMetrics, TaskMetrics
 from quorum.shared.errors import (
@@ -302,6 +304,7 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
     app.include_router(doors, dependencies=[Depends(_authorized)])
     app.include_router(tasks_router)
     app.include_router(ops)
+    app.include_router(dashboard)
     _errors(app)
     app.add_middleware(Guard, token=app.state.token, max_bytes=settings.max_request_bytes)
     return app

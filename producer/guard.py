@@ -29,6 +29,14 @@ OPEN_PATHS = frozenset({"/healthz", "/docs"})
 """Paths answered without the token: the health check, and the docs page (which says it is
 off while a token is set)."""
 
+DASHBOARD = "/ui"
+"""The dashboard's prefix: its pages check the token themselves, as a bearer header or as the
+session cookie its login form sets (`quorum.producer.dashboard`); the size limit still holds."""
+
+
+def _dashboard(path: str) -> bool:
+    return path == DASHBOARD or path.startswith(DASHBOARD + "/")
+
 
 class _TooLarge(HTTPException):
     """The body streamed past the limit: an `HTTPException`, which FastAPI passes on from
@@ -55,7 +63,7 @@ class Guard:
         self.max_bytes = max_bytes
 
     def _authorized(self, scope: Scope) -> bool:
-        if self.token is None or scope["path"] in OPEN_PATHS:
+        if self.token is None or scope["path"] in OPEN_PATHS or _dashboard(scope["path"]):
             return True
         given = b""
         for name, value in scope.get("headers", []):

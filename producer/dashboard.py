@@ -1,0 +1,166 @@
+"""The dashboard: runs, attempts, issues and votes in the browser, on the API process.
+
+Server-rendered HTML from the templates in `producer/templates/` (Jinja2, autoescaped), read
+from the same store as the API; nothing to build, it installs with pip alone.
+
+    GET  /ui                 the newest runs: status, task, age, attempts, tokens, cost;
+                             `?status=FAILED` filters, `?limit=` caps (at most 500)
+    GET  /ui/runs/{id}       one run: each attempt's output, the checks that rejected it, each
+                             issue's votes with reasonings and the decision, the feedback sent,
+                             a timeline; it refreshes itself until the run ends
+    GET  /ui/login           the login form; POST checks the token and sets the session cookie
+    POST /ui/logout          drops the cookie
+
+With `QUORUM_API_TOKEN` set, a page needs the token: as `Authorization: Bearer <token>` (a
+wrong one: 401), or signed in through the form, which sets an HttpOnly, SameSite=Strict
+cookie holding an HMAC of the token (not the token); without either, a page redirects to the
+form. Without a token the dashboard is open, like the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader
+
+from quorum.producer.client import TaskClient
+from quorum.producer.runview import RunRow, age, run_page, run_row
+from quorum.shared.errors import RunNotFoundError
+from quorum.shared.models import TaskStatus
+
+__all__ = ["COOKIE", "TEMPLATES", "dashboard", "session_value"]
+
+COOKIE = "quorum_ui"
+MAX_LIST = 500
+REFRESH_S = 2
+_LOGIN_BODY_LIMIT = 8192
+
+TEMPLATES = Environment(
+    loader=PackageLoader("quorum.producer", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+TEMPLATES.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+TEMPLATES.filters["age"] = age
+
+dashboard = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def session_value(token: str) -> str:
+    """The cookie's value for `token`: an HMAC of it, so the cookie never holds the token."""
+    return hmac.new(token.encode(), b"quorum dashboard session", hashlib.sha256).hexdigest()
+
+
+def _access(request: Request) -> Response | None:
+    """None when the request may see the dashboard; else the answer that refuses it."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given:
+        if secrets.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        return _page("login.html", code=401, error="wrong token", signed_in=False)
+    cookie = request.cookies.get(COOKIE, "")
+    if cookie and secrets.compare_digest(cookie.encode(), session_value(token).encode()):
+        return None
+    return RedirectResponse("/ui/login", status_code=303)
+
+
+def _page(name: str, *, code: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("signed_in", True)
+    html = TEMPLATES.get_template(name).render(now=time.time(), **context)
+    return HTMLResponse(html, status_code=code, headers={"Cache-Control": "no-store"})
+
+
+def _client(request: Request) -> TaskClient:
+    client: TaskClient = request.app.state.client
+    return client
+
+
+@dashboard.get("")
+def runs_page(
+    request: Request,
+    status: TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+) -> Response:
+    """The newest runs, optionally only those in one status."""
+    if (refused := _access(request)) is not None:
+        return refused
+    store = _client(request).store
+    # A filter reads further back, so that it can still fill the page.
+    ids = store.recent(since=0, limit=MAX_LIST if status else limit)
+    rows: list[RunRow] = []
+    for run_id in ids:
+        try:
+            state = store.load(run_id)
+        except RunNotFoundError:  # expired since it was listed
+            continue
+        if status is None or state.status is status:
+            rows.append(run_row(state))
+        if len(rows) >= limit:
+            break
+    return _page("runs.html", rows=rows, status=status, statuses=list(TaskStatus), limit=limit)
+
+
+@dashboard.get("/runs/{run_id}")
+def run_detail(request: Request, run_id: str) -> Response:
+    """One run, attempt by attempt, and its timeline."""
+    if (refused := _access(request)) is not None:
+        return refused
+    store = _client(request).store
+    try:
+        state = store.load(run_id)
+    except RunNotFoundError as exc:
+        return _page("missing.html", code=404, detail=str(exc))
+    page = run_page(state, store.events(run_id))
+    return _page("run.html", page=page, refresh_s=REFRESH_S)
+
+
+@dashboard.get("/login")
+def login_form(request: Request) -> Response:
+    """The login form."""
+    return _page("login.html", error="", signed_in=False)
+
+
+@dashboard.post("/login")
+async def login(request: Request) -> Response:
+    """Check the token from the form; on success set the session cookie and go to the list."""
+    token: str | None = request.app.state.token
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOGIN_BODY_LIMIT:
+            return _page("login.html", code=413, error="form too large", signed_in=False)
+    given = parse_qs(body.decode(errors="replace")).get("token", [""])[0]
+    if token is None:
+        return RedirectResponse("/ui", status_code=303)
+    if not given or not secrets.compare_digest(given.encode(), token.encode()):
+        return _page("login.html", code=401, error="wrong token", signed_in=False)
+    answer = RedirectResponse("/ui", status_code=303)
+    answer.set_cookie(
+        COOKIE,
+        session_value(token),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/ui",
+    )
+    return answer
+
+
+@dashboard.post("/logout")
+def logout() -> Response:
+    """Drop the session cookie."""
+    answer = RedirectResponse("/ui/login", status_code=303)
+    answer.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+    return answer
