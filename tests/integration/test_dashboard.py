@@ -1,0 +1,177 @@
+"""The dashboard (`/ui` on `quorum api`) in a real headless Chromium, driven by Playwright.
+
+The browser is the system's Chromium (Debian's `chromium` package, which `.ci/run` installs);
+Playwright never downloads one. Without it these tests skip, saying why; under `CI=true` a
+missing browser fails them. Screenshots are saved under pytest's temporary folder and copied
+to `test-artifacts/` at the repository's root (ignored by git).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quorum.producer import TaskClient
+from quorum.producer.stack import ManagedProcess
+from quorum.shared.models import TaskStatus
+from tests.integration.helpers import APPLES, PEARS, Purchase, directive
+from tests.integration.services import http, start_api
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "dashboard-token-42"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _browser_path() -> str:
+    """The system Chromium, or skip (fail under CI) saying what is missing."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    problem = "" if path else "no system Chromium (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problem = "the playwright package is not installed (the dev extra)"
+    if problem:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs a browser for the dashboard tests: {problem}")
+        pytest.skip(problem)
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium from the system's packages."""
+    path = _browser_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=path, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, worker: ManagedProcess) -> Iterator[str]:
+    """The API's base URL, with a token set."""
+    url, process = start_api({"QUORUM_REDIS_URL": redis_url, "QUORUM_API_TOKEN": TOKEN})
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def finished_run(client: TaskClient) -> str:
+    """A run that failed its votes once (pears), was sent feedback, then passed (apples)."""
+    sim = directive(
+        "dashboard-retry",
+        outputs=[PEARS, APPLES],
+        votes={"*": {"pass_if": {"product": "apples"}}},
+    )
+    run = client.submit(
+        template="Extract the purchase from: I want 5 apples {{ sim }}",
+        response_model=Purchase,
+        kwargs={"sim": sim},
+        config={
+            "mode": "threshold",
+            "issues": ["names the product asked for"],
+            "count": 3,
+            "max_retries": 2,
+        },
+        metadata={"caller": "dashboard test"},
+    )
+    assert run.result(timeout=60) == Purchase(**APPLES)
+    return run.id
+
+
+def _shot(page: Any, tmp_path: Path, name: str) -> Path:
+    """A full-page screenshot, kept as a test artefact."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(path, ARTIFACTS / name)
+    return path
+
+
+def _sign_in(page: Any, api: str, token: str) -> None:
+    page.goto(f"{api}/ui")
+    assert page.url.endswith("/ui/login")  # no session yet: the form
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+
+
+def test_the_runs_page_lists_a_finished_run_and_its_page_shows_the_votes(
+    browser, api, finished_run, tmp_path
+):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        _sign_in(page, api, TOKEN)
+        page.wait_for_selector("#runs")
+        row = page.locator(f"tr[data-run='{finished_run}']")
+        assert row.count() == 1
+        assert "SUCCESSFUL" in row.inner_text()
+        _shot(page, tmp_path, "dashboard-runs.png")
+
+        cookie = next(c for c in context.cookies() if c["name"] == "quorum_ui")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert TOKEN not in cookie["value"]
+
+        page.goto(f"{api}/ui?status=FAILED")  # the filter leaves it out
+        assert page.locator(f"tr[data-run='{finished_run}']").count() == 0
+
+        page.goto(f"{api}/ui")
+        page.click(f"a[href='/ui/runs/{finished_run}']")
+        page.wait_for_selector("#timeline")
+        assert page.inner_text("#status") == TaskStatus.SUCCESSFUL.value
+        attempts = page.locator("section.attempt")
+        assert attempts.count() == 2
+        first, second = attempts.nth(0).inner_text(), attempts.nth(1).inner_text()
+        assert "names the product asked for" in first and "failed" in first
+        assert "The output does not meet the criterion" in first  # a vote's reasoning
+        assert "Feedback sent to attempt 2" in first and "pears" in first
+        assert "The output meets the criterion" in second and "passed" in second
+        assert page.locator("table.votes td.valid").count() >= 2
+        assert "vote" in page.inner_text("#timeline")
+        _shot(page, tmp_path, "dashboard-run.png")
+    finally:
+        context.close()
+
+
+def test_a_wrong_token_is_refused(browser, api, finished_run, tmp_path):
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        _sign_in(page, api, "not-the-token")
+        page.wait_for_selector("#error")
+        assert page.inner_text("#error") == "wrong token"
+        assert not [c for c in context.cookies() if c["name"] == "quorum_ui"]
+        _shot(page, tmp_path, "dashboard-refused.png")
+        page.goto(f"{api}/ui/runs/{finished_run}")
+        assert page.url.endswith("/ui/login")  # still no way in
+    finally:
+        context.close()
+    # The bearer header: a wrong token is 401, the right one shows the page.
+    assert http("GET", f"{api}/ui", token="not-the-token").status == 401
+    assert finished_run in http("GET", f"{api}/ui/runs/{finished_run}", token=TOKEN).text
+    assert http("GET", f"{api}/ui/runs/nope", token=TOKEN).status == 404
