@@ -33,7 +33,7 @@ from jinja2 import Environment, PackageLoader
 
 from quorum.producer.client import TaskClient
 from quorum.producer.runview import RunRow, age, run_page, run_row
-from quorum.shared.errors import RunNotFoundError
+from quorum.shared.errors import RunNotFoundError, RunUnreadableError
 from quorum.shared.models import TaskStatus
 
 __all__ = ["COOKIE", "TEMPLATES", "dashboard", "session_value"]
@@ -103,7 +103,7 @@ def runs_page(
     for run_id in ids:
         try:
             state = store.load(run_id)
-        except RunNotFoundError:  # expired since it was listed
+        except (RunNotFoundError, RunUnreadableError):  # expired since listed, or damaged
             continue
         if status is None or state.status is status:
             rows.append(run_row(state))
@@ -120,9 +120,12 @@ def run_detail(request: Request, run_id: str) -> Response:
     store = _client(request).store
     try:
         state = store.load(run_id)
+        events = store.events(run_id)
     except RunNotFoundError as exc:
         return _page("missing.html", code=404, detail=str(exc))
-    page = run_page(state, store.events(run_id))
+    except RunUnreadableError as exc:
+        return _page("missing.html", code=422, detail=str(exc), heading="Unreadable run")
+    page = run_page(state, events)
     return _page("run.html", page=page, refresh_s=REFRESH_S)
 
 
