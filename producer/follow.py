@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from quorum.producer.cli import describe
 from quorum.producer.client import TaskClient, TaskRun
+from quorum.producer.live import describe
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.state import RunState
 

@@ -41,7 +41,7 @@ from quorum.shared.settings import Settings
 from quorum.shared.state import USAGE_FIELDS, RunState, usage_of
 from quorum.shared.webhooks import lease_s
 
-__all__ = ["DRIVER_INFO", "RunStore", "connect"]
+__all__ = ["DRIVER_INFO", "RunStore", "connect", "probe"]
 
 DRIVER_INFO = DriverInfo()
 """What each of our connections tells Redis about its client (CLIENT SETINFO), made once.
@@ -79,6 +79,25 @@ def connect(url: str, *, tls: dict[str, Any] | None = None, max_connections: int
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True
     return client
+
+
+def probe(url: str, *, tls: dict[str, Any] | None = None, timeout_s: float) -> None:
+    """Ping Redis once, without retrying: `StoreError` within about `timeout_s` seconds when it
+    does not answer (the command line says so at once, where `connect`'s client would retry
+    for ~10 s)."""
+    client = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(), retries=0),
+        **(tls or {}),
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis does not answer (QUORUM_REDIS_URL): {exc}") from exc
+    finally:
+        client.close()
 
 
 def _blocks(timeout_s: float | None) -> Iterator[int]:

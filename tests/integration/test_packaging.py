@@ -188,4 +188,4 @@ def test_every_installed_file_lives_under_quorum(venv: Path) -> None:
 
 def test_the_quorum_command_runs(venv: Path) -> None:
     out = _run(venv / "bin" / "quorum", "--help", cwd=venv)
-    assert "usage: quorum" in out
+    assert "Usage: quorum" in out
