@@ -139,7 +139,7 @@ def _source_files(suffix: str) -> set[str]:
     return found
 
 
-def test_the_wheel_holds_quorum_alone_with_its_lua_and_type_marker(wheel: Path) -> None:
+def test_the_wheel_holds_quorum_alone_with_its_lua_templates_and_type_marker(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     dist_info = {name for name in names if name.startswith("quorum_celery-")}
     assert {name.split("/")[0] for name in dist_info} == {
@@ -151,6 +151,9 @@ def test_the_wheel_holds_quorum_alone_with_its_lua_and_type_marker(wheel: Path) 
     assert lua and "quorum/shared/lua/take.lua" in lua
     assert {name for name in names if name.endswith(".lua")} == lua
     assert {name for name in names if name.endswith(".py")} == _source_files(".py")
+    html = _source_files(".html")  # the dashboard's templates
+    assert "quorum/producer/templates/run.html" in html
+    assert {name for name in names if name.endswith(".html")} == html
 
 
 def test_installed_beside_a_service_with_its_own_shared_worker_and_producer(
