@@ -158,6 +158,29 @@ def test_the_runs_page_lists_a_finished_run_and_its_page_shows_the_votes(
         context.close()
 
 
+def test_a_live_run_page_updates_itself_until_the_run_ends(browser, api, client, tmp_path):
+    sim = directive("dashboard-live", outputs=[APPLES], votes={"*": True}, latency=1.5)
+    run = client.submit(
+        template="Extract the purchase from: I want 5 apples {{ sim }}",
+        response_model=Purchase,
+        kwargs={"sim": sim},
+        config={"mode": "single_shot", "issues": ["names a product"], "max_retries": 0},
+    )
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        _sign_in(page, api, TOKEN)
+        page.goto(f"{api}/ui/runs/{run.id}")
+        assert page.inner_text("#status") != TaskStatus.SUCCESSFUL.value  # still going
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'SUCCESSFUL'", timeout=30_000
+        )
+        assert "The output meets the criterion" in page.inner_text("section.attempt")
+    finally:
+        context.close()
+    assert run.result(timeout=5) == Purchase(**APPLES)
+
+
 def test_a_wrong_token_is_refused(browser, api, finished_run, tmp_path):
     context = browser.new_context()
     page = context.new_page()
