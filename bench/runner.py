@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 from celery import Celery
+from rich.console import Console
 
 from quorum.bench import reference
 from quorum.bench.workloads import Profile, profile, validation_config
@@ -76,6 +77,10 @@ class Bench:
         self.records: list[dict[str, Any]] = []
         self.workers: list[ManagedProcess] = []
         self.concurrency = "default"
+        self.started = time.monotonic()
+        # Progress: a spinner naming the workload while it runs (on a terminal only), then
+        # its summary line, numbered, with the benchmark's time so far.
+        self.console = Console(highlight=False, soft_wrap=True)
 
     # -- the stack -----------------------------------------------------------------------
 
@@ -145,7 +150,10 @@ class Bench:
         driver = ManagedProcess(
             f"{engine}-{workload}", [sys.executable, "-m", "quorum.bench.driver", json.dumps(spec)]
         )
+        number = len(self.records) + 1
+        doing = f"[{number}] {engine} {workload} L={latency} runs={spec.get('runs', '?')}"
         with contextlib.ExitStack() as started:
+            started.enter_context(self.console.status(doing + " …"))
             started.callback(driver.stop)
             driver.wait_for(r"^BEGIN$", timeout_s=120)
             if queued:
@@ -179,7 +187,10 @@ class Bench:
             "votes": sum(c["status"] == 200 and c["kind"] == "vote" for c in calls),
         }
         self.records.append(record)
-        print(_summary(record), flush=True)
+        elapsed = time.monotonic() - self.started
+        self.console.print(
+            f"[{number}] {_summary(record).strip()}  ({elapsed:.0f} s in)", markup=False
+        )
         return record
 
     def both(self, workload: str, **spec: Any) -> None:
