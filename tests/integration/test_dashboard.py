@@ -172,9 +172,7 @@ def test_a_live_run_page_updates_itself_until_the_run_ends(browser, api, client,
         _sign_in(page, api, TOKEN)
         page.goto(f"{api}/ui/runs/{run.id}")
         assert page.inner_text("#status") != TaskStatus.SUCCESSFUL.value  # still going
-        page.wait_for_function(
-            "document.querySelector('#status').textContent === 'SUCCESSFUL'", timeout=30_000
-        )
+        page.wait_for_selector("#status.SUCCESSFUL", timeout=30_000)  # refreshed by itself
         assert "The output meets the criterion" in page.inner_text("section.attempt")
     finally:
         context.close()
@@ -196,5 +194,7 @@ def test_a_wrong_token_is_refused(browser, api, finished_run, tmp_path):
         context.close()
     # The bearer header: a wrong token is 401, the right one shows the page.
     assert http("GET", f"{api}/ui", token="not-the-token").status == 401
-    assert finished_run in http("GET", f"{api}/ui/runs/{finished_run}", token=TOKEN).text
+    shown = http("GET", f"{api}/ui/runs/{finished_run}", token=TOKEN)
+    assert finished_run in shown.text
+    assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
     assert http("GET", f"{api}/ui/runs/nope", token=TOKEN).status == 404
