@@ -3,7 +3,9 @@ answer when Redis is down, the live view and the provenance tree (Typer's runner
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -126,3 +128,22 @@ def test_provenance_is_a_tree():
     assert "expression check 'len(x) < 3': too long" in text
     assert "✘ vote 1 <b>reason 0</b>" in text
     assert "feedback sent: be polite" in text and 'result {"text": "hi"}' in text
+
+
+def documented_commands() -> set[str]:
+    """The `quorum` commands the README and docs/cli.md show in their code blocks."""
+    root = Path(__file__).resolve().parents[2]
+    found = set()
+    for page in (root / "README.md", root / "docs" / "cli.md"):
+        for block in re.findall(r"```(?:bash)?\n(.*?)```", page.read_text(), flags=re.S):
+            shown = re.findall(r"(?:^|[\s/:])quorum ([a-z|]+(?: serve)?)\b", block, re.M)
+            found |= {name for names in shown for name in names.split("|")}  # a|b: both
+    return found
+
+
+def test_every_documented_command_exists_and_takes_help(execvp: list[list[str]]) -> None:
+    documented = documented_commands()
+    assert {"demo", "worker", "submit", "watch", "llm serve"} <= documented
+    for command in sorted(documented - {"sim"}):  # sim's --help exits its own process
+        shown = runner.invoke(cli.app, [*command.split(), "--help"])
+        assert shown.exit_code == 0, (command, shown.output)
