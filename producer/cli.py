@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from quorum.producer.client import TaskClient, TaskRun
-from quorum.producer.live import follow, run_tree
 from quorum.producer.runview import age, run_page
+from quorum.producer.terminal import follow, run_tree
 from quorum.shared.errors import QuorumError, TaskFailedError
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import get_settings

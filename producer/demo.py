@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.demo_tasks import DEMO_IMPORTS, run_defined
 from quorum.producer.follow import Ending, follow, settle
-from quorum.producer.live import summarize
 from quorum.producer.stack import Stack
+from quorum.producer.terminal import summarize
 from quorum.shared.errors import TaskFailedError
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import (

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from quorum.producer.client import TaskClient, TaskRun
-from quorum.producer.live import describe
+from quorum.producer.terminal import describe
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.state import RunState
 

@@ -12,8 +12,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from quorum.producer import cli
-from quorum.producer.live import run_tree, run_view
 from quorum.producer.runview import run_page
+from quorum.producer.terminal import run_tree, run_view
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import get_settings
 from tests.unit.test_runview import EVENTS, state
