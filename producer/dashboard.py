@@ -7,7 +7,10 @@ from the same store as the API; nothing to build, it installs with pip alone.
                              `?status=FAILED` filters, `?limit=` caps (at most 500)
     GET  /ui/runs/{id}       one run: each attempt's output, the checks that rejected it, each
                              issue's votes with reasonings and the decision, the feedback sent,
-                             a timeline; it refreshes itself until the run ends
+                             a timeline; it redraws itself as events arrive until the run ends
+    GET  /ui/runs/{id}/events  the run's Server-Sent Events (`producer/sse.py`), which the run
+                             page follows to redraw itself (`producer/static/live.js`)
+    GET  /ui/static/live.js  that script
     GET  /ui/login           the login form; POST checks the token and sets the session cookie
     POST /ui/logout          drops the cookie
 
@@ -24,16 +27,19 @@ import hmac
 import json
 import secrets
 import time
+from importlib.resources import files
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader
 
+from quorum.producer import sse
 from quorum.producer.client import TaskClient
 from quorum.producer.runview import RunRow, age, run_page, run_row
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError
+from quorum.shared.live import stream_id
 from quorum.shared.models import TaskStatus
 
 __all__ = ["COOKIE", "TEMPLATES", "dashboard", "session_value"]
@@ -44,9 +50,9 @@ REFRESH_S = 2
 _LOGIN_BODY_LIMIT = 8192
 HEADERS = {
     "Cache-Control": "no-store",
-    # No script at all, styles inline, never framed: what a page shows stays what it says.
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    # Our one script, its stream, inline styles; never framed.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
+    "style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
@@ -128,13 +134,42 @@ def run_detail(request: Request, run_id: str) -> Response:
     store = _client(request).store
     try:
         state = store.load(run_id)
-        events = store.events(run_id)
+        entries = store.event_entries(run_id)
     except RunNotFoundError as exc:
         return _page("missing.html", code=404, detail=str(exc))
     except RunUnreadableError as exc:
         return _page("missing.html", code=422, detail=str(exc), heading="Unreadable run")
-    page = run_page(state, events)
-    return _page("run.html", page=page, refresh_s=REFRESH_S)
+    page = run_page(state, [event for _, event in entries])
+    after = entries[-1][0] if entries else "0-0"
+    return _page("run.html", page=page, refresh_s=REFRESH_S, after=after)
+
+
+@dashboard.get("/runs/{run_id}/events")
+def run_events(
+    request: Request,
+    run_id: str,
+    after: str | None = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The run's events as they happen, after `Last-Event-ID` (a reconnection) or `after`
+    (the last event the page shows), until its terminal event."""
+    if (refused := _access(request)) is not None:
+        return refused
+    client = _client(request)
+    client.store.status(run_id)  # 404 for an unknown run
+    return sse.event_stream(
+        request.app.state.hub,
+        run_id,
+        after=stream_id(last_event_id or after),
+        heartbeat_s=client.settings.sse_heartbeat_s,
+    )
+
+
+@dashboard.get("/static/live.js")
+def live_script() -> Response:
+    """The script that redraws a live run page (no build step: a package file)."""
+    script = files("quorum.producer").joinpath("static/live.js").read_text()
+    return Response(script, media_type="text/javascript", headers=HEADERS)
 
 
 @dashboard.get("/login")

@@ -158,7 +158,7 @@ def test_the_runs_page_lists_a_finished_run_and_its_page_shows_the_votes(
         context.close()
 
 
-def test_a_live_run_page_updates_itself_until_the_run_ends(browser, api, client, tmp_path):
+def test_a_live_run_page_follows_its_events_until_the_run_ends(browser, api, client, tmp_path):
     sim = directive("dashboard-live", outputs=[APPLES], votes={"*": True}, latency=1.5)
     run = client.submit(
         template="Extract the purchase from: I want 5 apples {{ sim }}",
@@ -170,13 +170,23 @@ def test_a_live_run_page_updates_itself_until_the_run_ends(browser, api, client,
     page = context.new_page()
     try:
         _sign_in(page, api, TOKEN)
+        page.wait_for_selector("#runs")
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
         page.goto(f"{api}/ui/runs/{run.id}")
         assert page.inner_text("#status") != TaskStatus.SUCCESSFUL.value  # still going
-        page.wait_for_selector("#status.SUCCESSFUL", timeout=30_000)  # refreshed by itself
+        page.wait_for_selector("main[data-live=ended] #status.SUCCESSFUL", timeout=30_000)
         assert "The output meets the criterion" in page.inner_text("section.attempt")
+        # Redrawn from the run's event stream, never by reloading the page.
+        assert any(f"/ui/runs/{run.id}/events?after=" in url for url in requests), requests
+        loads = [url for url in requests if url == f"{api}/ui/runs/{run.id}"]
+        assert len(loads) >= 2  # the page, then what each redraw fetched
+        _shot(page, tmp_path, "dashboard-live.png")
     finally:
         context.close()
     assert run.result(timeout=5) == Purchase(**APPLES)
+    stream = http("GET", f"{api}/ui/runs/{run.id}/events", token=TOKEN)
+    assert stream.status == 200 and "event: succeeded" in stream.text  # an ended run: all of it
 
 
 def test_a_wrong_token_is_refused(browser, api, finished_run, tmp_path):

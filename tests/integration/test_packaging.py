@@ -154,6 +154,7 @@ def test_the_wheel_holds_quorum_alone_with_its_lua_templates_and_type_marker(whe
     html = _source_files(".html")  # the dashboard's templates
     assert "quorum/producer/templates/run.html" in html
     assert {name for name in names if name.endswith(".html")} == html
+    assert "quorum/producer/static/live.js" in names
 
 
 def test_installed_beside_a_service_with_its_own_shared_worker_and_producer(
