@@ -4,7 +4,8 @@ Server-rendered HTML from the templates in `producer/templates/` (Jinja2, autoes
 from the same store as the API; nothing to build, it installs with pip alone.
 
     GET  /ui                 the newest runs: status, task, age, attempts, tokens, cost;
-                             `?status=FAILED` filters, `?limit=` caps (at most 500)
+                             `?status=FAILED`, `?task=` filter, `?limit=` caps (at most
+                             500), `?cursor=` continues
     GET  /ui/runs/{id}       one run: each attempt's output, the checks that rejected it, each
                              issue's votes with reasonings and the decision, the feedback sent,
                              a timeline; it redraws itself as events arrive until the run ends
@@ -105,25 +106,30 @@ def _client(request: Request) -> TaskClient:
 def runs_page(
     request: Request,
     status: TaskStatus | None = None,
+    task: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+    cursor: str | None = None,
 ) -> Response:
-    """The newest runs, optionally only those in one status."""
+    """The newest runs (the listing's indexes), optionally in one status or of one task."""
     if (refused := _access(request)) is not None:
         return refused
-    store = _client(request).store
-    # A filter reads further back, so that it can still fill the page.
-    ids = store.recent(since=0, limit=MAX_LIST if status else limit)
+    client = _client(request)
+    listed = client.list(status=status, task=task or None, limit=limit, cursor=cursor)
     rows: list[RunRow] = []
-    for run_id in ids:
+    for summary in listed:
         try:
-            state = store.load(run_id)
+            rows.append(run_row(client.store.load(summary.id)))  # usage and cost too
         except (RunNotFoundError, RunUnreadableError):  # expired since listed, or damaged
             continue
-        if status is None or state.status is status:
-            rows.append(run_row(state))
-        if len(rows) >= limit:
-            break
-    return _page("runs.html", rows=rows, status=status, statuses=list(TaskStatus), limit=limit)
+    return _page(
+        "runs.html",
+        rows=rows,
+        status=status,
+        task=task or "",
+        statuses=list(TaskStatus),
+        limit=limit,
+        next_cursor=listed.next_cursor,
+    )
 
 
 @dashboard.get("/runs/{run_id}")

@@ -139,6 +139,12 @@ def test_the_runs_page_lists_a_finished_run_and_its_page_shows_the_votes(
 
         page.goto(f"{api}/ui?status=FAILED")  # the filter leaves it out
         assert page.locator(f"tr[data-run='{finished_run}']").count() == 0
+        page.goto(f"{api}/ui?status=SUCCESSFUL&limit=1")  # a page of one, and the next one
+        assert page.locator("tr[data-run]").count() == 1
+        first = page.locator("tr[data-run]").first.get_attribute("data-run")
+        page.click("#more")  # a full page says how to go on; the next one goes on from it
+        page.wait_for_selector("#runs")
+        assert page.locator(f"tr[data-run='{first}']").count() == 0
 
         page.goto(f"{api}/ui")
         page.click(f"a[href='/ui/runs/{finished_run}']")
