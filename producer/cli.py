@@ -26,7 +26,7 @@ from rich.table import Table
 
 from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.runview import age, run_page
-from quorum.producer.terminal import follow, run_tree
+from quorum.producer.terminal import run_tree, show_live
 from quorum.shared.errors import QuorumError, TaskFailedError
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import get_settings
@@ -185,7 +185,7 @@ def submit(
     if not as_json:
         print(run.id, flush=True)
     if wait:
-        follow(run, err, timeout)
+        show_live(run, err, timeout)
         _finish(run, timeout=1 if timeout is None else timeout, as_json=as_json)
     elif as_json:
         _print_json({"id": run.id, "status": run.status().value})
@@ -275,7 +275,7 @@ def watch(
         for event in run.watch(timeout=timeout):
             print(event.model_dump_json(), flush=True)
     else:
-        follow(run, out, timeout)
+        show_live(run, out, timeout)
 
 
 @app.command()

@@ -5,7 +5,7 @@
 arriving on each issue, each issue's margin and decision, the run's decision. `run_tree` is
 `quorum provenance`: the run, its attempts, their outputs, checks, issues and votes as a tree.
 Both are built from the dashboard's view of a run (`producer/runview.py`), so the terminal and
-the browser tell the same story. `follow` redraws the live view as a run's events arrive.
+the browser tell the same story. `show_live` redraws the live view as a run's events arrive.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from quorum.producer.client import TaskRun
 from quorum.producer.runview import AttemptView, IssueView, RunPage, run_page
 from quorum.shared.events import CallEvent, Event, OtherEvent
 
-__all__ = ["describe", "follow", "run_tree", "run_view", "summarize"]
+__all__ = ["describe", "run_tree", "run_view", "show_live", "summarize"]
 
 _MARK = {True: "✔", False: "✘", None: "?"}
 _VERDICT_MARK = {"valid": ("✔", "green"), "invalid": ("✘", "red"), "error": ("?", "yellow")}
@@ -193,7 +193,7 @@ def run_tree(page: RunPage) -> Tree:
     return tree
 
 
-def follow(run: TaskRun, console: Console, timeout: float | None) -> None:
+def show_live(run: TaskRun, console: Console, timeout: float | None) -> None:
     """Redraw the run's live view on `console` as its events arrive, until it ends (or
     `timeout` seconds). On a console that is no terminal, only the last view is printed."""
     store = run.store
