@@ -2,8 +2,9 @@
 
     python -m quorum.bench.compare BASE_COMMIT [--rounds 2] [--out FILE]
 
-For each side in turn (base, head, base, head, …: the host's drift falls on both alike) it
-starts workers with that side's own code and measures, on one Redis and one simulator:
+For each side in turn (base, head, head, base, …: a steady drift of the host falls on both
+sides alike) it starts workers with that side's own code and measures, on one Redis and one
+simulator:
 
 - latency: runs one at a time at L = 200 ms, end to end − 2L (median), on 1 and 2 workers;
 - throughput: a burst of runs at L = 200 ms on 2 workers, runs/s;
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         sides = [Side("base", base_root), Side("head", head_root)]
         results: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
         for round_ in range(args.rounds):
-            for side in sides:
+            # base, head, head, base, …: a steady drift of the host falls on both sides alike
+            for side in sides if round_ % 2 == 0 else sides[::-1]:
                 figures = measure(side, redis_url, SimulatorControl(base_url), env)
                 results[side.name].append(figures)
                 print(f"round {round_ + 1} {side.name}: {json.dumps(figures)}", flush=True)
