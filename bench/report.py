@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from quorum.bench.workflows import section as workflow_section
 from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 
 __all__ = ["HISTORY", "headline", "with_history", "write_report"]
@@ -601,6 +602,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         *_economy(records),
         "",
         *(["![votes](bench-votes.png)", ""] if "bench-votes.png" in plots else []),
+        *workflow_section(results.get("workflows")),
         "Raw measurements: `benchmarks.json` beside this page.",
         "",
     ]

@@ -25,6 +25,7 @@ from celery import Celery
 from rich.console import Console
 
 from quorum.bench import reference
+from quorum.bench.workflows import measure as measure_workflows
 from quorum.bench.workloads import Profile, profile, validation_config
 from quorum.producer.stack import ManagedProcess, Stack, celery_command
 
@@ -358,6 +359,9 @@ def run_bench(*, quick: bool, out: Path, command: str) -> int:
         stack.redis()
         stack.simulator("--seed", "1")
         records = Bench(prof, stack, with_reference=with_reference).run()
+    workflows = measure_workflows(
+        items=20 if quick else 1000, latency=0.2, workers=2, chains=1 if quick else 3
+    )
     results = {
         "profile": prof.name,
         "command": command,
@@ -366,6 +370,7 @@ def run_bench(*, quick: bool, out: Path, command: str) -> int:
         "machine": _machine(),
         "versions": _versions(),
         "records": records,
+        "workflows": workflows,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps(results, indent=1))

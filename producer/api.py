@@ -12,6 +12,8 @@ For producers in other languages; the response model is a JSON Schema. It is a t
     POST /v1/runs/{id}/cancel       → {id, cancelled, status}
     GET  /v1/tasks                  the defined tasks the workers published, with their schemas
     GET  /v1/runs, POST /v1/batches listing and batch submits (`quorum.producer.doors`)
+    POST /v1/workflows, GET /v1/workflows/{id}, GET /v1/workflows/{id}/events,
+    POST /v1/workflows/{id}/cancel  workflows (`quorum.producer.workflow_api`)
     GET  /metrics                   run-level Prometheus metrics (`quorum.producer.metrics`)
     GET  /healthz                   200 when Redis answers, else 503; never needs the token
     GET  /ui                        the dashboard (`quorum.producer.dashboard`): runs, votes
@@ -50,6 +52,7 @@ from quorum.producer.client import TaskClient
 from quorum.producer.dashboard import dashboard
 from quorum.producer.guard import Guard
 from quorum.producer.metrics import RunMetrics, TaskMetrics
+from quorum.producer.workflow_api import router as workflow_routes
 from quorum.shared.errors import (
     InvalidRequestError,
     RunNotFoundError,
@@ -303,6 +306,7 @@ def create_app(settings: Settings, *, client: TaskClient | None = None) -> FastA
     app.include_router(runs)
     app.include_router(doors, dependencies=[Depends(_authorized)])
     app.include_router(tasks_router)
+    app.include_router(workflow_routes, dependencies=[Depends(_authorized)])
     app.include_router(ops)
     app.include_router(dashboard)
     _errors(app)

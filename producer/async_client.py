@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from quorum.producer.client import TaskClient, TaskRun, outcome
+from quorum.producer.workflow_run import Lineage, NodeView, WorkflowRun
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.listing import RunPage
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import Settings
 from quorum.shared.state import RunState
+from quorum.shared.wfstore import WorkflowStatus
 
-__all__ = ["AsyncTaskClient", "AsyncTaskRun"]
+__all__ = ["AsyncTaskClient", "AsyncTaskRun", "AsyncWorkflowRun"]
 
 
 class AsyncTaskRun:
@@ -55,6 +57,37 @@ class AsyncTaskRun:
         return outcome(state, timeout, self._run.response_model)
 
 
+class AsyncWorkflowRun:
+    """A handle on one workflow, for asyncio code: `WorkflowRun`'s surface, awaitable."""
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self._run = run
+        self.id = run.id
+
+    def __repr__(self) -> str:
+        return f"AsyncWorkflowRun(id={self.id!r})"
+
+    async def status(self) -> WorkflowStatus:
+        """`RUNNING`, `SUCCESSFUL`, `FAILED` or `CANCELLED`."""
+        return await asyncio.to_thread(self._run.status)
+
+    async def nodes(self) -> dict[str, NodeView]:
+        """Node name → its status and run ids."""
+        return await asyncio.to_thread(self._run.nodes)
+
+    async def provenance(self) -> list[Any]:
+        """The workflow's events, oldest first."""
+        return await asyncio.to_thread(self._run.provenance)
+
+    async def cancel(self) -> bool:
+        """Cancel the workflow and every live node run."""
+        return await asyncio.to_thread(self._run.cancel)
+
+    async def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the workflow to end; node → output, or `WorkflowFailedError`."""
+        return await asyncio.to_thread(self._run.result, timeout)
+
+
 class AsyncTaskClient:
     """Submits validated LLM tasks and follows them, for asyncio code.
 
@@ -83,6 +116,15 @@ class AsyncTaskClient:
         """A handle on an existing run; `RunNotFoundError` if there is none."""
         run = await asyncio.to_thread(self.client.get, run_id, response_model=response_model)
         return AsyncTaskRun(run)
+
+    async def submit_workflow(self, workflow: Any, **options: Any) -> AsyncWorkflowRun:
+        """Check and start a workflow (`TaskClient.submit_workflow`); its handle at once."""
+        run = await asyncio.to_thread(lambda: self.client.submit_workflow(workflow, **options))
+        return AsyncWorkflowRun(run)
+
+    async def lineage(self, run_id: str) -> Lineage:
+        """The run and the upstream runs that fed it (`TaskClient.lineage`)."""
+        return await asyncio.to_thread(self.client.lineage, run_id)
 
     async def close(self) -> None:
         """Release the client's connections."""

@@ -1,5 +1,5 @@
 """The `quorum` command (Typer + Rich): submit, runs, tasks, status, watch, result, provenance,
-cancel; worker, api, sim (their options passed through); llm serve, demo, bench.
+cancel; worker, api, sim (their options passed through); llm serve, demo, bench; workflow.
 
 Every read command has `--json` (machine-readable output on stdout); `watch` and
 `submit --wait` redraw a live view of the attempts, the votes arriving per issue, each issue's
@@ -27,6 +27,7 @@ from rich.table import Table
 from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.runview import age, run_page
 from quorum.producer.terminal import run_tree, show_live
+from quorum.producer.workflow_cli import workflow_app
 from quorum.shared.errors import QuorumError, TaskFailedError
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import get_settings
@@ -47,6 +48,7 @@ app = typer.Typer(
 )
 llm_app = typer.Typer(help="A real model on this machine (needs quorum-celery[local]).")
 app.add_typer(llm_app, name="llm")
+app.add_typer(workflow_app, name="workflow")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -10,6 +10,8 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from quorum.producer.workflow import Workflow
+from quorum.producer.workflow_run import Lineage, WorkflowRun, lineage, submit_workflow
 from quorum.shared.broker import celery_config
 from quorum.shared.errors import (
     InvalidRequestError,
@@ -19,6 +21,7 @@ from quorum.shared.errors import (
     TaskFailedError,
 )
 from quorum.shared.events import Event, OtherEvent
+from quorum.shared.keys import workflow_of
 from quorum.shared.listing import RunFilter, RunPage
 from quorum.shared.models import RunSpec, TaskStatus, ValidationConfig
 from quorum.shared.payload import payload_problem
@@ -202,7 +205,11 @@ class TaskRun:
 
     def cancel(self) -> bool:
         """End the run as CANCELLED; False if it had already ended."""
-        return self._client.store.cancel(self.id)
+        cancelled = self._client.store.cancel(self.id)
+        workflow = workflow_of(self.id)
+        if cancelled and workflow is not None:  # a node run: its workflow moves on
+            self._client.send("quorum.advance", workflow_id=workflow)
+        return cancelled
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end and return its validated output.
@@ -396,6 +403,29 @@ class TaskClient:
     def _send_webhook(self, run_id: str) -> None:
         """Send `quorum.webhook` for a run that ended in this process (cancelled)."""
         self._celery.send_task("quorum.webhook", kwargs={"run_id": run_id}, ignore_result=True)
+
+    def send(self, job: str, **kwargs: Any) -> None:
+        """Send a Quorum job by name (routed to its queue by the shared Celery config)."""
+        self._celery.send_task(job, kwargs=kwargs, ignore_result=True)
+
+    def submit_workflow(
+        self, workflow: Workflow | dict[str, Any], *, idempotency_key: str | None = None
+    ) -> WorkflowRun:
+        """Check and start a workflow (a `Workflow`, or its JSON document); return its handle
+        at once. A bad graph raises an `InvalidRequestError` before anything is written; the
+        same `idempotency_key` gives back the first workflow."""
+        return submit_workflow(self, workflow, idempotency_key=idempotency_key)
+
+    def workflow(self, workflow_id: str) -> WorkflowRun:
+        """A handle on an existing workflow; `RunNotFoundError` if there is none."""
+        run = WorkflowRun(self, workflow_id)
+        run.state()
+        return run
+
+    def lineage(self, run_id: str) -> Lineage:
+        """The run and the upstream runs that fed it, back to the workflow's roots: per run
+        its node, status, output and inputs (upstream node, run ids, JSON Pointer)."""
+        return lineage(self, run_id)
 
     def get(self, run_id: str, *, response_model: Any = None) -> TaskRun:
         """A handle on an existing run; `RunNotFoundError` if there is none."""

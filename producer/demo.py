@@ -14,7 +14,9 @@ from quorum.producer.demo_tasks import DEMO_IMPORTS, run_defined
 from quorum.producer.follow import Ending, follow, settle
 from quorum.producer.stack import Stack
 from quorum.producer.terminal import summarize
-from quorum.shared.errors import TaskFailedError
+from quorum.producer.workflow import Workflow
+from quorum.producer.workflow_cli import describe_workflow_event
+from quorum.shared.errors import TaskFailedError, WorkflowFailedError
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import (
     KAheadVotingValidationConfig,
@@ -164,6 +166,57 @@ def _run_one(
     return Shown(ok, told, ending, settled)
 
 
+class Basket(BaseModel):
+    """The items a message asks for, one phrase each."""
+
+    items: list[str]
+
+
+class Summary(BaseModel):
+    """One sentence over every checked purchase."""
+
+    text: str
+
+
+def _run_workflow(client: TaskClient, message: str) -> None:
+    """A small workflow: extract the items, check each one (a map), summarise them."""
+    check = SingleShotValidationConfig(issues=ISSUES[:1], max_retries=2)
+    wf = Workflow("demo-basket", timeout_s=300)
+    basket = wf.task(
+        "extract",
+        template="List each item bought, one phrase each, in: {{ message }}",
+        response_model=Basket,
+        config=check,
+        kwargs={"message": message},
+    )
+    each = wf.map(
+        "check",
+        over=basket["items"],
+        item="item",
+        template="Extract purchase from: {{ item }}",
+        response_model=Purchase,
+        config=SingleShotValidationConfig(issues=ISSUES, max_retries=2),
+        max_parallel=10,
+    )
+    wf.task(
+        "summary",
+        template="Summarise these purchases in one sentence: {{ purchases }}",
+        response_model=Summary,
+        config=check,
+        kwargs={"purchases": each},
+        skip_if="purchases | length == 0",
+    )
+    run = client.submit_workflow(wf)
+    print(f"\n== Workflow extract → check each item → summary  workflow {run.id}")
+    for event in run.watch(timeout=300):
+        print("   " + describe_workflow_event(event), flush=True)
+    try:
+        outputs = run.result(timeout=10)
+        print(f"-> {outputs['summary']!r}")
+    except WorkflowFailedError as exc:
+        print(f"-> {exc.status}: " + "; ".join(f"{n}: {r}" for n, r in exc.failures.items()))
+
+
 def _run_defined(client: TaskClient, *, simulated: bool, deadline_s: float) -> Shown:
     """The defined task's run (`demo_tasks`), as the demo's last."""
     run, ending = run_defined(client, simulated=simulated, deadline_s=deadline_s)
@@ -221,6 +274,7 @@ def run_demo(
                     break
             else:
                 done.append(_run_defined(client, simulated=simulated, deadline_s=deadline_s))
+                _run_workflow(client, "I want 5 apples and 2 pears")
         finally:
             client.close()
         _conclude(done)

@@ -12,6 +12,8 @@ simulator).
 
 from quorum.producer.async_client import AsyncTaskClient, AsyncTaskRun
 from quorum.producer.client import TaskClient, TaskRun
+from quorum.producer.workflow import Workflow
+from quorum.producer.workflow_run import WorkflowRun
 from quorum.shared.definitions import TaskDefinition, define
 from quorum.shared.errors import (
     InvalidRequestError,
@@ -24,6 +26,7 @@ from quorum.shared.errors import (
     TaskFailedError,
     TemplateError,
     UnknownTaskError,
+    WorkflowFailedError,
 )
 from quorum.shared.listing import RunPage, RunSummary
 from quorum.shared.models import (
@@ -37,6 +40,7 @@ from quorum.shared.models import (
 )
 from quorum.shared.settings import Settings
 from quorum.shared.webhooks import verify as verify_webhook
+from quorum.shared.wfstore import WorkflowStatus
 
 __all__ = [
     "AsyncTaskClient",
@@ -64,6 +68,10 @@ __all__ = [
     "UnknownTaskError",
     "Usage",
     "ValidationConfig",
+    "Workflow",
+    "WorkflowFailedError",
+    "WorkflowRun",
+    "WorkflowStatus",
     "define",
     "verify_webhook",
 ]

@@ -252,7 +252,7 @@ def _conclude(
     failed = {issue: d for issue, d in decided.items() if d.outcome == "failed"}
     output = state.outputs[attempt]
     if not failed:
-        ctx.store.transition(
+        ended = ctx.store.transition(
             run_id,
             TaskStatus.SUCCESSFUL,
             attempt=attempt,
@@ -263,6 +263,8 @@ def _conclude(
             ],
         )
         log.info("run %s attempt %d: validation passed, run succeeded", run_id, attempt)
+        if ended:
+            ctx.run_ended(run_id)
         return Step.SUCCEEDED
     reasons = [
         f"{issues[v.issue]}: {v.reasoning}"

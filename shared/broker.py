@@ -34,6 +34,7 @@ JOB_NAMES = (
     "quorum.submit",
     "quorum.start",
     "quorum.webhook",
+    "quorum.advance",
 )
 
 
@@ -158,6 +159,7 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
         "quorum.submit": {"queue": settings.control_queue},
         "quorum.start": {"queue": settings.control_queue},
         "quorum.webhook": {"queue": settings.control_queue},
+        "quorum.advance": {"queue": settings.control_queue},
     }
     if settings.broker.startswith(("amqp://", "amqps://", "pyamqp://")):
         # RabbitMQ redelivers a lost worker's unacknowledged jobs when its connection closes;

@@ -247,7 +247,7 @@ def succeed(
 ) -> str:
     """End a vote-free run (`config=None`) whose checks passed: `SUCCESSFUL`."""
     run_id, spec = state.run_id, state.spec
-    ctx.store.transition(
+    ended = ctx.store.transition(
         run_id,
         TaskStatus.SUCCESSFUL,
         attempt=attempt,
@@ -262,4 +262,6 @@ def succeed(
         usage=usage,
     )
     log.info("run %s attempt %d: checks passed, run succeeded (no votes)", run_id, attempt)
+    if ended:
+        ctx.run_ended(run_id)
     return "succeeded"

@@ -11,8 +11,9 @@ from typing import Any, Protocol
 
 from quorum.shared import budget
 from quorum.shared.events import Failed
+from quorum.shared.keys import workflow_of
 from quorum.shared.llm import Completion
-from quorum.shared.models import TaskStatus
+from quorum.shared.models import TaskStatus, Usage
 from quorum.shared.sandbox import Limits
 from quorum.shared.settings import Price
 from quorum.shared.state import RunState
@@ -42,6 +43,9 @@ class Enqueuer(Protocol):
 
     def route(self, run_id: str, attempt: int) -> None:
         """Send `quorum.route`."""
+
+    def advance(self, workflow_id: str) -> None:
+        """Send `quorum.advance`: a scheduling step of a workflow (`shared.workflows`)."""
 
 
 class LLM(Protocol):
@@ -74,6 +78,9 @@ class Context:
     max_output_bytes: int = 1_000_000
     max_depth: int = 64
     template_limits: Limits = field(default_factory=Limits)
+    call_lease_s: float = 0.0
+    """How long a task job holds the lease of its attempt's call (0: no lease): longer than
+    one call may take, so that a duplicate of the job finds it held and does not call."""
 
     def call(
         self, state: RunState, *, model: str, messages: list[dict[str, str]], **kw: Any
@@ -84,7 +91,8 @@ class Context:
         over the budget.
         """
         price = self.prices.get(model)
-        over = budget.exceeded(state.spec, state.usage, budget.estimate(messages, price))
+        spent = self._spent(state.run_id) if workflow_of(state.run_id) else state.usage
+        over = budget.exceeded(state.spec, spent, budget.estimate(messages, price))
         if over is not None:
             fail_run(self, state.run_id, over, [over], code="budget_exceeded")
             return None
@@ -94,11 +102,31 @@ class Context:
             content=reply.content, usage=usage, latency_s=reply.latency_s, truncated=reply.truncated
         )
 
+    def claim_call(self, run_id: str, attempt: int) -> bool:
+        """Whether this job may call the task model for the attempt (it took the lease)."""
+        if self.call_lease_s <= 0:
+            return True
+        return self.store.claim_call(run_id, attempt, hold_s=self.call_lease_s)
+
+    def _spent(self, run_id: str) -> Usage:
+        """What counts against the run's budget: its own usage, or for a workflow's node run
+        its workflow's (every node's runs together)."""
+        workflow = workflow_of(run_id)
+        return self.store.usage(run_id) if workflow is None else self.store.workflow_usage(workflow)
+
+    def run_ended(self, run_id: str) -> None:
+        """After a run's end: a workflow's node run takes its workflow's scheduling step.
+        Every step that ends a run calls it once the end happened: `fail_run`, a tally's
+        success, a vote-free run's success (`checks.succeed`)."""
+        workflow = workflow_of(run_id)
+        if workflow is not None:
+            self.enqueue.advance(workflow)
+
     def over_budget(self, state: RunState) -> bool:
         """End the run FAILED (`budget_exceeded`) if what it has spent is over its budget."""
         if state.spec.max_tokens is None and state.spec.max_cost is None:
             return False
-        over = budget.exceeded(state.spec, self.store.usage(state.run_id))
+        over = budget.exceeded(state.spec, self._spent(state.run_id))
         if over is not None:
             fail_run(self, state.run_id, over, [over], code="budget_exceeded")
         return over is not None
@@ -127,4 +155,5 @@ def fail_run(
     )
     if failed:
         log.info("run %s: failed: %s", run_id, error)
+        ctx.run_ended(run_id)
     return failed

@@ -8,8 +8,10 @@
     │   ├── UnknownTaskError                no defined task of that name (nor on this worker)
     │   └── RunNotFoundError                no run with that id
     ├── TaskFailedError                     a run ended FAILED or CANCELLED; carries evidence
+    ├── WorkflowFailedError                 a workflow ended FAILED or CANCELLED; per node why
     ├── RunTimeoutError (a TimeoutError)    a run did not finish within the time waited
     ├── RoundIncompleteError                a tally came before its round's votes; retried
+    ├── CallHeldError                       another job holds an attempt's call; retried later
     ├── LLMError                            a call to the model gave no answer
     │   ├── TransientLLMError               retry the same job later (429, 5xx, timeout)
     │   └── PermanentLLMError               fail the run now (401, 400, unknown model)
@@ -25,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CallHeldError",
     "InvalidRequestError",
     "LLMError",
     "PayloadTooLargeError",
@@ -40,6 +43,7 @@ __all__ = [
     "TemplateError",
     "TransientLLMError",
     "UnknownTaskError",
+    "WorkflowFailedError",
 ]
 
 
@@ -101,8 +105,40 @@ class TaskFailedError(QuorumError):
         self.usage = usage
 
 
+class WorkflowFailedError(QuorumError):
+    """A workflow ended without every node done.
+
+    `status` is the workflow's final status (`FAILED` or `CANCELLED`), `failures` maps each
+    failed node to its reasons (each failed run's reasonings, or why it could not run), and
+    `outputs` holds the outputs of the nodes that did succeed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: str,
+        failures: dict[str, list[str]],
+        outputs: dict[str, Any],
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.failures = failures
+        self.outputs = outputs
+
+
 class RunTimeoutError(QuorumError, TimeoutError):
     """A run did not reach a terminal status within the time waited for it."""
+
+
+class CallHeldError(QuorumError):
+    """Another job holds the lease of this attempt's task call (a duplicate delivery, or the
+    lease of a worker that died mid-call); the job is retried once the lease has run out,
+    when the run has moved on or the call is this job's to make."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RoundIncompleteError(QuorumError):

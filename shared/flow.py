@@ -18,13 +18,14 @@ from typing import Any
 
 from quorum.shared import checks
 from quorum.shared.context import Context, Enqueuer, Plan, fail_run
-from quorum.shared.errors import RunNotFoundError
+from quorum.shared.errors import CallHeldError, RunNotFoundError
 from quorum.shared.events import (
     AttemptStarted,
     Output,
     OutputInvalid,
     RetryScheduled,
 )
+from quorum.shared.llm import Completion
 from quorum.shared.models import TaskStatus
 from quorum.shared.options import cut_off, task_call_options, with_system
 from quorum.shared.payload import depth_over, payload_problem
@@ -161,6 +162,39 @@ def _first_plan(state: RunState) -> Plan:
     return {issue: list(range(first_round_size(config))) for issue in range(len(config.issues))}
 
 
+def _claimed(ctx: Context, run_id: str, attempt: int) -> bool:
+    """True once this job holds the lease of the attempt's call. Held by another job (a
+    duplicate of this one, or a worker that died mid-call): `CallHeldError`, and the job is
+    retried when the lease has run out."""
+    if ctx.claim_call(run_id, attempt):
+        return True
+    left = ctx.store.call_held_s(run_id, attempt)
+    raise CallHeldError(
+        f"run {run_id} attempt {attempt}: another job holds the call", retry_after=left + 0.1
+    )
+
+
+def _task_call(
+    ctx: Context, state: RunState, attempt: int, messages: list[dict[str, str]]
+) -> Completion | None:
+    """The attempt's task call; on no answer the lease goes back, so that the job's retry
+    (or the sweep's resend) calls again."""
+    spec = state.spec
+    try:
+        return ctx.call(
+            state,
+            model=spec.model,
+            messages=messages,
+            schema=spec.response_schema,
+            name=spec.response_name,
+            **task_call_options(spec),
+        )
+    except BaseException:
+        if ctx.call_lease_s > 0:
+            ctx.store.release_call(state.run_id, attempt)
+        raise
+
+
 def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     """Call the task model for `attempt`, check its output, and launch the first vote round."""
     step, state = _begin_attempt(ctx, run_id, attempt)
@@ -171,7 +205,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     if step is _Begin.CALL and attempt in state.failures:  # redelivered after an invalid output
         ctx.enqueue.route(run_id, attempt)
         return Step.SKIPPED
-    if step is not _Begin.CALL:
+    if step is not _Begin.CALL or not _claimed(ctx, run_id, attempt):
         return Step.SKIPPED
     spec = state.spec
     failures = [state.failures[n] for n in sorted(state.failures) if n < attempt]
@@ -180,13 +214,8 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     # and sent once the output is stored (never, if it is not).
     plan = _first_plan(state) if spec.config else {}
     first_round = ctx.enqueue.prepare_round(run_id, attempt, 1, plan) if plan else None
-    reply = ctx.call(
-        state,
-        model=spec.model,
-        messages=with_system(spec.system, task_messages(prompt, failures)),
-        schema=spec.response_schema,
-        name=spec.response_name,
-        **task_call_options(spec),
+    reply = _task_call(
+        ctx, state, attempt, with_system(spec.system, task_messages(prompt, failures))
     )
     if reply is None:
         return Step.FAILED

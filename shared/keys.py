@@ -2,13 +2,28 @@
 
 A run's keys carry its id in braces, a Redis Cluster hash tag, so that they all live on one
 shard and the store's multi-key transactions stay atomic when the store is a cluster.
+A workflow's node runs have ids `<workflow id>.<node>.<item>`: their hash tag is the workflow
+id (the part before the first `.`), so that a node run's end and its workflow's scheduling
+state change in one atomic step. A standalone run's id (hex, no `.`) is its whole tag.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["Keys", "workflow_of"]
+
+
+def _tagged(run_id: str) -> str:
+    """The run id with its hash tag in braces: `{id}`, or `{workflow}.<node>.<item>`."""
+    tag, dot, rest = run_id.partition(".")
+    return f"{{{tag}}}{dot}{rest}"
+
+
+def workflow_of(run_id: str) -> str | None:
+    """The workflow a node run belongs to (its id's part before the first `.`), else None."""
+    tag, dot, _ = run_id.partition(".")
+    return tag if dot else None
 
 
 @dataclass(frozen=True)
@@ -22,30 +37,35 @@ class Keys:
 
     def run(self, run_id: str) -> str:
         """Hash: spec, status, attempt, result, error, timestamps, token usage."""
-        return self._join("run", f"{{{run_id}}}")
+        return self._join("run", _tagged(run_id))
 
     def events(self, run_id: str) -> str:
         """Stream: the run's provenance, one entry per event."""
-        return self._join("run", f"{{{run_id}}}", "events")
+        return self._join("run", _tagged(run_id), "events")
 
     def done(self, run_id: str) -> str:
         """List: the final status, pushed once when the run ends; waiters block on it."""
-        return self._join("run", f"{{{run_id}}}", "done")
+        return self._join("run", _tagged(run_id), "done")
 
     def votes(self, run_id: str, attempt: int) -> str:
         """Hash: `{issue}:{index}` → vote JSON, each written once."""
-        return self._join("run", f"{{{run_id}}}", "votes", attempt)
+        return self._join("run", _tagged(run_id), "votes", attempt)
 
     def decisions(self, run_id: str, attempt: int) -> str:
         """Hash: issue index → `passed` / `failed`, the early-decision flags votes read."""
-        return self._join("run", f"{{{run_id}}}", "decisions", attempt)
+        return self._join("run", _tagged(run_id), "decisions", attempt)
 
     def rounds(self, run_id: str, attempt: int) -> str:
         """Hash: the attempt's voting rounds. `{issue}:{index}` → the round that planned the
         vote (negated once the vote has finished), `out/{round}` → the round's votes not yet
         finished, `tally/{round}` → who tallies the round (the vote that finished it last, or
         `tally`, the chord's job)."""
-        return self._join("run", f"{{{run_id}}}", "rounds", attempt)
+        return self._join("run", _tagged(run_id), "rounds", attempt)
+
+    def call(self, run_id: str, attempt: int) -> str:
+        """String: the lease of the job calling the task model for an attempt (SET NX PX),
+        so that a duplicate of that job does not call it a second time."""
+        return self._join("run", _tagged(run_id), "call", attempt)
 
     def idempotency(self, key: str) -> str:
         """String: the run id an idempotency key was first used for."""
@@ -105,3 +125,38 @@ class Keys:
         """Hash: defined task name → the last conflict seen (JSON: the two hashes and
         workers), when two workers published different content under one name."""
         return self._join("{tasks}", "conflicts")
+
+    # -- workflows: every key of one workflow carries its id as the hash tag ---------------
+
+    def workflow(self, workflow_id: str) -> str:
+        """Hash: the graph document, status, timestamps, deadline, nodes left, error."""
+        return self._join("wf", f"{{{workflow_id}}}")
+
+    def wf_nodes(self, workflow_id: str) -> str:
+        """Hash: per node `<n>:<field>`: state, pending upstream count, failed inputs, items,
+        runs started and ended, failed items (`shared.workflows` states the fields)."""
+        return self._join("wf", f"{{{workflow_id}}}", "nodes")
+
+    def wf_inputs(self, workflow_id: str) -> str:
+        """Hash: node number → its resolved kwargs and map items (JSON), written once."""
+        return self._join("wf", f"{{{workflow_id}}}", "inputs")
+
+    def wf_events(self, workflow_id: str) -> str:
+        """Stream: the workflow's events (node_ready, node_started, node_skipped, ...)."""
+        return self._join("wf", f"{{{workflow_id}}}", "events")
+
+    def wf_ready(self, workflow_id: str) -> str:
+        """Set: node numbers (and `end`) whose state changed and await a scheduling step."""
+        return self._join("wf", f"{{{workflow_id}}}", "ready")
+
+    def wf_done(self, workflow_id: str) -> str:
+        """List: the final status, pushed once when the workflow ends; waiters block on it."""
+        return self._join("wf", f"{{{workflow_id}}}", "done")
+
+    def wf_idempotency(self, key: str) -> str:
+        """String: the workflow id an idempotency key was first used for."""
+        return self._join("wfidem", key)
+
+    def workflows(self) -> str:
+        """Sorted set: live workflow ids by last activity; the sweep re-drives idle ones."""
+        return self._join("workflows")

@@ -18,7 +18,7 @@ import redis
 from redis.commands.core import Script
 
 from quorum.shared.errors import StoreError
-from quorum.shared.keys import Keys
+from quorum.shared.keys import Keys, workflow_of
 from quorum.shared.models import Usage
 from quorum.shared.state import usage_counters
 
@@ -99,6 +99,10 @@ class RedisScripts:
         client.zadd(self.keys.progress(), {run_id: at or time.time()}, xx=True)
 
     def _bill(self, pipe: Any, run_id: str, usage: Usage | None) -> None:
-        """Add a call's tokens to the run's totals, through `pipe`."""
+        """Add a call's tokens to the run's totals, through `pipe`, and to its workflow's
+        (a node run's workflow hash is on the run's slot)."""
+        workflow = workflow_of(run_id)
         for name, amount in usage_counters(usage):
             pipe.hincrby(self.keys.run(run_id), name, amount)
+            if workflow is not None:
+                pipe.hincrby(self.keys.workflow(workflow), name, amount)

@@ -31,7 +31,7 @@ from quorum.shared.events import (
     OtherEvent,
     parse_event,
 )
-from quorum.shared.keys import Keys
+from quorum.shared.keys import Keys, workflow_of
 from quorum.shared.listing import RunFilter, RunIndex, RunPage
 from quorum.shared.models import TaskStatus, Usage, sources_of
 from quorum.shared.prompts import FailedAttempt
@@ -375,7 +375,18 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
             *(e.model_dump_json() for e in events),
             *pairs,
         ]
-        return [*keys, self.keys.done(run_id)] if new.terminal else keys, args
+        if not new.terminal:
+            return keys, args
+        keys.append(self.keys.done(run_id))
+        workflow = workflow_of(run_id)
+        if workflow is not None:  # a node run: its end counts down the workflow's graph
+            keys += [
+                self.keys.wf_nodes(workflow),
+                self.keys.wf_ready(workflow),
+                self.keys.workflow(workflow),
+                self.keys.wf_events(workflow),
+            ]
+        return keys, args
 
     @mapped
     def bill(self, run_id: str, usage: Usage) -> None:
@@ -388,6 +399,29 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
     def usage(self, run_id: str) -> Usage:
         """The tokens and cost the run has spent so far, counted atomically in Redis."""
         values = cast(list[Any], self.redis.hmget(self.keys.run(run_id), USAGE_FIELDS))
+        return usage_of(dict(zip(USAGE_FIELDS, values, strict=True)))
+
+    @mapped
+    def claim_call(self, run_id: str, attempt: int, *, hold_s: float) -> bool:
+        """Take the lease of the attempt's task call for `hold_s` seconds; False when a job
+        beside this one holds it (a duplicate delivery of the same job)."""
+        ms = max(int(hold_s * 1000), 1)
+        return bool(self.redis.set(self.keys.call(run_id, attempt), 1, nx=True, px=ms))
+
+    @mapped
+    def call_held_s(self, run_id: str, attempt: int) -> float:
+        """Seconds left on the lease of the attempt's call (0 if none)."""
+        return max(int(cast(int, self.redis.pttl(self.keys.call(run_id, attempt)))), 0) / 1000
+
+    @mapped
+    def release_call(self, run_id: str, attempt: int) -> None:
+        """Give the lease back (the call failed; the job's retry takes it again)."""
+        self.redis.delete(self.keys.call(run_id, attempt))
+
+    @mapped
+    def workflow_usage(self, workflow_id: str) -> Usage:
+        """What every run of a workflow has spent together (billed to its hash as well)."""
+        values = cast(list[Any], self.redis.hmget(self.keys.workflow(workflow_id), USAGE_FIELDS))
         return usage_of(dict(zip(USAGE_FIELDS, values, strict=True)))
 
     @mapped

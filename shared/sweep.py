@@ -7,6 +7,9 @@
   `QUORUM_STALL_AFTER_S` has lost its job: the broker lost a message, or a chord's body never
   fired. Its current step is sent again; every step is idempotent, so a job that was only slow
   and still runs does no harm.
+- A live workflow with no scheduling step for `QUORUM_STALL_AFTER_S` (a node run ended but
+  the job that would have sent `quorum.advance` died first) gets a step; steps are
+  idempotent.
 
 The worker side runs `Sweeper` in a daemon thread; one worker of many sweeps per interval
 (`RunStore.claim_sweep`, a Redis `SET NX PX`).
@@ -25,6 +28,7 @@ from quorum.shared.errors import QuorumError, RunNotFoundError
 from quorum.shared.flow import Context, fail_run
 from quorum.shared.models import TaskStatus
 from quorum.shared.state import RunState
+from quorum.shared.wfstore import WorkflowStore
 
 __all__ = ["Sweeper", "expire", "redrive_webhooks", "resume", "sweep"]
 
@@ -95,6 +99,11 @@ def sweep(ctx: Context, *, now: float, stall_after_s: float, limit: int = 500) -
     timed_out = sum(expire(ctx, r, now=now) for r in ctx.store.past_deadline(now, limit=limit))
     stalled = ctx.store.stalled(now - stall_after_s, limit=limit)
     resumed = sum(resume(ctx, r, now=now) is not None for r in stalled)
+    ws = WorkflowStore.of(ctx.store)
+    for workflow_id in ws.live(now - stall_after_s, limit=limit):
+        ws.touch(workflow_id)
+        ctx.enqueue.advance(workflow_id)
+        resumed += 1
     return Swept(timed_out=timed_out, resumed=resumed, webhooks=redrive_webhooks(ctx, now=now))
 
 

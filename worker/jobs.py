@@ -14,9 +14,10 @@ from celery import Signature, Task, chord
 from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
-from quorum.shared import ballot, flow, retry, webhooks
+from quorum.shared import ballot, flow, retry, webhooks, workflows
 from quorum.shared.broker import HeldBack, holds_back
 from quorum.shared.errors import (
+    CallHeldError,
     InvalidRequestError,
     PermanentLLMError,
     RoundIncompleteError,
@@ -30,7 +31,16 @@ from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
 from quorum.worker.app import app
 
-__all__ = ["round_chord", "route", "start", "tally", "task_node", "vote", "webhook"]
+__all__ = [
+    "advance",
+    "round_chord",
+    "route",
+    "start",
+    "tally",
+    "task_node",
+    "vote",
+    "webhook",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +134,17 @@ class CeleryEnqueuer:
         """Send `quorum.route`."""
         route.apply_async(kwargs={"run_id": run_id, "attempt": attempt})
 
+    def advance(self, workflow_id: str) -> None:
+        """Take the workflow's scheduling step here, in the job that ended a node run: the
+        next node's first job leaves without a hop through the queue (a chain of runs pays
+        no extra job per node). On any error the step goes out as `quorum.advance`; a
+        worker that dies first leaves it to the sweep."""
+        try:
+            workflows.advance(_context_for("advance"), workflow_id)
+        except Exception:
+            log.warning("workflow %s: step failed here, sent as a job", workflow_id, exc_info=True)
+            advance.apply_async(kwargs={"workflow_id": workflow_id})
+
 
 _ENQUEUER = CeleryEnqueuer()
 
@@ -161,6 +182,7 @@ def _context_for(worker: str) -> flow.Context:
         template_limits=Limits(
             max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s
         ),
+        call_lease_s=settings.llm_timeout_s + 1.0,
     )
 
 
@@ -190,6 +212,9 @@ def _guarded(
         )
         log.info("%s %s: transient LLM error, retry in %.1fs: %s", job.name, label, delay, exc)
         raise job.retry(countdown=delay) from exc
+    except CallHeldError as exc:
+        log.info("%s %s: retry in %.1fs: %s", job.name, label, exc.retry_after, exc)
+        raise job.retry(countdown=exc.retry_after) from exc
     except RoundIncompleteError as exc:
         if retries >= _ROUND_WAITS:
             log.warning(
@@ -316,3 +341,20 @@ def webhook(self: Task, run_id: str) -> str:
     if sent.retry_in is not None:
         raise self.retry(countdown=sent.retry_in)
     return sent.outcome
+
+
+@app.task(name="quorum.advance", **_JOB)
+def advance(self: Task, workflow_id: str) -> int:
+    """One scheduling step of a workflow: start the nodes that can start, settle those that
+    cannot, end the workflow when no node is left (`quorum.shared.workflows`)."""
+
+    def unexpected(ctx: flow.Context, error: str, code: str) -> int:
+        log.error("quorum.advance %s: %s (the sweep drives it again)", workflow_id, error)
+        return 0
+
+    return _guarded(
+        self,
+        lambda ctx: workflows.advance(ctx, workflow_id),
+        exhausted=lambda ctx, error: 0,
+        permanent=unexpected,
+    )

@@ -1,10 +1,12 @@
 -- Compare-and-set a run's status, appending its events and setting fields only if it moves.
--- KEYS: run, events, and for a terminal status the done list. ARGV: allowed statuses (comma
--- list), expected attempt ('' = any), new status, ttl, number of events n, the n events
--- (JSON), then field/value pairs to set. Returns {moved (0/1), status, attempt}, and when it
--- moved to a terminal status, the run's creation time and whether it recorded a webhook
--- delivery after them: a run with a `callback` field gets `webhook` = pending in this same
--- step (shared/webhooks.py).
+-- KEYS: run, events, and for a terminal status the done list; for the end of a workflow's
+-- node run also the workflow's nodes hash, ready set, hash and events (`wf_lib`), all on the
+-- run's slot. ARGV: allowed statuses (comma list), expected attempt ('' = any), new status,
+-- ttl, number of events n, the n events (JSON), then field/value pairs to set.
+-- Returns {moved (0/1), status, attempt}, and when it moved to a terminal status, the run's
+-- creation time and whether it recorded a webhook delivery after them: a run with a
+-- `callback` field gets `webhook` = pending in this same step (shared/webhooks.py).
+--! include wf_lib
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if not cur[1] then return {0, '', ''} end
 local allowed = false
@@ -20,6 +22,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 if KEYS[3] then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
+  if KEYS[4] then node_run_ended(KEYS[1], ARGV[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[4]) end
   local hook = 0
   if redis.call('HEXISTS', KEYS[1], 'callback') == 1 then
     redis.call('HSET', KEYS[1], 'webhook', 'pending')

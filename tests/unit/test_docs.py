@@ -111,7 +111,8 @@ def test_the_module_map_lists_every_module_of_the_core() -> None:
 
 
 def _placeholder(name: str) -> str:
-    return "id" if name == "run_id" else f"{{{name}}}"  # run keys wrap the id in braces
+    # run and workflow keys wrap the id in braces
+    return "id" if name in ("run_id", "workflow_id") else f"{{{name}}}"
 
 
 def test_the_redis_table_lists_every_key_family() -> None:

@@ -3,6 +3,7 @@ recording enqueuer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import fakeredis
 import pytest
 
 from quorum.shared import ballot, flow, retry
-from quorum.shared.errors import StoreError, TransientLLMError
+from quorum.shared.errors import CallHeldError, StoreError, TransientLLMError
 from quorum.shared.keys import Keys
 from quorum.shared.llm import Completion
 from quorum.shared.models import (
@@ -611,3 +612,29 @@ def test_backoff_honours_a_longer_retry_after() -> None:
 
 def test_backoff_cap() -> None:
     assert retry.backoff_s(20, cap=4.0) <= 4.0
+
+
+def test_a_duplicate_task_job_finds_the_call_lease_held_and_makes_no_call(store: RunStore) -> None:
+    submit(store, SingleShotValidationConfig(issues=ISSUES))
+    llm = FakeLLM(outputs=[json.dumps(GOOD)])
+    ctx = dataclasses.replace(context(store, llm), call_lease_s=30.0)
+    store.claim_call(RUN, 1, hold_s=30.0)  # the first delivery, still calling
+    store.transition(RUN, TaskStatus.RUNNING, fields={"attempt": 1})
+    with pytest.raises(CallHeldError) as held:
+        flow.task_node(ctx, RUN, 1)
+    assert 29 < held.value.retry_after <= 30.1 and llm.calls == []
+    store.release_call(RUN, 1)  # the lease runs out (or its holder's call failed)
+    assert flow.task_node(ctx, RUN, 1) == "validating" and len(llm.calls) == 1
+
+
+def test_a_failed_call_gives_the_lease_back_for_the_jobs_retry(store: RunStore) -> None:
+    submit(store, SingleShotValidationConfig(issues=ISSUES))
+
+    class Flaky(FakeLLM):
+        def complete_json(self, **kw: Any) -> Completion:
+            raise TransientLLMError("503")
+
+    ctx = dataclasses.replace(context(store, Flaky()), call_lease_s=30.0)
+    with pytest.raises(TransientLLMError):
+        flow.task_node(ctx, RUN, 1)
+    assert store.claim_call(RUN, 1, hold_s=1.0)  # free again

@@ -1,0 +1,106 @@
+"""The HTTP routes of workflows (FastAPI), a thin layer over `TaskClient.submit_workflow`
+and `WorkflowRun` ([workflows.md](../docs/workflows.md)).
+
+    POST /v1/workflows              the workflow document → 201 {id, status}; 422 refused
+    GET  /v1/workflows/{id}         status, error, usage, per node: status, runs, output
+    GET  /v1/workflows/{id}/events  the workflow's events, oldest first
+    POST /v1/workflows/{id}/cancel  → {id, cancelled, status}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from quorum.producer.client import TaskClient
+from quorum.shared.graph import WorkflowDoc
+from quorum.shared.models import Usage
+from quorum.shared.wfstore import WorkflowStatus
+
+__all__ = ["router"]
+
+
+def _client(request: Request) -> TaskClient:
+    client: TaskClient = request.app.state.client
+    return client
+
+
+Client = Annotated[TaskClient, Depends(_client)]
+router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+
+
+class WorkflowRequest(WorkflowDoc):
+    """A workflow document, with an optional idempotency key."""
+
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=256, description="The same key gives back the first."
+    )
+
+
+class WorkflowCreated(BaseModel):
+    """A workflow accepted: its id and status."""
+
+    id: str
+    status: WorkflowStatus
+
+
+class NodeOut(BaseModel):
+    """A node: its status, its runs, a map's progress, its output once it succeeded."""
+
+    status: str
+    run_ids: list[str]
+    items: int
+    ended: int
+    error: str
+    output: Any = None
+
+
+class WorkflowView(BaseModel):
+    """A workflow: status, error, usage of all its runs, and its nodes."""
+
+    id: str
+    name: str
+    status: WorkflowStatus
+    error: str
+    created_at: float
+    finished_at: float | None
+    usage: Usage
+    nodes: dict[str, NodeOut]
+
+
+class WorkflowCancelled(BaseModel):
+    """The outcome of a cancel."""
+
+    id: str
+    cancelled: bool = Field(description="False when the workflow had already ended.")
+    status: WorkflowStatus
+
+
+@router.post("", status_code=201)
+def submit_workflow(request: WorkflowRequest, client: Client) -> WorkflowCreated:
+    """Check and start a workflow. A bad graph: 422, and nothing is written or sent."""
+    doc = request.model_dump(exclude={"idempotency_key"}, exclude_none=True)
+    run = client.submit_workflow(doc, idempotency_key=request.idempotency_key)
+    return WorkflowCreated(id=run.id, status=run.status())
+
+
+@router.get("/{workflow_id}")
+def get_workflow(workflow_id: str, client: Client) -> WorkflowView:
+    """The workflow with its nodes, their run ids, statuses and outputs, and its usage."""
+    return WorkflowView.model_validate(client.workflow(workflow_id).view())
+
+
+@router.get("/{workflow_id}/events")
+def get_workflow_events(workflow_id: str, client: Client) -> list[dict[str, Any]]:
+    """The workflow's events (node_ready, node_started, ...), oldest first."""
+    return [e.model_dump(mode="json") for e in client.workflow(workflow_id).provenance()]
+
+
+@router.post("/{workflow_id}/cancel")
+def cancel_workflow(workflow_id: str, client: Client) -> WorkflowCancelled:
+    """Cancel the workflow and every live node run; no node starts after. Idempotent."""
+    run = client.workflow(workflow_id)
+    cancelled = run.cancel()
+    return WorkflowCancelled(id=workflow_id, cancelled=cancelled, status=run.status())

@@ -1,0 +1,260 @@
+"""Workflow scheduling (`shared/workflows.py`, `shared/wfstore.py`, the workflow half of
+`lua/transition.lua`) against fakeredis, with a recording enqueuer: no Celery, no LLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+from pydantic import BaseModel
+
+from quorum import define
+from quorum.producer.workflow_run import prepare
+from quorum.shared import flow, workflows
+from quorum.shared.errors import InvalidRequestError
+from quorum.shared.events import Succeeded
+from quorum.shared.keys import Keys
+from quorum.shared.models import TaskStatus, Usage
+from quorum.shared.settings import Settings
+from quorum.shared.store import RunStore
+from quorum.shared.wfstore import WorkflowStore
+from tests.unit.test_flow import FakeLLM, Recorder
+
+WF = "w1"
+CONFIG = {"mode": "single_shot", "issues": ["ok"]}
+TEXT = {"type": "object", "properties": {"text": {"type": "string"}}}
+LIST = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}}}
+
+
+class Advancing(Recorder):
+    def advance(self, workflow_id: str) -> None:
+        self.sent.append(("advance", workflow_id))
+
+
+def inline(template: str, schema: dict[str, Any] = TEXT, **extra: Any) -> dict[str, Any]:
+    return {"template": template, "response_schema": schema, "config": CONFIG, **extra}
+
+
+@pytest.fixture
+def store() -> RunStore:
+    return RunStore(fakeredis.FakeRedis(decode_responses=True), keys=Keys("quorum"), ttl_s=100)
+
+
+@pytest.fixture
+def ctx(store: RunStore) -> flow.Context:
+    return flow.Context(store=store, llm=FakeLLM(), enqueue=Advancing(), worker="w")
+
+
+def create(store: RunStore, **nodes: dict[str, Any]) -> WorkflowStore:
+    graph = prepare({"name": "g", "nodes": nodes}, Settings(model="m"))
+    ws = WorkflowStore.of(store)
+    assert ws.create(WF, graph, timeout_s=60, idempotency_key=None) == WF
+    return ws
+
+
+def started(ctx: flow.Context) -> list[str]:
+    assert isinstance(ctx.enqueue, Advancing)
+    return [job[1] for job in ctx.enqueue.sent if job[0] == "task_node"]
+
+
+def succeed(ctx: flow.Context, run_id: str, result: Any) -> None:
+    ctx.store.transition(run_id, TaskStatus.RUNNING, fields={"attempt": 1})
+    assert ctx.store.transition(
+        run_id, TaskStatus.SUCCESSFUL, fields={"result": result}, events=[Succeeded(attempt=1)]
+    )
+
+
+def test_a_chain_starts_each_node_once_its_upstream_ends(
+    ctx: flow.Context, store: RunStore
+) -> None:
+    ws = create(store, a=inline("go"), b=inline("{{ x }}", kwargs={"x": {"$ref": "a#/text"}}))
+    workflows.advance(ctx, WF)
+    workflows.advance(ctx, WF)  # a duplicate step creates nothing more
+    assert started(ctx) == [f"{WF}.0.0"]
+    assert store.load(f"{WF}.0.0").status is TaskStatus.PENDING
+    succeed(ctx, f"{WF}.0.0", {"text": "alpha"})
+    assert ws.load(WF, step=True).ready == {"1"}  # counted down in the run's own transition
+    workflows.advance(ctx, WF)
+    assert started(ctx) == [f"{WF}.0.0", f"{WF}.1.0"]
+    assert store.load(f"{WF}.1.0").spec.kwargs == {"x": "alpha"}
+    succeed(ctx, f"{WF}.1.0", {"text": "beta"})
+    workflows.advance(ctx, WF)
+    state = ws.load(WF)
+    assert state.status == "SUCCESSFUL" and state.left == 0
+    assert ws.load(WF, step=True).ready == set()
+    types = [e.type for e in ws.events(WF)]
+    assert types == [
+        "node_ready",
+        "node_started",
+        "node_finished",
+        "node_ready",
+        "node_started",
+        "node_finished",
+        "workflow_finished",
+    ]
+
+
+def test_a_map_starts_max_parallel_items_and_more_as_they_end(
+    ctx: flow.Context, store: RunStore
+) -> None:
+    ws = create(
+        store,
+        a=inline("go", LIST),
+        m=inline("{{ it }}", map={"over": {"$ref": "a#/items"}, "item": "it", "max_parallel": 2}),
+    )
+    workflows.advance(ctx, WF)
+    succeed(ctx, f"{WF}.0.0", {"items": ["p", "q", "r"]})
+    workflows.advance(ctx, WF)
+    assert started(ctx)[1:] == [f"{WF}.1.0", f"{WF}.1.1"]
+    workflows.advance(ctx, WF)
+    assert len(started(ctx)) == 3  # no room until an item ends
+    succeed(ctx, f"{WF}.1.1", {"text": "Q"})
+    workflows.advance(ctx, WF)
+    assert started(ctx)[-1] == f"{WF}.1.2"
+    assert store.load(f"{WF}.1.2").spec.kwargs == {"it": "r"}
+    succeed(ctx, f"{WF}.1.0", {"text": "P"})
+    succeed(ctx, f"{WF}.1.2", {"text": "R"})
+    workflows.advance(ctx, WF)
+    state = ws.load(WF)
+    assert state.status == "SUCCESSFUL"
+    node = state.node("m")
+    assert workflows.node_output(ws, state, node) == [{"text": "P"}, {"text": "Q"}, {"text": "R"}]
+
+
+def test_a_failed_node_skips_its_dependents_and_fails_the_workflow(
+    ctx: flow.Context, store: RunStore
+) -> None:
+    ws = create(
+        store,
+        a=inline("go"),
+        b=inline("{{ x }}", kwargs={"x": {"$ref": "a#/text"}}),
+        c=inline("{{ x }}", kwargs={"x": {"$ref": "b"}}),
+        d=inline("{{ x }}", kwargs={"x": {"$ref": "a"}}, allow_failed_inputs=True),
+    )
+    workflows.advance(ctx, WF)
+    flow.fail_run(ctx, f"{WF}.0.0", "boom", ["boom"])
+    assert ("advance", WF) in ctx.enqueue.sent  # type: ignore[attr-defined]
+    workflows.advance(ctx, WF)
+    state = ws.load(WF)
+    assert {n.name: n.state for n in state.nodes} == {
+        "a": "FAILED",
+        "b": "SKIPPED",
+        "c": "SKIPPED",
+        "d": "STARTED",
+    }
+    assert store.load(f"{WF}.3.0").spec.kwargs == {"x": None}
+    succeed(ctx, f"{WF}.3.0", {"text": "tolerant"})
+    workflows.advance(ctx, WF)
+    assert ws.load(WF).status == "FAILED"
+
+
+def test_cancel_ends_live_runs_and_nothing_starts_after(ctx: flow.Context, store: RunStore) -> None:
+    ws = create(store, a=inline("go"), b=inline("{{ x }}", kwargs={"x": {"$ref": "a#/text"}}))
+    workflows.advance(ctx, WF)
+    assert workflows.cancel(store, WF) is True
+    assert workflows.cancel(store, WF) is False
+    assert store.load(f"{WF}.0.0").status is TaskStatus.CANCELLED
+    workflows.advance(ctx, WF)
+    assert started(ctx) == [f"{WF}.0.0"]
+    state = ws.load(WF)
+    assert state.status == "CANCELLED" and state.node("b").state == "WAITING"
+
+
+def test_node_run_keys_share_the_workflows_hash_tag(store: RunStore) -> None:
+    keys = Keys("quorum")
+    assert keys.run(f"{WF}.3.7") == "quorum:run:{w1}.3.7"
+    assert keys.events("abc") == "quorum:run:{abc}:events"
+    assert keys.wf_nodes(WF) == "quorum:wf:{w1}:nodes"
+
+
+def test_calls_of_a_node_run_count_the_whole_workflows_spending(
+    ctx: flow.Context, store: RunStore
+) -> None:
+    graph = prepare(
+        {"name": "g", "max_tokens": 20, "nodes": {"a": inline("go"), "b": inline("go")}},
+        Settings(model="m"),
+    )
+    ws = WorkflowStore.of(store)
+    ws.create(WF, graph, timeout_s=60, idempotency_key=None)
+    workflows.advance(ctx, WF)
+    store.bill(f"{WF}.0.0", Usage(total_tokens=18))
+    assert ws.load(WF).usage.total_tokens == 18
+    state = store.load(f"{WF}.1.0")
+    assert ctx.call(state, model="m", messages=[{"role": "user", "content": "x" * 40}]) is None
+    assert store.load(f"{WF}.1.0").code == "budget_exceeded"
+
+
+def test_a_step_past_the_deadline_ends_the_workflow_and_its_live_runs(
+    ctx: flow.Context, store: RunStore
+) -> None:
+    ws = create(store, a=inline("go"), b=inline("{{ x }}", kwargs={"x": {"$ref": "a#/text"}}))
+    workflows.advance(ctx, WF)
+    store.redis.hset(store.keys.workflow(WF), "deadline", 1.0)
+    workflows.advance(ctx, WF)
+    state = ws.load(WF)
+    assert state.status == "FAILED" and state.error.startswith("timeout")
+    assert store.load(f"{WF}.0.0").status is TaskStatus.CANCELLED
+    assert started(ctx) == [f"{WF}.0.0"]
+
+
+class Verdict(BaseModel):
+    supported: bool
+
+
+def test_a_defined_task_node_runs_with_its_definition(ctx: flow.Context, store: RunStore) -> None:
+    define(
+        "wf_unit_check",
+        template="Is {{ claim }} supported?",
+        response_model=Verdict,
+        config=None,
+        checks=[{"expr": "output.supported is boolean", "message": "say yes or no"}],
+    )
+    ws = create(
+        store,
+        a=inline("go", LIST),
+        b={"task": "wf_unit_check", "map": {"over": {"$ref": "a#/items"}, "item": "claim"}},
+        c=inline("{{ v }}", kwargs={"v": {"$ref": "b#/0/supported"}}),
+    )
+    workflows.advance(ctx, WF)
+    succeed(ctx, f"{WF}.0.0", {"items": ["sky is blue"]})
+    workflows.advance(ctx, WF)
+    spec = store.load(f"{WF}.1.0").spec
+    assert spec.task == "wf_unit_check" and spec.task_hash and spec.config is None
+    assert spec.kwargs == {"claim": "sky is blue"} and len(spec.checks) == 1
+    assert ws.load(WF).node("b").state == "STARTED"
+
+
+def test_defined_tasks_are_checked_at_submit() -> None:
+    with pytest.raises(InvalidRequestError, match="node 'a': unknown task 'nowhere'"):
+        prepare({"name": "g", "nodes": {"a": {"task": "nowhere"}}}, Settings(model="m"))
+    define("wf_unit_named", template="Say {{ x }}", response_model=Verdict, config=None)
+    with pytest.raises(InvalidRequestError, match="takes kwargs only"):
+        prepare(
+            {"name": "g", "nodes": {"a": {"task": "wf_unit_named", "template": "x"}}},
+            Settings(model="m"),
+        )
+    with pytest.raises(InvalidRequestError, match="variables no kwarg or reference covers: x"):
+        prepare({"name": "g", "nodes": {"a": {"task": "wf_unit_named"}}}, Settings(model="m"))
+    with pytest.raises(InvalidRequestError, match="filled in at submit"):
+        prepare(
+            {"name": "g", "nodes": {"a": {**inline("go"), "defined": {"task": "x"}}}},
+            Settings(model="m"),
+        )
+
+
+def test_a_node_whose_inputs_make_no_valid_run_fails_without_blocking_the_workflow(
+    ctx: flow.Context, store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = create(store, a=inline("go"), b=inline("{{ x }}", kwargs={"x": {"$ref": "a#/text"}}))
+    workflows.advance(ctx, WF)
+    succeed(ctx, f"{WF}.0.0", {"text": "alpha"})
+
+    def refused(*args: Any) -> Any:
+        raise ValueError("no valid spec")
+
+    monkeypatch.setattr(workflows, "_specs", refused)
+    workflows.advance(ctx, WF)
+    state = ws.load(WF)
+    assert state.node("b").state == "FAILED" and "no valid spec" in state.node("b").error
+    assert state.status == "FAILED"
