@@ -170,7 +170,7 @@ def get_events(
     if sse.wants_events(request.headers.get("accept")):
         return sse.event_stream(
             request.app.state.hub,
-            run_id,
+            request.app.state.hub.run_stream(run_id),
             after=stream_id(last_event_id),
             heartbeat_s=tasks.settings.sse_heartbeat_s,
         )

@@ -165,7 +165,7 @@ def run_events(
     client.store.status(run_id)  # 404 for an unknown run
     return sse.event_stream(
         request.app.state.hub,
-        run_id,
+        request.app.state.hub.run_stream(run_id),
         after=stream_id(last_event_id or after),
         heartbeat_s=client.settings.sse_heartbeat_s,
     )

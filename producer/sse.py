@@ -9,7 +9,8 @@ Each event goes out as it is appended to the run's stream::
 `id` is the Redis stream id: a client that reconnects with `Last-Event-ID: <id>` gets what
 came after it. A comment line (`: keep-alive`) goes out whenever the run has been quiet for
 `QUORUM_SSE_HEARTBEAT_S`. The response ends after the terminal event (`succeeded`, `failed`,
-`cancelled`). Every stream of the process is read by one `shared.live.EventHub`.
+`cancelled`). A workflow's events stream the same way from `GET /v1/workflows/{id}/events`,
+until `workflow_finished`. Every stream of the process is read by one `shared.live.EventHub`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
-from quorum.shared.live import EventHub, Heartbeat
+from quorum.shared.live import EventHub, Heartbeat, Stream
 
 __all__ = ["MEDIA_TYPE", "event_stream", "wants_events"]
 
@@ -31,9 +32,11 @@ def wants_events(accept: str | None) -> bool:
     return MEDIA_TYPE in (accept or "")
 
 
-async def _frames(hub: EventHub, run_id: str, after: str, heartbeat_s: float) -> AsyncIterator[str]:
+async def _frames(
+    hub: EventHub, stream: Stream, after: str, heartbeat_s: float
+) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
-    async for item in hub.follow(run_id, after=after, heartbeat_s=heartbeat_s):
+    async for item in hub.follow_stream(stream, after=after, heartbeat_s=heartbeat_s):
         if isinstance(item, Heartbeat):
             yield ": keep-alive\n\n"
             continue
@@ -43,11 +46,12 @@ async def _frames(hub: EventHub, run_id: str, after: str, heartbeat_s: float) ->
 
 
 def event_stream(
-    hub: EventHub, run_id: str, *, after: str, heartbeat_s: float
+    hub: EventHub, stream: Stream, *, after: str, heartbeat_s: float
 ) -> StreamingResponse:
-    """The run's events after the stream id `after`, as Server-Sent Events."""
+    """The stream's events (a run's, `hub.run_stream`, or a workflow's) after the stream id
+    `after`, as Server-Sent Events."""
     return StreamingResponse(
-        _frames(hub, run_id, after, heartbeat_s),
+        _frames(hub, stream, after, heartbeat_s),
         media_type=MEDIA_TYPE,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -3,7 +3,8 @@ and `WorkflowRun` ([workflows.md](../docs/workflows.md)).
 
     POST /v1/workflows              the workflow document → 201 {id, status}; 422 refused
     GET  /v1/workflows/{id}         status, error, usage, per node: status, runs, output
-    GET  /v1/workflows/{id}/events  the workflow's events, oldest first
+    GET  /v1/workflows/{id}/events  the workflow's events, oldest first; with `Accept:
+                                    text/event-stream`, Server-Sent Events as they happen
     POST /v1/workflows/{id}/cancel  → {id, cancelled, status}
 """
 
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field
 
+from quorum.producer import sse
 from quorum.producer.client import TaskClient
 from quorum.shared.graph import WorkflowDoc
+from quorum.shared.live import stream_id
 from quorum.shared.models import Usage
 from quorum.shared.wfstore import WorkflowStatus
 
@@ -92,10 +95,37 @@ def get_workflow(workflow_id: str, client: Client) -> WorkflowView:
     return WorkflowView.model_validate(client.workflow(workflow_id).view())
 
 
-@router.get("/{workflow_id}/events")
-def get_workflow_events(workflow_id: str, client: Client) -> list[dict[str, Any]]:
-    """The workflow's events (node_ready, node_started, ...), oldest first."""
-    return [e.model_dump(mode="json") for e in client.workflow(workflow_id).provenance()]
+@router.get(
+    "/{workflow_id}/events",
+    response_model=list[dict[str, Any]],
+    responses={
+        200: {
+            "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}},
+            "description": "The events, oldest first; as Server-Sent Events when asked for "
+            "`text/event-stream` (as for a run's events), ending after `workflow_finished`.",
+        }
+    },
+)
+def get_workflow_events(
+    workflow_id: str,
+    request: Request,
+    client: Client,
+    last_event_id: Annotated[
+        str | None, Header(description="SSE: resume after this event id.")
+    ] = None,
+) -> Any:
+    """The workflow's events (node_ready, node_started, ...), oldest first; with
+    `Accept: text/event-stream`, each as it happens until `workflow_finished`."""
+    run = client.workflow(workflow_id)
+    if sse.wants_events(request.headers.get("accept")):
+        hub = request.app.state.hub
+        return sse.event_stream(
+            hub,
+            hub.workflow_stream(run.id),
+            after=stream_id(last_event_id),
+            heartbeat_s=client.settings.sse_heartbeat_s,
+        )
+    return [e.model_dump(mode="json") for e in run.provenance()]
 
 
 @router.post("/{workflow_id}/cancel")

@@ -1,7 +1,8 @@
-"""Following runs' event streams live in asyncio code: one reader for a whole process.
+"""Following event streams live in asyncio code: one reader for a whole process.
 
 `EventHub.follow(run_id, after=...)` yields a run's events (with their stream ids) as they
-are appended, until its terminal event. However many runs a process follows, one asyncio task
+are appended, until its terminal event; `follow_stream(hub.workflow_stream(id))` a workflow's,
+until `workflow_finished`. However many runs a process follows, one asyncio task
 reads them all with ONE `XREAD BLOCK` over ONE Redis connection (every followed stream in one
 command) and hands each entry to the followers of its stream through asyncio queues: no
 thread and no Redis connection per follower. A new follower wakes the blocked read at once
@@ -22,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,17 +31,20 @@ import redis
 import redis.asyncio
 
 from quorum.shared.errors import InvalidRequestError
-from quorum.shared.events import TERMINAL_EVENTS, Event, OtherEvent, parse_event
+from quorum.shared.events import TERMINAL_EVENTS, parse_event
 from quorum.shared.keys import Keys
 from quorum.shared.models import TaskStatus
+from quorum.shared.wfevents import parse_workflow_event
+from quorum.shared.wfstore import WorkflowStatus
 
-__all__ = ["EventHub", "Heartbeat", "stream_id"]
+__all__ = ["EventHub", "Heartbeat", "Stream", "stream_id"]
 
 log = logging.getLogger(__name__)
 
 _STREAM_ID = re.compile(r"\A\d{1,20}-\d{1,20}\Z")
 
-Entry = tuple[str, Event | OtherEvent]
+Entry = tuple[str, Any]
+"""A stream id and the event stored under it (a run's `Event`, or a workflow's)."""
 
 
 class Heartbeat:
@@ -62,6 +66,23 @@ def stream_id(text: str | None) -> str:
 def _ended(status: str | None) -> bool:
     """Whether a run with this status field is over (or gone)."""
     return status is None or TaskStatus(status).terminal
+
+
+def _workflow_ended(status: str | None) -> bool:
+    """Whether a workflow with this status field is over (or gone)."""
+    return status is None or WorkflowStatus(status) is not WorkflowStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An event stream to follow: its key, the hash whose `status` says its owner is over,
+    how its entries parse, and the event types that end it."""
+
+    key: str
+    owner: str
+    parse: Callable[[str], Any]
+    terminal: frozenset[str]
+    ended: Callable[[str | None], bool]
 
 
 def _order(entry_id: str) -> tuple[int, int]:
@@ -100,6 +121,7 @@ class EventHub:
         """Connections for the followers' own short reads (status, backlog of a finished
         run, unblocking the reader); past it they wait for one."""
         self._followers: dict[str, set[_Follower]] = {}
+        self._parsers: dict[str, Callable[[str], Any]] = {}
         self._from: dict[str, str] = {}
         self._reader: Any = None
         self._control: Any = None
@@ -113,22 +135,45 @@ class EventHub:
         """How many followers are attached now."""
         return sum(len(f) for f in self._followers.values())
 
-    async def follow(
+    def run_stream(self, run_id: str) -> Stream:
+        """A run's event stream."""
+        return Stream(
+            self.keys.events(run_id), self.keys.run(run_id), parse_event, TERMINAL_EVENTS, _ended
+        )
+
+    def workflow_stream(self, workflow_id: str) -> Stream:
+        """A workflow's event stream (`node_ready`, …, `workflow_finished`)."""
+        return Stream(
+            self.keys.wf_events(workflow_id),
+            self.keys.workflow(workflow_id),
+            parse_workflow_event,
+            frozenset({"workflow_finished"}),
+            _workflow_ended,
+        )
+
+    def follow(
         self, run_id: str, *, after: str = "0-0", heartbeat_s: float = 15.0
     ) -> AsyncIterator[Entry | Heartbeat]:
-        """The run's events after the stream id `after`, as `(id, event)` pairs, until its
+        """`follow_stream` of the run's events."""
+        return self.follow_stream(self.run_stream(run_id), after=after, heartbeat_s=heartbeat_s)
+
+    async def follow_stream(
+        self, stream: Stream, *, after: str = "0-0", heartbeat_s: float = 15.0
+    ) -> AsyncIterator[Entry | Heartbeat]:
+        """The stream's events after the stream id `after`, as `(id, event)` pairs, until a
         terminal event; `HEARTBEAT` whenever `heartbeat_s` pass without one. Ends as well when
-        the run is gone (expired), or is over with nothing left after `after`."""
+        the owner is gone (expired), or is over with nothing left after `after`."""
         control = await self._start()
-        key = self.keys.events(run_id)
-        if _ended(await control.hget(self.keys.run(run_id), "status")):
+        key = stream.key
+        if stream.ended(await control.hget(stream.owner, "status")):
             for entry_id, fields in await control.xrange(key, min=f"({after}"):
-                event = parse_event(fields["event"])
+                event = stream.parse(fields["event"])
                 yield entry_id, event
-                if event.type in TERMINAL_EVENTS:
+                if event.type in stream.terminal:
                     return
             return
         follower = _Follower(_order(after))
+        self._parsers[key] = stream.parse
         self._followers.setdefault(key, set()).add(follower)
         known = self._from.get(key)
         if known is None or _order(after) < _order(known):
@@ -139,15 +184,15 @@ class EventHub:
                 try:
                     entry_id, event = await asyncio.wait_for(follower.queue.get(), heartbeat_s)
                 except TimeoutError:
-                    status = await control.hget(self.keys.run(run_id), "status")
-                    if _ended(status) and follower.queue.empty():
+                    status = await control.hget(stream.owner, "status")
+                    if stream.ended(status) and follower.queue.empty():
                         if await self._caught_up(control, key, follower):
                             return
                         continue
                     yield HEARTBEAT
                     continue
                 yield entry_id, event
-                if event.type in TERMINAL_EVENTS:
+                if event.type in stream.terminal:
                     return
         finally:
             self._leave(key, follower)
@@ -165,6 +210,7 @@ class EventHub:
         if not followers:
             del self._followers[key]
             self._from.pop(key, None)
+            self._parsers.pop(key, None)
 
     async def close(self) -> None:
         """Stop the reader and close its connections."""
@@ -234,9 +280,10 @@ class EventHub:
         followers = self._followers.get(key)
         if not followers:
             return
+        parse = self._parsers.get(key, parse_event)
         for entry_id, fields in entries:
             order = _order(entry_id)
-            event = parse_event(fields["event"])
+            event = parse(fields["event"])
             for follower in followers:
                 if order > follower.seen:
                     follower.seen = order

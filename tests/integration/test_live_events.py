@@ -42,15 +42,17 @@ def body(scope: str, **script: Any) -> dict[str, Any]:
     }
 
 
-def frames(base: str, run_id: str, *, last_event_id: str | None = None) -> list[dict[str, str]]:
-    """Every frame of the run's event stream until the server ends it (a comment frame is
-    `{"comment": ...}`)."""
+def frames(
+    base: str, run_id: str, *, last_event_id: str | None = None, kind: str = "runs"
+) -> list[dict[str, str]]:
+    """Every frame of the run's (or, `kind="workflows"`, the workflow's) event stream until
+    the server ends it (a comment frame is `{"comment": ...}`)."""
     url = urllib.parse.urlsplit(base)
     conn = HTTPConnection(url.hostname, url.port, timeout=30)
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
-    conn.request("GET", f"/v1/runs/{run_id}/events", headers=headers)
+    conn.request("GET", f"/v1/{kind}/{run_id}/events", headers=headers)
     reply = conn.getresponse()
     assert reply.status == 200, reply.read()
     assert reply.headers["content-type"].startswith("text/event-stream")
@@ -186,3 +188,38 @@ def test_one_api_process_holds_1000_streams_without_a_thread_each():
         client.close()
         process.stop()
         server.stop()
+
+
+def test_a_workflows_events_stream_as_they_happen_until_it_finishes(api, scope):
+    text = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+    def node(template: str, **kwargs: Any) -> dict[str, Any]:
+        config = {"mode": "single_shot", "issues": ["is text"]}
+        return {"template": template, "response_schema": text, "config": config, "kwargs": kwargs}
+
+    sim = {"latency": 0.5, "votes": {"*": True}}
+    doc = {
+        "name": "live",
+        "nodes": {
+            "a": node(
+                "Start {{ sim }}", sim=directive(f"{scope}-a", outputs=[{"text": "x"}], **sim)
+            ),
+            "b": node(
+                "Then {{ t }} {{ sim }}",
+                t={"$ref": "a#/text"},
+                sim=directive(f"{scope}-b", outputs=[{"text": "y"}], **sim),
+            ),
+        },
+    }
+    created = http("POST", f"{api}/v1/workflows", doc)
+    assert created.status == 201, created.text
+    workflow_id = created.json()["id"]
+    events = [f for f in frames(api, workflow_id, kind="workflows") if "event" in f]
+    assert events[-1]["event"] == "workflow_finished"
+    assert [json.loads(f["data"])["type"] for f in events] == [f["event"] for f in events]
+    ids = [tuple(map(int, f["id"].split("-"))) for f in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    stored = http("GET", f"{api}/v1/workflows/{workflow_id}/events").json()
+    assert [e["type"] for e in stored] == [f["event"] for f in events]
+    resumed = frames(api, workflow_id, last_event_id=events[0]["id"], kind="workflows")
+    assert [f["id"] for f in resumed if "event" in f] == [f["id"] for f in events[1:]]
