@@ -29,6 +29,7 @@ __all__ = [
     "Output",
     "OutputInvalid",
     "RetryScheduled",
+    "StoredEvent",
     "Submitted",
     "Succeeded",
     "ValidationFailed",
@@ -39,11 +40,11 @@ __all__ = [
 ]
 
 
-class _Event(BaseModel):
+class StoredEvent(BaseModel):
+    """An event read like the JSON it is stored as: `event["type"]`, `event.get("usage")`."""
+
     model_config = ConfigDict(frozen=True)
 
-    attempt: int = 0
-    worker: str = ""
     ts: float = Field(default_factory=time.time)
 
     def __getitem__(self, name: str) -> Any:
@@ -55,6 +56,11 @@ class _Event(BaseModel):
     def get(self, name: str, default: Any = None) -> Any:
         """The field `name`, or `default` if this type of event has none."""
         return getattr(self, name, default)
+
+
+class _Event(StoredEvent):
+    attempt: int = 0
+    worker: str = ""
 
 
 class CallEvent(_Event):

@@ -4,10 +4,11 @@ these shapes; `parse_workflow_event` reads them back."""
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from quorum.shared.events import StoredEvent
 
 __all__ = [
     "NodeFinished",
@@ -20,16 +21,8 @@ __all__ = [
 ]
 
 
-class _WorkflowEvent(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    ts: float = Field(default_factory=time.time)
-
-    def __getitem__(self, name: str) -> Any:
-        try:
-            return getattr(self, name)
-        except AttributeError:
-            raise KeyError(name) from None
+class _WorkflowEvent(StoredEvent):
+    """What every workflow event carries: its timestamp."""
 
 
 class NodeReady(_WorkflowEvent):
