@@ -16,7 +16,7 @@ from quorum.producer.stack import Stack
 from quorum.producer.terminal import summarize
 from quorum.producer.workflow import Workflow
 from quorum.producer.workflow_cli import describe_workflow_event
-from quorum.shared.errors import TaskFailedError, WorkflowFailedError
+from quorum.shared.errors import RunTimeoutError, TaskFailedError, WorkflowFailedError
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.models import (
     KAheadVotingValidationConfig,
@@ -28,6 +28,9 @@ from quorum.shared.models import (
 from quorum.shared.settings import Settings
 
 __all__ = ["DEADLINE_S", "LOCAL_RUNS", "Purchase", "Shown", "Story", "run_demo", "story"]
+
+_WORKFLOW_GRACE_S = 5.0
+"""How long after its deadline the demo waits for the workflow to end by itself."""
 
 TEMPLATE = "Extract purchase from: {{ message }}"
 ISSUES = [
@@ -178,10 +181,12 @@ class Summary(BaseModel):
     text: str
 
 
-def _run_workflow(client: TaskClient, message: str) -> None:
-    """A small workflow: extract the items, check each one (a map), summarise them."""
+def _run_workflow(client: TaskClient, message: str, *, deadline_s: float) -> None:
+    """A small workflow: extract the items, check each one (a map), summarise them. Its
+    deadline, which bounds all its runs together, is twice a run's: past it, it is ended
+    and reported like a run that timed out."""
     check = SingleShotValidationConfig(issues=ISSUES[:1], max_retries=2)
-    wf = Workflow("demo-basket", timeout_s=300)
+    wf = Workflow("demo-basket", timeout_s=2 * deadline_s)
     basket = wf.task(
         "extract",
         template="List each item bought, one phrase each, in: {{ message }}",
@@ -208,13 +213,16 @@ def _run_workflow(client: TaskClient, message: str) -> None:
     )
     run = client.submit_workflow(wf)
     print(f"\n== Workflow extract → check each item → summary  workflow {run.id}")
-    for event in run.watch(timeout=300):
+    for event in run.watch(timeout=2 * deadline_s + _WORKFLOW_GRACE_S):
         print("   " + describe_workflow_event(event), flush=True)
     try:
-        outputs = run.result(timeout=10)
+        outputs = run.result(timeout=_WORKFLOW_GRACE_S)
         print(f"-> {outputs['summary']!r}")
     except WorkflowFailedError as exc:
         print(f"-> {exc.status}: " + "; ".join(f"{n}: {r}" for n, r in exc.failures.items()))
+    except RunTimeoutError:
+        run.cancel()
+        print(f"-> workflow {run.id} timed out after {2 * deadline_s:g} s; cancelled")
 
 
 def _run_defined(client: TaskClient, *, simulated: bool, deadline_s: float) -> Shown:
@@ -274,7 +282,7 @@ def run_demo(
                     break
             else:
                 done.append(_run_defined(client, simulated=simulated, deadline_s=deadline_s))
-                _run_workflow(client, "I want 5 apples and 2 pears")
+                _run_workflow(client, "I want 5 apples and 2 pears", deadline_s=deadline_s)
         finally:
             client.close()
         _conclude(done)

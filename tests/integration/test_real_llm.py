@@ -242,9 +242,10 @@ def test_the_local_demo_ends_every_run_it_starts_within_a_short_deadline() -> No
         store.redis.close()
     finally:
         redis_server.stop()
-    assert len(states) == len(LOCAL_RUNS) + 1, demo.stdout[-4000:]  # and the defined task
-    for state in states:
-        assert state.status.terminal, (state.run_id, state.status)
+    assert all(state.status.terminal for state in states), demo.stdout[-4000:]
+    runs = [state for state in states if "." not in state.run_id]  # not the workflow's nodes
+    assert len(runs) == len(LOCAL_RUNS) + 1, demo.stdout[-4000:]  # and the defined task
+    for state in runs:
         assert state.spec.timeout_s == DEMO_DEADLINE_S
         timed_out = state.code == "timeout" or state.status is TaskStatus.CANCELLED
         named = f"run {state.run_id} timed out after" in demo.stdout
