@@ -22,8 +22,8 @@ from kombu import Queue
 
 from quorum.bench.driver import run_workload
 from quorum.shared.broker import celery_config
+from quorum.shared.connection import connect
 from quorum.shared.settings import get_settings
-from quorum.shared.store import connect
 from quorum.worker.app import chord_backend
 from quorum.worker.transport import INTAKE_TRANSPORT
 

@@ -28,10 +28,10 @@ from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.runview import age, run_page
 from quorum.producer.terminal import run_tree, show_live
 from quorum.producer.workflow_cli import workflow_app
+from quorum.shared.connection import probe
 from quorum.shared.errors import QuorumError, TaskFailedError
 from quorum.shared.models import TaskStatus
 from quorum.shared.settings import get_settings
-from quorum.shared.store import probe
 
 __all__ = ["app", "main"]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quorum.producer.client import build_spec
+from quorum.producer.spec import build_spec
 from quorum.shared.definitions import defined, expression_checks, unknown_task
 from quorum.shared.errors import InvalidRequestError
 from quorum.shared.models import RunSpec

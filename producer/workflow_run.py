@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from quorum.producer.spec import build_spec
 from quorum.shared import workflows
 from quorum.shared.definitions import defined, unknown_task
 from quorum.shared.errors import (
@@ -70,8 +71,6 @@ def prepare(raw: Any, settings: Settings, client: TaskClient | None = None) -> G
 
 def _filled(node: NodeDoc, settings: Settings, client: TaskClient | None) -> NodeDoc:
     """The node with its spec complete and checked like a run's (`build_spec`)."""
-    from quorum.producer.client import build_spec  # the client imports this module
-
     if node.defined is not None:
         raise InvalidRequestError("`defined` is filled in at submit; leave it out")
     fields = node.model_dump(exclude_none=True)

@@ -13,9 +13,9 @@ from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
+from quorum.shared.connection import DRIVER_INFO
 from quorum.shared.errors import StoreError
 from quorum.shared.settings import Settings
-from quorum.shared.store import DRIVER_INFO
 
 __all__ = [
     "JOB_NAMES",

@@ -16,10 +16,8 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio
-from redis import DriverInfo
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
+from quorum.shared.connection import CLIENT_OPTIONS, connect
 from quorum.shared.creation import CreationStore
 from quorum.shared.deliveries import DeliveryStore
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
@@ -41,63 +39,7 @@ from quorum.shared.settings import Settings
 from quorum.shared.state import USAGE_FIELDS, RunState, usage_of
 from quorum.shared.webhooks import lease_s
 
-__all__ = ["DRIVER_INFO", "RunStore", "connect", "probe"]
-
-DRIVER_INFO = DriverInfo()
-"""What each of our connections tells Redis about its client (CLIENT SETINFO), made once.
-Without it redis-py makes one per connection and looks its own version up in the installed
-packages' metadata each time (a walk of sys.path), which showed in the CPU of a producer
-waiting for many runs at once, each wait on a new connection (docs/benchmarks.md, History)."""
-
-_CLIENT_OPTIONS: dict[str, Any] = {
-    "driver_info": DRIVER_INFO,
-    "decode_responses": True,
-    "socket_connect_timeout": 5,
-    # Above the longest blocking read (5 s): redis-py's own default would cut those short.
-    "socket_timeout": 10,
-    "socket_keepalive": True,
-    "health_check_interval": 15,
-}
-
-
-def connect(url: str, *, tls: dict[str, Any] | None = None, max_connections: int) -> redis.Redis:
-    """A Redis client that reconnects by itself through restarts and blips.
-
-    `tls` holds the `ssl_*` options of a `rediss://` URL (`Settings.redis_tls`). Past
-    `max_connections` a command waits for a free connection: redis-py's default pool (100
-    connections) fails instead, which a worker with hundreds of threads hits under load.
-    """
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=_CLIENT_OPTIONS["socket_timeout"],
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        **_CLIENT_OPTIONS,
-        **(tls or {}),
-    )
-    client = redis.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True
-    return client
-
-
-def probe(url: str, *, tls: dict[str, Any] | None = None, timeout_s: float) -> None:
-    """Ping Redis once, without retrying: `StoreError` within about `timeout_s` seconds when it
-    does not answer (the command line says so at once, where `connect`'s client would retry
-    for ~10 s)."""
-    client = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        retry=Retry(ExponentialBackoff(), retries=0),
-        **(tls or {}),
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise StoreError(f"Redis does not answer (QUORUM_REDIS_URL): {exc}") from exc
-    finally:
-        client.close()
+__all__ = ["RunStore"]
 
 
 def _blocks(timeout_s: float | None) -> Iterator[int]:
@@ -260,7 +202,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
     def asyncio_options(self) -> dict[str, Any]:
         """The options of an asyncio client on this store's Redis (`url`): the same as its
         own connections'."""
-        return {**_CLIENT_OPTIONS, **(self.tls or {})}
+        return {**CLIENT_OPTIONS, **(self.tls or {})}
 
     async def wait_async(self, run_id: str, *, timeout_s: float | None) -> RunState:
         """`wait` for asyncio code, on a connection of its own."""
@@ -268,8 +210,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
             raise StoreError("this store has no URL to open an asyncio connection with")
         done, run = self.keys.done(run_id), self.keys.run(run_id)
         try:
-            options = {**_CLIENT_OPTIONS, **(self.tls or {})}
-            async with redis.asyncio.Redis.from_url(self.url, **options) as client:
+            async with redis.asyncio.Redis.from_url(self.url, **self.asyncio_options) as client:
                 for block_ms in _blocks(timeout_s):
                     seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
                     if await client.blmove(done, done, seconds, "RIGHT", "LEFT"):

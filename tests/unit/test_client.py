@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from quorum.producer.client import build_spec
+from quorum.producer.spec import build_spec
 from quorum.shared.errors import (
     InvalidRequestError,
     PayloadTooLargeError,

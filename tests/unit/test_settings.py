@@ -157,7 +157,7 @@ def test_a_worker_shares_one_chord_backend_between_its_threads() -> None:
 
     import redis
 
-    from quorum.shared.store import DRIVER_INFO, connect
+    from quorum.shared.connection import DRIVER_INFO, connect
     from quorum.worker.app import ChordResultBackend, chord_backend, create_app
 
     app = create_app(Settings(redis_url="redis://localhost:6399/0", redis_max_connections=7))

@@ -10,12 +10,13 @@ import pytest
 from redis import BlockingConnectionPool
 from redis import exceptions as redis_errors
 
+from quorum.shared.connection import connect
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RecordedVote
-from quorum.shared.store import RunStore, connect
+from quorum.shared.store import RunStore
 from tests.unit.events import event
 
 SPEC = RunSpec(
