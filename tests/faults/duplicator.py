@@ -18,11 +18,18 @@ from celery.signals import before_task_publish
 _lock = threading.Lock()
 _state: dict[str, Any] = {"url": os.environ.get("QUORUM_REDIS_URL"), "conn": None, "sent": 0}
 _rng = random.Random(3)
+# A duplicate whose broker is gone (its test over) is dropped after these tries rather than
+# retried for ever: a publish that never returns would keep the process from exiting.
+_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
 
 
 def publish_to(url: str) -> None:
-    """Double the messages this process publishes, on the broker at `url`."""
-    _state["url"] = url
+    """Double the messages this process publishes, on the broker at `url` ('' stops it)."""
+    with _lock:
+        _state["url"] = url
+        if _state["conn"] is not None:  # a connection to the last test's broker
+            _state["conn"].release()
+            _state["conn"] = None
 
 
 def duplicates_sent() -> int:
@@ -34,6 +41,8 @@ def _publish(
     body: Any, exchange: str, routing_key: str, headers: dict[str, Any], properties: dict[str, Any]
 ) -> None:
     with _lock:
+        if not _state["url"]:  # the test that sent it has ended
+            return
         if _state["conn"] is None:
             _state["conn"] = kombu.Connection(_state["url"])
         producer = _state["conn"].Producer(serializer="json")
@@ -43,7 +52,13 @@ def _publish(
             if k in ("correlation_id", "reply_to", "priority", "delivery_mode")
         }
         producer.publish(
-            body, exchange=exchange, routing_key=routing_key, headers=headers, retry=True, **props
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers=headers,
+            retry=True,
+            retry_policy=_RETRY_POLICY,
+            **props,
         )
         _state["sent"] += 1
 
@@ -61,4 +76,6 @@ def _twice(
     if not _state["url"] or not (sender or "").startswith("quorum."):
         return
     args = (body, exchange or routing_key, routing_key, dict(headers or {}), dict(properties or {}))
-    threading.Timer(_rng.uniform(0, 1.5), _publish, args=args).start()
+    timer = threading.Timer(_rng.uniform(0, 1.5), _publish, args=args)
+    timer.daemon = True  # a duplicate still waiting when the tests end must not hold them up
+    timer.start()
