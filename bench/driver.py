@@ -6,9 +6,9 @@ workers; `reference`: py-ai-toolkit's in-process `run_task`; `celery`: Celery al
 `quorum.bench.floor`), how many runs, whether they go one at a time (`sequential`) or all at once
 (`burst`), or all at once before any worker runs (`queued`, Quorum only: the driver prints
 `QUEUED` once it has submitted them all, and the runner then starts the worker), and the
-validation config. The driver prints `BEGIN` when the measured part starts and `RESULT <JSON>`
-when it ends: per-run latencies and outcomes, wall time, this process's CPU seconds and peak
-RSS.
+validation config. The driver prints `BEGIN` when the measured part starts, `DONE <n>` as its
+runs finish (`quorum.bench.progress`), and `RESULT <JSON>` when it ends: per-run latencies and
+outcomes, wall time, this process's CPU seconds and peak RSS.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from quorum.bench.progress import Ticker
 from quorum.bench.workloads import PURCHASE_SCHEMA, TEMPLATE, message
 
 __all__ = ["Outcome", "main", "run_workload"]
@@ -36,23 +37,26 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _timed(run_one: RunOne, index: int) -> Outcome:
+async def _timed(run_one: RunOne, index: int, ticker: Ticker) -> Outcome:
     started = time.perf_counter()
     validated, passed = await run_one(index)
-    return time.perf_counter() - started, validated, passed
+    latency = time.perf_counter() - started
+    ticker.tick()
+    return latency, validated, passed
 
 
 async def run_workload(spec: dict[str, Any], run_one: RunOne) -> dict[str, Any]:
-    """Warm up, then run the measured runs one at a time or all at once."""
+    """Warm up, then run the measured runs one at a time or all at once, telling the runs
+    finished as they finish (`DONE <n>`, `quorum.bench.progress`)."""
     for index in range(spec.get("warmup", 0)):
         await run_one(-1 - index)
     print("BEGIN", flush=True)
     cpu, started = _cpu_s(), time.perf_counter()
-    runs = range(spec["runs"])
+    runs, ticker = range(spec["runs"]), Ticker(spec["runs"])
     if spec["shape"] == "sequential":
-        outcomes = [await _timed(run_one, i) for i in runs]
+        outcomes = [await _timed(run_one, i, ticker) for i in runs]
     else:
-        outcomes = list(await asyncio.gather(*(_timed(run_one, i) for i in runs)))
+        outcomes = list(await asyncio.gather(*(_timed(run_one, i, ticker) for i in runs)))
     wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
     return {
         "latencies": [o[0] for o in outcomes],

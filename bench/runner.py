@@ -25,6 +25,7 @@ from celery import Celery
 from rich.console import Console
 
 from quorum.bench import reference
+from quorum.bench.progress import follow, workload_progress
 from quorum.bench.workflows import measure as measure_workflows
 from quorum.bench.workloads import Profile, profile, validation_config
 from quorum.producer.stack import ManagedProcess, Stack, celery_command
@@ -79,8 +80,9 @@ class Bench:
         self.workers: list[ManagedProcess] = []
         self.concurrency = "default"
         self.started = time.monotonic()
-        # Progress: a spinner naming the workload while it runs (on a terminal only), then
-        # its summary line, numbered, with the benchmark's time so far.
+        # Progress: a line per workload while it runs, counting its finished runs (on a
+        # terminal only, `quorum.bench.progress`), then its summary line, numbered, with the
+        # benchmark's time so far.
         self.console = Console(highlight=False, soft_wrap=True)
 
     # -- the stack -----------------------------------------------------------------------
@@ -152,9 +154,9 @@ class Bench:
             f"{engine}-{workload}", [sys.executable, "-m", "quorum.bench.driver", json.dumps(spec)]
         )
         number = len(self.records) + 1
-        doing = f"[{number}] {engine} {workload} L={latency} runs={spec.get('runs', '?')}"
+        doing = f"[{number}] {engine} {workload} L={latency}"
         with contextlib.ExitStack() as started:
-            started.enter_context(self.console.status(doing + " …"))
+            shown = started.enter_context(workload_progress(self.console, doing, spec["runs"]))
             started.callback(driver.stop)
             driver.wait_for(r"^BEGIN$", timeout_s=120)
             if queued:
@@ -163,12 +165,12 @@ class Bench:
                 started.enter_context(self.running(1, QUORUM_WORKER_CONCURRENCY=threads))
             pids = [w.pid for w in self.workers] if engine != "reference" else []
             cpu = _cpu_s(pids)
-            match = driver.wait_for(r"^RESULT (.*)$", timeout_s=self.profile.timeout_s + 300)
+            result = follow(driver, shown, timeout_s=self.profile.timeout_s + 300)
             cpu = _cpu_s(pids) - cpu
             peak_rss_kb = [_peak_rss_kb(pid) for pid in pids]
             concurrency = self.concurrency if pids else ""
         calls = self.sim("GET", "/_sim/calls")
-        measured = json.loads(match.group(1))
+        measured = json.loads(result)
         # Celery alone counts its own jobs in flight: they sleep instead of calling the LLM.
         if "max_in_flight" not in measured:
             measured["max_in_flight"] = self.sim("GET", "/_sim/stats")["max_in_flight"]

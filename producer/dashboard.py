@@ -11,7 +11,13 @@ from the same store as the API; nothing to build, it installs with pip alone.
                              a timeline; it redraws itself as events arrive until the run ends
     GET  /ui/runs/{id}/events  the run's Server-Sent Events (`producer/sse.py`), which the run
                              page follows to redraw itself (`producer/static/live.js`)
-    GET  /ui/static/live.js  that script
+    GET  /ui/workflows       the newest workflows: status, name, nodes ended, age, cost;
+                             `?status=`, `?limit=`, `?cursor=` as for runs (`/ui` shows the
+                             newest few above its runs)
+    GET  /ui/workflows/{id}  one workflow: its status, progress and cost, its graph with each
+                             node's status linking to its runs, its events; live until it ends
+    GET  /ui/workflows/{id}/events  the workflow's Server-Sent Events, for that page
+    GET  /ui/static/live.js  the script that redraws a live page
     GET  /ui/login           the login form; POST checks the token and sets the session cookie
     POST /ui/logout          drops the cookie
 
@@ -39,14 +45,18 @@ from jinja2 import Environment, PackageLoader
 from quorum.producer import sse
 from quorum.producer.client import TaskClient
 from quorum.producer.runview import RunRow, age, run_page, run_row
+from quorum.producer.wfview import BOX_RUNS, NODE_H, NODE_W, shown_runs, workflow_page
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError
 from quorum.shared.live import stream_id
 from quorum.shared.models import TaskStatus
+from quorum.shared.wflisting import WorkflowListing
+from quorum.shared.wfstore import WorkflowStatus, WorkflowStore
 
 __all__ = ["COOKIE", "TEMPLATES", "dashboard", "session_value"]
 
 COOKIE = "quorum_ui"
 MAX_LIST = 500
+RECENT_WORKFLOWS = 10
 REFRESH_S = 2
 _LOGIN_BODY_LIMIT = 8192
 HEADERS = {
@@ -66,6 +76,7 @@ TEMPLATES = Environment(
 )
 TEMPLATES.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
 TEMPLATES.filters["age"] = age
+TEMPLATES.globals.update(NODE_W=NODE_W, NODE_H=NODE_H, BOX_RUNS=BOX_RUNS)
 
 dashboard = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -102,6 +113,11 @@ def _client(request: Request) -> TaskClient:
     return client
 
 
+def _listing(request: Request) -> WorkflowListing:
+    store = _client(request).store
+    return WorkflowListing(store.redis, keys=store.keys, ttl_s=store.ttl_s)
+
+
 @dashboard.get("")
 def runs_page(
     request: Request,
@@ -121,8 +137,15 @@ def runs_page(
             rows.append(run_row(client.store.load(summary.id)))  # usage and cost too
         except (RunNotFoundError, RunUnreadableError):  # expired since listed, or damaged
             continue
+    # The newest workflows above the first page of runs (in the status asked for, if a
+    # workflow can have it).
+    wanted = WorkflowStatus(status.value) if status in list(WorkflowStatus) else None
+    recent = []
+    if cursor is None and not task and (status is None or wanted is not None):
+        recent = _listing(request).page(status=wanted, limit=RECENT_WORKFLOWS).workflows
     return _page(
         "runs.html",
+        workflows=recent,
         rows=rows,
         status=status,
         task=task or "",
@@ -166,6 +189,66 @@ def run_events(
     return sse.event_stream(
         request.app.state.hub,
         request.app.state.hub.run_stream(run_id),
+        after=stream_id(last_event_id or after),
+        heartbeat_s=client.settings.sse_heartbeat_s,
+    )
+
+
+@dashboard.get("/workflows")
+def workflows_page(
+    request: Request,
+    status: WorkflowStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+    cursor: str | None = None,
+) -> Response:
+    """The newest workflows, optionally in one status."""
+    if (refused := _access(request)) is not None:
+        return refused
+    listed = _listing(request).page(status=status, limit=limit, cursor=cursor)
+    return _page(
+        "workflows.html",
+        workflows=listed.workflows,
+        status=status,
+        statuses=list(WorkflowStatus),
+        limit=limit,
+        next_cursor=listed.next_cursor,
+    )
+
+
+@dashboard.get("/workflows/{workflow_id}")
+def workflow_detail(request: Request, workflow_id: str) -> Response:
+    """One workflow: its graph with each node's status and runs, and its events."""
+    if (refused := _access(request)) is not None:
+        return refused
+    ws = WorkflowStore.of(_client(request).store)
+    try:
+        state = ws.load(workflow_id)
+    except RunNotFoundError as exc:
+        return _page("missing.html", code=404, detail=str(exc), heading="No such workflow")
+    entries = ws.event_entries(workflow_id)
+    statuses = _listing(request).statuses(shown_runs(state))
+    page = workflow_page(state, statuses, [e for _, e in entries], now=time.time())
+    after = entries[-1][0] if entries else "0-0"
+    return _page("workflow.html", page=page, refresh_s=REFRESH_S, after=after)
+
+
+@dashboard.get("/workflows/{workflow_id}/events")
+def workflow_events(
+    request: Request,
+    workflow_id: str,
+    after: str | None = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The workflow's events as they happen, after `Last-Event-ID` or `after`, until
+    `workflow_finished`."""
+    if (refused := _access(request)) is not None:
+        return refused
+    client = _client(request)
+    WorkflowStore.of(client.store).load(workflow_id)  # 404 for an unknown workflow
+    hub = request.app.state.hub
+    return sse.event_stream(
+        hub,
+        hub.workflow_stream(workflow_id),
         after=stream_id(last_event_id or after),
         heartbeat_s=client.settings.sse_heartbeat_s,
     )

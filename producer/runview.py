@@ -28,6 +28,7 @@ from quorum.shared.events import (
     VoteCast,
     VoteSkipped,
 )
+from quorum.shared.keys import workflow_of
 from quorum.shared.models import TaskStatus
 from quorum.shared.state import RunState
 
@@ -56,10 +57,12 @@ class RunRow:
     attempts: int
     tokens: int
     cost_usd: float
+    workflow_id: str | None = None
+    node: str = ""
 
 
 def run_row(state: RunState) -> RunRow:
-    """The runs list's line for `state`."""
+    """The runs list's line for `state` (a node run's names its workflow and node)."""
     return RunRow(
         run_id=state.run_id,
         status=state.status,
@@ -69,6 +72,8 @@ def run_row(state: RunState) -> RunRow:
         attempts=state.attempt,
         tokens=state.usage.total_tokens,
         cost_usd=state.usage.cost_usd,
+        workflow_id=workflow_of(state.run_id),
+        node=str(state.spec.metadata.get("node", "")),
     )
 
 
@@ -143,6 +148,11 @@ class RunPage:
     def terminal(self) -> bool:
         """Whether the run has ended (the page stops updating)."""
         return self.state.status.terminal
+
+    @property
+    def workflow(self) -> str | None:
+        """The workflow a node run belongs to (its page links back to it)."""
+        return workflow_of(self.state.run_id)
 
 
 def _verdict(is_valid: bool | None) -> str:

@@ -160,3 +160,11 @@ class Keys:
     def workflows(self) -> str:
         """Sorted set: live workflow ids by last activity; the sweep re-drives idle ones."""
         return self._join("workflows")
+
+    def workflow_index(self) -> str:
+        """Sorted set: every workflow id by creation time, written at submit (the dashboard's
+        list of workflows, `shared/wflisting.py`). It spans workflows, so it carries no
+        workflow's hash tag: its slot is its own name's, and no atomic step touches it with a
+        workflow's keys. Its TTL is renewed and members older than the TTL are trimmed at each
+        submit; a listing drops the members whose workflow has expired since."""
+        return self._join("workflows", "index")

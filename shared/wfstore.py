@@ -176,6 +176,7 @@ class WorkflowStore(RedisScripts):
                     "updated_at": now,
                     "deadline": now + timeout_s,
                     "left": len(graph.names),
+                    "nodes": len(graph.names),
                 },
             )
             pipe.hset(keys[0], mapping=cast(Any, nodes))
@@ -186,8 +187,12 @@ class WorkflowStore(RedisScripts):
             for key in (wf, *keys):
                 pipe.expire(key, self.ttl_s)
             pipe.execute()
-        self.redis.zadd(self.keys.workflows(), {workflow_id: now})
-        self.redis.expire(self.keys.workflows(), self.ttl_s)
+        with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
+            for index in (self.keys.workflows(), self.keys.workflow_index()):
+                pipe.zadd(index, {workflow_id: now})
+                pipe.expire(index, self.ttl_s)
+            pipe.zremrangebyscore(self.keys.workflow_index(), "-inf", now - self.ttl_s)
+            pipe.execute()
         return workflow_id
 
     @mapped
@@ -198,6 +203,7 @@ class WorkflowStore(RedisScripts):
             keys.append(self.keys.wf_idempotency(idempotency_key))
         self.redis.delete(*keys)
         self.redis.zrem(self.keys.workflows(), workflow_id)
+        self.redis.zrem(self.keys.workflow_index(), workflow_id)
 
     def _keys(self, workflow_id: str) -> list[str]:
         """The nodes hash, ready set, inputs hash and events stream."""
@@ -264,8 +270,16 @@ class WorkflowStore(RedisScripts):
     @mapped
     def events(self, workflow_id: str) -> list[WorkflowEvent | OtherWorkflowEvent]:
         """The workflow's events, oldest first."""
+        return [event for _, event in self.event_entries(workflow_id)]
+
+    @mapped
+    def event_entries(
+        self, workflow_id: str
+    ) -> list[tuple[str, WorkflowEvent | OtherWorkflowEvent]]:
+        """The workflow's events, oldest first, each with its stream id (what a live stream
+        resumes after)."""
         entries = cast(list[Any], self.redis.xrange(self.keys.wf_events(workflow_id)))
-        return [parse_workflow_event(fields["event"]) for _, fields in entries]
+        return [(entry_id, parse_workflow_event(fields["event"])) for entry_id, fields in entries]
 
     def watch(
         self, workflow_id: str, *, timeout_s: float | None

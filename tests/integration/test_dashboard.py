@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from quorum import SingleShotValidationConfig, Workflow
 from quorum.producer import TaskClient
 from quorum.producer.stack import ManagedProcess
 from quorum.shared.models import TaskStatus
@@ -193,6 +194,93 @@ def test_a_live_run_page_follows_its_events_until_the_run_ends(browser, api, cli
     assert run.result(timeout=5) == Purchase(**APPLES)
     stream = http("GET", f"{api}/ui/runs/{run.id}/events", token=TOKEN)
     assert stream.status == 200 and "event: succeeded" in stream.text  # an ended run: all of it
+
+
+TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+ITEMS = {
+    "type": "object",
+    "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+    "required": ["items"],
+}
+
+
+def _node(template: str, schema: dict[str, Any] = TEXT) -> dict[str, Any]:
+    config = SingleShotValidationConfig(issues=["The answer is right"], max_retries=0)
+    return {"template": template + " {{ sim }}", "response_model": schema, "config": config}
+
+
+def _workflow(scope: str) -> Workflow:
+    """extract (slow) → check (a map over its two items) → summary; maybe, beside check,
+    skipped by its `skip_if`."""
+    wf = Workflow("dashboard-diamond", timeout_s=60)
+    items = [
+        f"claim {i} " + directive(f"{scope}-i{i}", outputs=[{"text": f"v{i}"}]) for i in (0, 1)
+    ]
+    sim = directive(f"{scope}-ex", outputs=[{"items": items}], latency=1.5)
+    ex = wf.task("extract", task=_node("Extract.", ITEMS), kwargs={"sim": sim})
+    check = wf.map(
+        "check", over=ex["items"], item="claim", task=_node("Check {{ claim }}"), kwargs={"sim": ""}
+    )
+    maybe = directive(f"{scope}-maybe")
+    wf.task(
+        "maybe",
+        task=_node("Maybe {{ x }}"),
+        kwargs={"x": ex["items"], "sim": maybe},
+        skip_if="x | length == 2",
+    )
+    summary = directive(f"{scope}-sum", outputs=[{"text": "two verdicts"}])
+    wf.task("summary", task=_node("Sum {{ v }}"), kwargs={"v": check, "sim": summary})
+    return wf
+
+
+def test_a_workflow_page_shows_its_nodes(browser, api, client, tmp_path):
+    run = client.submit_workflow(_workflow("dashboard-wf"))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        _sign_in(page, api, TOKEN)
+        row = page.locator(f"#workflows tr[data-workflow='{run.id}']")  # beside the runs
+        assert "dashboard-diamond" in row.inner_text()
+        row.locator("a").click()
+        page.wait_for_selector("#graph")
+        assert page.inner_text("#status") == "RUNNING"  # still going: the page follows it
+        page.wait_for_selector("main[data-live=ended] #status.SUCCESSFUL", timeout=30_000)
+        nodes = {
+            name: page.locator(f"#graph .node[data-node='{name}']")
+            for name in ("extract", "check", "maybe", "summary")
+        }
+        statuses = {name: box.get_attribute("data-status") for name, box in nodes.items()}
+        assert statuses == {
+            "extract": "SUCCESSFUL",
+            "check": "SUCCESSFUL",
+            "maybe": "SKIPPED",
+            "summary": "SUCCESSFUL",
+        }
+        assert "2/2 items" in nodes["check"].inner_text()
+        assert nodes["check"].locator("a[href^='/ui/runs/']").count() == 2
+        assert page.locator("#graph path.edge").count() == 3
+        assert "4 of 4 nodes ended" in page.inner_text("#progress")
+        _shot(page, tmp_path, "dashboard-workflow.png")
+
+        nodes["summary"].locator("a.run").click()  # a node's run, and back to its workflow
+        page.wait_for_selector("#timeline")
+        assert page.url.endswith(f"/ui/runs/{run.id}.3.0")
+        page.click("#workflow")
+        page.wait_for_selector("#graph")
+        assert page.url.endswith(f"/ui/workflows/{run.id}")
+
+        page.goto(f"{api}/ui/workflows?status=SUCCESSFUL")
+        assert page.locator(f"tr[data-workflow='{run.id}']").count() == 1
+        page.goto(f"{api}/ui/workflows?status=FAILED")
+        assert page.locator(f"tr[data-workflow='{run.id}']").count() == 0
+    finally:
+        context.close()
+    assert run.status() == "SUCCESSFUL"
+    assert http("GET", f"{api}/ui/workflows/{run.id}", token="not-the-token").status == 401
+    missing = http("GET", f"{api}/ui/workflows/nope", token=TOKEN)
+    assert missing.status == 404 and "No such workflow" in missing.text
+    stream = http("GET", f"{api}/ui/workflows/{run.id}/events", token=TOKEN)
+    assert stream.status == 200 and "event: workflow_finished" in stream.text
 
 
 def test_a_wrong_token_is_refused(browser, api, finished_run, tmp_path):

@@ -1,14 +1,18 @@
 """The benchmark's pure parts: statistics, the exact vote economy, the targets table, Celery
-alone's count of jobs at once, and the simulator reading the schema that instructor's JSON
-mode (the reference's client) puts in the prompt."""
+alone's count of jobs at once, the simulator reading the schema that instructor's JSON
+mode (the reference's client) puts in the prompt, and the progress it shows per workload."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
+from rich.console import Console
 
 from quorum.bench.floor import peak_overlap
+from quorum.bench.progress import Ticker, follow, workload_progress
 from quorum.bench.report import HISTORY, headline, with_history
 from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 from quorum.simulator.script import analyze
@@ -162,3 +166,38 @@ def test_a_new_report_keeps_the_history_of_the_page_it_replaces() -> None:
     assert with_history(page, old) == f"{page}\n{HISTORY}\n\nwhat made it faster\n"
     assert with_history(page, "") == page
     assert with_history(page, "# Benchmarks\n\nno history\n") == page
+
+
+class _Driver:
+    """A driver's output lines, as `ManagedProcess.wait_for` hands them out."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def wait_for(self, pattern: str, *, timeout_s: float = 30.0) -> re.Match[str]:
+        while self.lines:
+            if match := re.search(pattern, self.lines.pop(0)):
+                return match
+        raise RuntimeError("driver exited early")
+
+
+def test_the_driver_tells_finished_runs_seldom_and_always_the_last(capsys) -> None:
+    ticker = Ticker(5, every_s=3600)
+    for _ in range(5):
+        ticker.tick()
+    assert capsys.readouterr().out.split("\n") == ["DONE 1", "DONE 5", ""]
+
+
+def test_bench_shows_each_workloads_runs_finished_on_a_terminal() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    driver = _Driver(["BEGIN?", "DONE 2", "DONE 40", 'RESULT {"wall_s": 1}'])
+    with workload_progress(console, "[3] quorum burst L=0.5", 40) as progress:
+        assert follow(driver, progress, timeout_s=5) == '{"wall_s": 1}'
+        assert progress.tasks[0].completed == 40
+    assert "[3] quorum burst L=0.5" in screen.getvalue() and "40/40" in screen.getvalue()
+
+    piped = io.StringIO()  # not a terminal: nothing drawn, the summary lines say it all
+    with workload_progress(Console(file=piped), "[4] quorum burst", 40) as progress:
+        follow(_Driver(["DONE 40", "RESULT {}"]), progress, timeout_s=5)
+    assert piped.getvalue() == ""
