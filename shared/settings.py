@@ -223,8 +223,8 @@ class Settings(BaseSettings):
     webhook_retry_for_s: float = Field(
         3600.0,
         gt=0,
-        description="How long after a run ends its webhook is retried (jittered exponential "
-        "backoff) before it is given up and logged.",
+        description="How long after a run or workflow ends its webhook is retried (jittered "
+        "exponential backoff) before it is given up and logged.",
     )
     webhook_backoff_max_s: float = Field(
         300.0, gt=0, description="Longest wait between two attempts at one webhook."

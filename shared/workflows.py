@@ -7,8 +7,9 @@ workflow's nodes and, for each that can move: skips it (an upstream failed and i
 allow failed inputs, or its `skip_if` holds), or resolves its kwargs from the upstream
 outputs and creates its runs (deterministic ids, created if absent, by compare-and-set on
 the node's counters) and sends their first jobs; a map starts at most `max_parallel` item
-runs and more as items end. When no node is left it ends the workflow. Every step is
-idempotent: a duplicated or late `advance` finds the work done and does nothing.
+runs and more as items end. When no node is left it ends the workflow; a step that finds
+it ended schedules its webhook, should the process that ended it have died first. Every step
+is idempotent: a duplicated or late `advance` finds the work done and does nothing.
 """
 
 from __future__ import annotations
@@ -242,7 +243,9 @@ def advance(ctx: Context, workflow_id: str) -> int:
         log.info("workflow %s: gone, step skipped", workflow_id)
         return 0
     seen, acted = state.ready, 0
-    if state.status == RUNNING and time.time() > state.deadline:
+    if state.status != RUNNING:
+        ws.ended(workflow_id)  # a process that ended it may have died before its next step
+    elif time.time() > state.deadline:
         _end(ctx.store, ws, state.workflow_id, "FAILED", _TIMEOUT, worker=ctx.worker)
         return 0
     for _ in range(len(state.nodes) + 1):  # a node settled without a run frees others

@@ -327,8 +327,9 @@ def start(self: Task, run_ids: list[str]) -> int:
 
 @app.task(name="quorum.webhook", **_JOB)
 def webhook(self: Task, run_id: str) -> str:
-    """POST an ended run's final view to its callback URL, signed; retried with backoff for
-    `QUORUM_WEBHOOK_RETRY_FOR_S` (`shared.webhooks`)."""
+    """POST an ended run's or workflow's final view to its callback URL, signed; retried with
+    backoff for `QUORUM_WEBHOOK_RETRY_FOR_S` (`shared.webhooks`). `run_id` names the delivery:
+    a run's id, or `wf:<id>` for a workflow's."""
     process = _process()
     try:
         sent = webhooks.deliver(
