@@ -128,8 +128,10 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         1_000_000,
         gt=0,
-        description="Largest template, kwargs, metadata or schema accepted at submit, and "
-        "largest model output accepted (a larger one is an invalid attempt).",
+        description="Largest template, kwargs, metadata or schema accepted at submit, "
+        "largest kwargs a workflow node's run is made with once resolved from its upstream "
+        "outputs (a larger one ends the node FAILED), and largest model output accepted (a "
+        "larger one is an invalid attempt).",
     )
     max_request_bytes: int = Field(
         5_000_000,

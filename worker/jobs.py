@@ -178,6 +178,7 @@ def _context_for(worker: str) -> flow.Context:
         worker=worker,
         prices=settings.prices,
         max_output_bytes=settings.max_payload_bytes,
+        max_payload_bytes=settings.max_payload_bytes,
         max_depth=settings.max_nesting_depth,
         template_limits=Limits(
             max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s
