@@ -260,7 +260,8 @@ class TaskClient:
             raise
 
     def _send_webhook(self, run_id: str) -> None:
-        """Send `quorum.webhook` for a run that ended in this process (cancelled)."""
+        """Send `quorum.webhook` for a run or workflow that ended in this process (cancelled;
+        `run_id` names the delivery: a run's id or `wf:<id>`)."""
         self._celery.send_task("quorum.webhook", kwargs={"run_id": run_id}, ignore_result=True)
 
     def send(self, job: str, **kwargs: Any) -> None:
@@ -268,12 +269,20 @@ class TaskClient:
         self._celery.send_task(job, kwargs=kwargs, ignore_result=True)
 
     def submit_workflow(
-        self, workflow: Workflow | dict[str, Any], *, idempotency_key: str | None = None
+        self,
+        workflow: Workflow | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> WorkflowRun:
         """Check and start a workflow (a `Workflow`, or its JSON document); return its handle
         at once. A bad graph raises an `InvalidRequestError` before anything is written; the
-        same `idempotency_key` gives back the first workflow."""
-        return submit_workflow(self, workflow, idempotency_key=idempotency_key)
+        same `idempotency_key` gives back the first workflow. `callback_url` (or the
+        document's): when the workflow ends, its final view is POSTed there, signed (see
+        docs/workflows.md); its host must be in `QUORUM_WEBHOOK_ALLOWED_HOSTS`."""
+        return submit_workflow(
+            self, workflow, idempotency_key=idempotency_key, callback_url=callback_url
+        )
 
     def workflow(self, workflow_id: str) -> WorkflowRun:
         """A handle on an existing workflow; `RunNotFoundError` if there is none."""

@@ -45,7 +45,7 @@ from jinja2 import Environment, PackageLoader
 from quorum.producer import sse
 from quorum.producer.client import TaskClient
 from quorum.producer.runview import RunRow, age, run_page, run_row
-from quorum.producer.wfview import BOX_RUNS, NODE_H, NODE_W, shown_runs, workflow_page
+from quorum.producer.wfgraph import BOX_RUNS, NODE_H, NODE_W, shown_runs, workflow_page
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError
 from quorum.shared.live import stream_id
 from quorum.shared.models import TaskStatus

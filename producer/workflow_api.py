@@ -61,7 +61,8 @@ class NodeOut(BaseModel):
 
 
 class WorkflowView(BaseModel):
-    """A workflow: status, error, usage of all its runs, and its nodes."""
+    """A workflow: status, error, usage of all its runs, metadata, and its nodes (also what
+    its webhook POSTs when it ends)."""
 
     id: str
     name: str
@@ -70,6 +71,7 @@ class WorkflowView(BaseModel):
     created_at: float
     finished_at: float | None
     usage: Usage
+    metadata: dict[str, Any]
     nodes: dict[str, NodeOut]
 
 

@@ -46,12 +46,15 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Follow it and print the outputs.")] = False,
     timeout: Timeout = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="POST the final view here, signed, when it ends.")
+    ] = None,
 ) -> None:
     """Submit a workflow document; print its id (and with --wait its events and outputs)."""
     document = json.loads(file.read_text())
     key = idempotency_key or document.pop("idempotency_key", None)
     with TaskClient() as client:
-        run = client.submit_workflow(document, idempotency_key=key)
+        run = client.submit_workflow(document, idempotency_key=key, callback_url=callback_url)
         print(run.id, flush=True)
         if not wait:
             return

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -25,15 +24,10 @@ from quorum.shared.graph import Graph, NodeDoc, check, parse_document
 from quorum.shared.keys import workflow_of
 from quorum.shared.options import llm_options
 from quorum.shared.settings import Settings
+from quorum.shared.webhooks import check_callback_url
 from quorum.shared.wfevents import OtherWorkflowEvent, WorkflowEvent
-from quorum.shared.wfstore import (
-    RUNNING,
-    STARTED,
-    NodeState,
-    WorkflowState,
-    WorkflowStatus,
-    WorkflowStore,
-)
+from quorum.shared.wfstore import RUNNING, WorkflowState, WorkflowStatus, WorkflowStore
+from quorum.shared.wfview import NodeView, node_outputs, node_view, workflow_view
 
 if TYPE_CHECKING:
     from quorum.producer.client import TaskClient
@@ -60,6 +54,8 @@ def prepare(raw: Any, settings: Settings, client: TaskClient | None = None) -> G
             f"the workflow is {size} bytes, over the limit of {settings.max_payload_bytes}"
         )
     doc = parse_document(raw)
+    if doc.callback_url is not None:
+        check_callback_url(doc.callback_url, settings.webhook_allowed_hosts)
     nodes = {}
     for name, node in doc.nodes.items():
         try:
@@ -132,9 +128,14 @@ def _published(task: str, client: TaskClient | None) -> dict[str, Any]:
 
 
 def submit_workflow(
-    client: TaskClient, workflow: Workflow | dict[str, Any], *, idempotency_key: str | None
+    client: TaskClient,
+    workflow: Workflow | dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    callback_url: str | None = None,
 ) -> WorkflowRun:
-    """Check, write and start a workflow (`TaskClient.submit_workflow`)."""
+    """Check, write and start a workflow (`TaskClient.submit_workflow`); `callback_url`,
+    if given, replaces the document's."""
     from quorum.producer.workflow import Workflow
 
     if idempotency_key is not None and not (
@@ -143,6 +144,8 @@ def submit_workflow(
         raise InvalidRequestError("idempotency_key must be a string of 1 to 256 characters")
     models = workflow.models if isinstance(workflow, Workflow) else {}
     raw = workflow.document() if isinstance(workflow, Workflow) else workflow
+    if callback_url is not None:
+        raw = {**raw, "callback_url": callback_url} if isinstance(raw, dict) else raw
     graph = prepare(raw, client.settings, client)
     ws = WorkflowStore.of(client.store)
     workflow_id = uuid.uuid4().hex
@@ -155,25 +158,6 @@ def submit_workflow(
             ws.discard(workflow_id, idempotency_key=idempotency_key)
             raise
     return WorkflowRun(client, existing, models)
-
-
-@dataclass
-class NodeView:
-    """A node as a producer sees it: its status, its runs, and for a map its progress."""
-
-    status: str
-    run_ids: list[str] = field(default_factory=list)
-    items: int = 0
-    ended: int = 0
-    error: str = ""
-
-
-def _node_view(ws: WorkflowStore, state: WorkflowState, node: NodeState) -> NodeView:
-    runs = list(ws.node_runs(state.workflow_id, node))
-    status = node.state
-    if status == STARTED:
-        status = RUNNING if node.is_map else str(ws.results(runs)[0][0] or RUNNING)
-    return NodeView(status, runs, node.items, node.ended, node.error)
 
 
 def _failures(ws: WorkflowStore, state: WorkflowState) -> dict[str, list[str]]:
@@ -221,7 +205,7 @@ class WorkflowRun:
     def nodes(self) -> dict[str, NodeView]:
         """Node name → its status (`WAITING`, a run's status, `SKIPPED`) and run ids."""
         state = self.state()
-        return {n.name: _node_view(self._ws, state, n) for n in state.nodes}
+        return {n.name: node_view(self._ws, state, n) for n in state.nodes}
 
     def provenance(self) -> list[WorkflowEvent | OtherWorkflowEvent]:
         """The workflow's events, oldest first (each node run keeps its own provenance)."""
@@ -239,21 +223,7 @@ class WorkflowRun:
 
     def outputs(self, state: WorkflowState | None = None) -> dict[str, Any]:
         """Node → output, for the nodes that succeeded (as their Pydantic class if given)."""
-        state = state or self.state()
-        outputs = {}
-        for node in state.nodes:
-            if node.state != "SUCCESSFUL":
-                continue
-            output = workflows.node_output(self._ws, state, node)
-            model = self.models.get(node.name)
-            if model is not None:
-                output = (
-                    [model.model_validate(o) for o in output]
-                    if node.is_map
-                    else model.model_validate(output)
-                )
-            outputs[node.name] = output
-        return outputs
+        return node_outputs(self._ws, state or self.state(), self.models)
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the workflow to end; node name → output (None for a skipped node).
@@ -275,32 +245,9 @@ class WorkflowRun:
         return {n.name: outputs.get(n.name) for n in state.nodes}
 
     def view(self) -> dict[str, Any]:
-        """The workflow as the HTTP API shows it: nodes, run ids, statuses, outputs, usage."""
-        state = self.state()
-        outputs = self.outputs(state)
-        nodes = {}
-        for node in state.nodes:
-            shown = asdict(_node_view(self._ws, state, node))
-            shown["output"] = _plain(outputs.get(node.name))
-            nodes[node.name] = shown
-        return {
-            "id": self.id,
-            "name": state.doc.name,
-            "status": state.status,
-            "error": state.error,
-            "created_at": state.created_at,
-            "finished_at": state.finished_at,
-            "usage": state.usage.model_dump(),
-            "nodes": nodes,
-        }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+        """The workflow as the HTTP API shows it (and its webhook POSTs): status, error,
+        usage, metadata, and per node its status, run ids, progress and output."""
+        return workflow_view(self._ws, self.state())
 
 
 def lineage(client: TaskClient, run_id: str) -> list[dict[str, Any]]:

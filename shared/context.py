@@ -68,7 +68,8 @@ class LLM(Protocol):
 @dataclass(frozen=True)
 class Context:
     """What a step works with: the store, the model, the next-job sender, the worker's name,
-    the price table, the largest and deepest output accepted, and what a template may cost."""
+    the price table, the largest and deepest output accepted, the largest kwargs, and what a
+    template may cost."""
 
     store: RunStore
     llm: LLM
@@ -76,6 +77,9 @@ class Context:
     worker: str = ""
     prices: Mapping[str, Price] = field(default_factory=dict)
     max_output_bytes: int = 1_000_000
+    max_payload_bytes: int = 1_000_000
+    """The largest kwargs a run is made with: a submit's, and a workflow node's resolved from
+    its upstream outputs (`shared.workflows`)."""
     max_depth: int = 64
     template_limits: Limits = field(default_factory=Limits)
     call_lease_s: float = 0.0

@@ -2,11 +2,12 @@
 kwargs are resolved from its upstream outputs. No Redis here.
 
 A workflow document is `{"name", "nodes": {name: node}, "max_cost"?, "max_tokens"?,
-"timeout_s"?, "metadata"?}`. A node is an inline spec (`template`, `response_schema`,
-`config`, `model`?, `validator_model`?) or a defined task (`task`), plus `kwargs` whose values
-may hold references `{"$ref": "node#/json/pointer"}` to upstream outputs, `after` (order
-without data), `skip_if` (a sandboxed Jinja expression over the resolved kwargs),
-`allow_failed_inputs`, and for a map `map: {"over": {"$ref": ...}, "item", "max_parallel"}`.
+"timeout_s"?, "metadata"?, "callback_url"?}`. A node is an inline spec (`template`,
+`response_schema`, `config`, `model`?, `validator_model`?) or a defined task (`task`), plus
+`kwargs` whose values may hold references `{"$ref": "node#/json/pointer"}` to upstream
+outputs, `after` (order without data), `skip_if` (a sandboxed Jinja expression over the
+resolved kwargs), `allow_failed_inputs`, and for a map `map: {"over": {"$ref": ...}, "item",
+"max_parallel"}`.
 
 Nodes are numbered in the document's order; `check` refuses what cannot run (cycles, unknown
 nodes, uncovered template variables, a map over a non-array, a reference into a field the
@@ -98,6 +99,11 @@ class WorkflowDoc(BaseModel):
     max_tokens: int | None = Field(None, gt=0)
     timeout_s: float | None = Field(None, gt=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = Field(
+        None,
+        description="Where the workflow's final view is POSTed, signed, when it ends "
+        "(an allowed host: QUORUM_WEBHOOK_ALLOWED_HOSTS).",
+    )
 
 
 @dataclass(frozen=True)

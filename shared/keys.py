@@ -97,10 +97,11 @@ class Keys:
         return self._join("runs", "meta", f"{name}={value}")
 
     def webhooks(self) -> str:
-        """Sorted set: ids of the ended runs whose callback is not yet delivered, by when
-        the sweep should drive the delivery next (epoch seconds). It spans runs, so its slot
-        is its own name's; the durable record of a delivery is the run hash's `webhook` field,
-        set in the step that ends the run, and this index only schedules it."""
+        """Sorted set: the deliveries not yet settled — an ended run's id, or `wf:<id>` for
+        an ended workflow (`shared.deliveries`) — by when the sweep should drive each next
+        (epoch seconds). It spans runs and workflows, so its slot is its own name's; the
+        durable record of a delivery is the `webhook` field of the run's or workflow's own
+        hash, set in the step that ends it, and this index only schedules it."""
         return self._join("webhooks")
 
     def deadlines(self) -> str:

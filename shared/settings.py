@@ -128,8 +128,10 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         1_000_000,
         gt=0,
-        description="Largest template, kwargs, metadata or schema accepted at submit, and "
-        "largest model output accepted (a larger one is an invalid attempt).",
+        description="Largest template, kwargs, metadata or schema accepted at submit, "
+        "largest kwargs a workflow node's run is made with once resolved from its upstream "
+        "outputs (a larger one ends the node FAILED), and largest model output accepted (a "
+        "larger one is an invalid attempt).",
     )
     max_request_bytes: int = Field(
         5_000_000,
@@ -223,8 +225,8 @@ class Settings(BaseSettings):
     webhook_retry_for_s: float = Field(
         3600.0,
         gt=0,
-        description="How long after a run ends its webhook is retried (jittered exponential "
-        "backoff) before it is given up and logged.",
+        description="How long after a run or workflow ends its webhook is retried (jittered "
+        "exponential backoff) before it is given up and logged.",
     )
     webhook_backoff_max_s: float = Field(
         300.0, gt=0, description="Longest wait between two attempts at one webhook."

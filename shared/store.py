@@ -19,7 +19,7 @@ import redis.asyncio
 
 from quorum.shared.connection import CLIENT_OPTIONS, connect
 from quorum.shared.creation import CreationStore
-from quorum.shared.deliveries import DeliveryStore
+from quorum.shared.deliveries import DeliveryStore, lease_s
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
 from quorum.shared.events import (
     TERMINAL_EVENTS,
@@ -37,7 +37,6 @@ from quorum.shared.rounds import RoundStore
 from quorum.shared.scripts import mapped
 from quorum.shared.settings import Settings
 from quorum.shared.state import USAGE_FIELDS, RunState, usage_of
-from quorum.shared.webhooks import lease_s
 
 __all__ = ["RunStore"]
 

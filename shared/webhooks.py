@@ -1,22 +1,28 @@
-"""Webhooks: when a run with a `callback_url` ends, its final view is POSTed there, signed.
+"""Webhooks: when a run or a workflow with a `callback_url` ends, its final view is POSTed
+there, signed.
 
 - **At submit** `check_callback_url` accepts only `http`/`https` URLs whose host is listed in
   `QUORUM_WEBHOOK_ALLOWED_HOSTS`, so that a producer cannot make the workers call arbitrary
   internal addresses (checked again before each delivery).
-- **Durable:** the step that ends the run (`lua/transition.lua`) marks its delivery `pending`
-  in the run's own hash, atomically with the end. The store then schedules it
-  (`Keys.webhooks`) and sends `quorum.webhook` on the control queue; the run's completion
-  never waits for the receiver.
-- **Delivery** (`deliver`, the job's body): POST the final view as JSON with the header
-  `Quorum-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` keyed by
+- **Durable:** the step that ends the run (`lua/transition.lua`) or the workflow
+  (`lua/wf_finish.lua`) marks its delivery `pending` in its own hash, atomically with the
+  end. The store then schedules it (`Keys.webhooks`) and sends `quorum.webhook` on the
+  control queue; the end never waits for the receiver. A delivery is named by its target: a
+  run's id, or `wf:<id>` for a workflow's (`shared.deliveries`).
+- **Delivery** (`deliver`, the job's body): POST the final view as JSON (a run's as
+  `final_view`, a workflow's as `GET /v1/workflows/{id}` shows it, `shared.wfview`) with the
+  header `Quorum-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` keyed by
   `QUORUM_WEBHOOK_SECRET`, within `QUORUM_WEBHOOK_TIMEOUT_S`, following no redirect. A 2xx
-  answer settles it `delivered`. Anything else is retried with jittered exponential backoff
-  until `QUORUM_WEBHOOK_RETRY_FOR_S` after the run's end, then settled `failed` and logged.
+  answer settles it `delivered` (compare-and-set from `pending`). Anything else is retried
+  with jittered exponential backoff until `QUORUM_WEBHOOK_RETRY_FOR_S` after the end, then
+  settled `failed` and logged.
 - **At least once:** before each attempt the delivery is leased in the schedule for the
   length of an attempt and a margin; the sweep re-sends `quorum.webhook` for any delivery
-  whose lease ran out (a worker killed mid-delivery, a lost message), and a run the step
-  after its end never scheduled is scheduled by the sweep when it meets it. A receiver may
-  thus get a run twice: the body's `id` de-duplicates (docs/http-api.md, Webhooks).
+  whose lease ran out (a worker killed mid-delivery, a lost message). A run the step after
+  its end never scheduled is scheduled by the sweep when it meets it; a workflow, by the
+  next scheduling step it gets (the sweep gives one to every workflow still indexed). A
+  receiver may thus get a delivery twice: the body's `id` de-duplicates (docs/http-api.md,
+  Webhooks).
 """
 
 from __future__ import annotations
@@ -34,10 +40,13 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 
+from quorum.shared.deliveries import delivered_workflow, lease_s
 from quorum.shared.errors import InvalidRequestError
 from quorum.shared.retry import backoff_s
 from quorum.shared.settings import Settings
 from quorum.shared.state import RunState
+from quorum.shared.wfstore import WorkflowStore
+from quorum.shared.wfview import workflow_view
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -46,7 +55,6 @@ __all__ = [
     "check_callback_url",
     "deliver",
     "final_view",
-    "lease_s",
     "post",
     "signature",
     "verify",
@@ -56,7 +64,6 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Quorum-Signature"
 _MAX_URL = 2048
-_LEASE_MARGIN_S = 10.0
 
 
 Poster = Callable[[str, bytes, dict[str, str], float], int]
@@ -150,11 +157,6 @@ def final_view(state: RunState) -> dict[str, Any]:
     }
 
 
-def lease_s(settings: Settings) -> float:
-    """How long a delivery is left to the job that holds it before the sweep sends it again."""
-    return settings.webhook_timeout_s + _LEASE_MARGIN_S
-
-
 @dataclass(frozen=True)
 class Delivery:
     """What one delivery attempt came to: `delivered`, `failed` (given up), `none` (nothing
@@ -166,33 +168,48 @@ class Delivery:
 
 
 def deliver(
-    store: Any, settings: Settings, run_id: str, *, retries: int, http: Poster = post
+    store: Any, settings: Settings, target: str, *, retries: int, http: Poster = post
 ) -> Delivery:
-    """Try once to deliver the run's pending webhook (see the module's docstring)."""
-    pending = store.pending_webhook(run_id)
+    """Try once to deliver the pending webhook of `target`, a run's id or `wf:<id>` (see the
+    module's docstring)."""
+    pending = store.pending_webhook(target)
     if pending is None:
-        store.unschedule_webhook(run_id)
+        store.unschedule_webhook(target)
         return Delivery("none")
     url, ended_at = pending
-    problem = _attempt(store, settings, run_id, url, http)
+    what = _named(target)
+    problem = _attempt(store, settings, target, url, http)
     if problem is None:
-        store.settle_webhook(run_id, "delivered")
-        log.info("run %s: webhook delivered to %s", run_id, url)
+        store.settle_webhook(target, "delivered")
+        log.info("%s: webhook delivered to %s", what, url)
         return Delivery("delivered")
     now = time.time()
     if now - ended_at >= settings.webhook_retry_for_s:
-        store.settle_webhook(run_id, "failed")
-        log.warning(
-            "run %s: webhook to %s given up after %d tries: %s", run_id, url, retries + 1, problem
-        )
+        store.settle_webhook(target, "failed")
+        tries = retries + 1
+        log.warning("%s: webhook to %s given up after %d tries: %s", what, url, tries, problem)
         return Delivery("failed", detail=problem)
     delay = backoff_s(retries, cap=settings.webhook_backoff_max_s)
-    store.schedule_webhook(run_id, now + delay + lease_s(settings))
-    log.info("run %s: webhook to %s failed (%s), retry in %.1f s", run_id, url, problem, delay)
+    store.schedule_webhook(target, now + delay + lease_s(settings))
+    log.info("%s: webhook to %s failed (%s), retry in %.1f s", what, url, problem, delay)
     return Delivery("retry", retry_in=delay, detail=problem)
 
 
-def _attempt(store: Any, settings: Settings, run_id: str, url: str, http: Poster) -> str | None:
+def _named(target: str) -> str:
+    workflow_id = delivered_workflow(target)
+    return f"run {target}" if workflow_id is None else f"workflow {workflow_id}"
+
+
+def _view(store: Any, target: str) -> dict[str, Any]:
+    """What the target's webhook POSTs: a run's `final_view`, a workflow's `workflow_view`."""
+    workflow_id = delivered_workflow(target)
+    if workflow_id is None:
+        return final_view(store.load(target))
+    ws = WorkflowStore.of(store)
+    return workflow_view(ws, ws.load(workflow_id))
+
+
+def _attempt(store: Any, settings: Settings, target: str, url: str, http: Poster) -> str | None:
     """POST the signed final view once; None if the receiver took it, else what went wrong."""
     try:
         check_callback_url(url, settings.webhook_allowed_hosts)
@@ -200,8 +217,8 @@ def _attempt(store: Any, settings: Settings, run_id: str, url: str, http: Poster
         return str(exc)
     if settings.webhook_secret is None:
         return "no QUORUM_WEBHOOK_SECRET is set on this worker"
-    store.schedule_webhook(run_id, time.time() + lease_s(settings))
-    body = json.dumps(final_view(store.load(run_id)), separators=(",", ":")).encode()
+    store.schedule_webhook(target, time.time() + lease_s(settings))
+    body = json.dumps(_view(store, target), separators=(",", ":")).encode()
     secret = settings.webhook_secret.get_secret_value()
     headers = {
         "Content-Type": "application/json",

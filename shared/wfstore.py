@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
 
+from quorum.shared.deliveries import workflow_delivery
 from quorum.shared.errors import RunNotFoundError
 from quorum.shared.graph import Graph, WorkflowDoc
 from quorum.shared.models import RunSpec, Usage
@@ -177,6 +178,7 @@ class WorkflowStore(RedisScripts):
                     "deadline": now + timeout_s,
                     "left": len(graph.names),
                     "nodes": len(graph.names),
+                    **({"callback": graph.doc.callback_url} if graph.doc.callback_url else {}),
                 },
             )
             pipe.hset(keys[0], mapping=cast(Any, nodes))
@@ -382,25 +384,29 @@ class WorkflowStore(RedisScripts):
     @mapped
     def settle(self, workflow_id: str, node: int, status: str, *, error: str = "") -> bool:
         """End a WAITING node without a run (`SKIPPED`, or `FAILED` with `error`)."""
-        keys = [
-            self.keys.wf_nodes(workflow_id),
-            self.keys.wf_ready(workflow_id),
-            self.keys.workflow(workflow_id),
-            self.keys.wf_events(workflow_id),
-        ]
+        nodes, ready, _, events = self._keys(workflow_id)
+        keys = [nodes, ready, self.keys.workflow(workflow_id), events]
         return bool(self._script(self._settle, keys, [node, status, self.ttl_s, error]))
 
     @mapped
     def finish(self, workflow_id: str, status: str, *, error: str = "") -> bool:
-        """End the workflow with `status` unless it has ended; True if it ended now."""
-        keys = [
-            self.keys.workflow(workflow_id),
-            self.keys.wf_events(workflow_id),
-            self.keys.wf_done(workflow_id),
-        ]
-        ended = bool(self._script(self._finish, keys, [status, self.ttl_s, error]))
+        """End the workflow with `status` unless it has ended; True if it ended now. Its end
+        records its webhook, if it has one, in the same script; the delivery is scheduled and
+        sent before the workflow leaves the sweep's index (`ended`)."""
+        k = self.keys
+        keys = [k.workflow(workflow_id), k.wf_events(workflow_id), k.wf_done(workflow_id)]
+        ended, hook = self._script(self._finish, keys, [status, self.ttl_s, error])
+        if hook:
+            self.runs.webhook_recorded(workflow_delivery(workflow_id))
         self.redis.zrem(self.keys.workflows(), workflow_id)
-        return ended
+        return bool(ended)
+
+    @mapped
+    def ended(self, workflow_id: str) -> None:
+        """What follows the end of a workflow that a step met still indexed (the process
+        that ended it died first): its pending delivery scheduled, then out of the index."""
+        self.runs.recover_webhook(workflow_delivery(workflow_id))
+        self.redis.zrem(self.keys.workflows(), workflow_id)
 
     def node_runs(self, workflow_id: str, node: NodeState) -> Iterator[str]:
         """The ids of the node's runs started so far."""

@@ -7,12 +7,16 @@ workflow's nodes and, for each that can move: skips it (an upstream failed and i
 allow failed inputs, or its `skip_if` holds), or resolves its kwargs from the upstream
 outputs and creates its runs (deterministic ids, created if absent, by compare-and-set on
 the node's counters) and sends their first jobs; a map starts at most `max_parallel` item
-runs and more as items end. When no node is left it ends the workflow. Every step is
-idempotent: a duplicated or late `advance` finds the work done and does nothing.
+runs and more as items end. Resolved kwargs over the payload limit a submit is held to
+(`QUORUM_MAX_PAYLOAD_BYTES`; a map's, per item) end the node FAILED without a run. When no
+node is left it ends the workflow; a step that finds it ended schedules its webhook, should
+the process that ended it have died first. Every step is idempotent: a duplicated or late
+`advance` finds the work done and does nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -133,6 +137,10 @@ def _begin(ctx: Context, ws: WorkflowStore, state: WorkflowState, node: NodeStat
         if isinstance(over, str):
             return ws.settle(wid, node.index, "FAILED", error=over)
         inputs["items"], items = over, len(over)
+    too_large = _oversized(node.name, doc, kwargs, inputs.get("items", []), ctx.max_payload_bytes)
+    if too_large is not None:
+        log.warning("workflow %s: %s", wid, too_large)
+        return ws.settle(wid, node.index, "FAILED", error=too_large)
     count = min(items, doc.map.max_parallel if doc.map else 1)
     runs = _specs(state, node, inputs, 0, count)
     made = ws.start(
@@ -159,6 +167,36 @@ def _items(doc: NodeDoc, outputs: dict[str, Any]) -> list[Any] | str:
         what = "not a list" if not isinstance(over, list) else f"{len(over)} items"
         return f"map over {ref} is {what} (at most {MAX_MAP_ITEMS} items)"
     return over
+
+
+def _json_bytes(value: Any) -> int:
+    """The size of `value` as JSON, measured as a submit measures its kwargs."""
+    return len(json.dumps(value, allow_nan=False).encode())
+
+
+def _oversized(
+    name: str, doc: NodeDoc, kwargs: dict[str, Any], items: list[Any], limit: int
+) -> str | None:
+    """Why the node's runs cannot be made: the kwargs of one (resolved from upstream outputs;
+    a map item's with its item) over `limit`, the payload limit a producer's own submit is
+    held to; None if none is over. A map's items are measured one by one, each added to the
+    shared kwargs without serializing those again."""
+    limit_name = f"the payload limit of {limit} bytes (QUORUM_MAX_PAYLOAD_BYTES)"
+    if doc.map is None:
+        size = _json_bytes(kwargs)
+        if size > limit:
+            return f"node {name!r}: its resolved kwargs are {size} bytes, over {limit_name}"
+        return None
+    shared = {k: v for k, v in kwargs.items() if k != doc.map.item}
+    base = _json_bytes(shared) + (2 if shared else 0) + _json_bytes(doc.map.item) + 2
+    for i, item in enumerate(items):  # `{…, "item": value}`: ", " and ": " join the pair
+        size = base + _json_bytes(item)
+        if size > limit:
+            return (
+                f"node {name!r}: the resolved kwargs of its item {i} are {size} bytes, "
+                f"over {limit_name}"
+            )
+    return None
 
 
 def _upstream_names(doc: NodeDoc) -> list[str]:
@@ -242,7 +280,9 @@ def advance(ctx: Context, workflow_id: str) -> int:
         log.info("workflow %s: gone, step skipped", workflow_id)
         return 0
     seen, acted = state.ready, 0
-    if state.status == RUNNING and time.time() > state.deadline:
+    if state.status != RUNNING:
+        ws.ended(workflow_id)  # a process that ended it may have died before its next step
+    elif time.time() > state.deadline:
         _end(ctx.store, ws, state.workflow_id, "FAILED", _TIMEOUT, worker=ctx.worker)
         return 0
     for _ in range(len(state.nodes) + 1):  # a node settled without a run frees others

@@ -37,15 +37,19 @@ _LINGER_S = 10.0
 _LEFT = pytest.StashKey[bool]()
 
 
+def _blocks_exit(thread: threading.Thread) -> bool:
+    # An idle executor's threads are woken and ended by the executor's own exit hook.
+    target = getattr(thread, "_target", None)
+    pooled = getattr(target, "__module__", "") == "concurrent.futures.thread"
+    return thread is not threading.main_thread() and not thread.daemon and not pooled
+
+
 def _lingering() -> list[threading.Thread]:
     deadline = time.monotonic() + _LINGER_S
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    for thread in filter(_blocks_exit, threading.enumerate()):
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
     return [
-        thread
-        for thread in threading.enumerate()
-        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+        thread for thread in threading.enumerate() if _blocks_exit(thread) and thread.is_alive()
     ]
 
 

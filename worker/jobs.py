@@ -178,6 +178,7 @@ def _context_for(worker: str) -> flow.Context:
         worker=worker,
         prices=settings.prices,
         max_output_bytes=settings.max_payload_bytes,
+        max_payload_bytes=settings.max_payload_bytes,
         max_depth=settings.max_nesting_depth,
         template_limits=Limits(
             max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s
@@ -327,8 +328,9 @@ def start(self: Task, run_ids: list[str]) -> int:
 
 @app.task(name="quorum.webhook", **_JOB)
 def webhook(self: Task, run_id: str) -> str:
-    """POST an ended run's final view to its callback URL, signed; retried with backoff for
-    `QUORUM_WEBHOOK_RETRY_FOR_S` (`shared.webhooks`)."""
+    """POST an ended run's or workflow's final view to its callback URL, signed; retried with
+    backoff for `QUORUM_WEBHOOK_RETRY_FOR_S` (`shared.webhooks`). `run_id` names the delivery:
+    a run's id, or `wf:<id>` for a workflow's."""
     process = _process()
     try:
         sent = webhooks.deliver(

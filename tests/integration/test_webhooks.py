@@ -1,5 +1,6 @@
 """Webhooks end to end: a real API process, real workers, the simulator, and a receiver on
-127.0.0.1 that fails first then succeeds, or stalls while its worker is killed."""
+127.0.0.1 that fails first then succeeds, or stalls while its worker is killed; for runs and
+for workflows."""
 
 from __future__ import annotations
 
@@ -179,6 +180,9 @@ def test_a_callback_url_outside_the_allowed_hosts_is_refused(
         batch = {"runs": [request(scope), request(scope, callback_url="http://evil.test/")]}
         refused = http("POST", f"{api}/v1/batches", batch)
         assert refused.status == 422 and refused.json()["detail"].startswith("runs[1]: ")
+        doc = {**workflow_doc(scope), "callback_url": "http://10.0.0.1/admin"}
+        refused = http("POST", f"{api}/v1/workflows", {**doc, "idempotency_key": scope})
+        assert refused.status == 422 and "'10.0.0.1' is not allowed" in refused.json()["detail"]
         assert dedicated_stack.redis.dbsize() == before
     finally:
         process.stop()
@@ -198,3 +202,70 @@ def _client_args(scope: str) -> dict[str, Any]:
         "kwargs": body["kwargs"],
         "config": body["config"],
     }
+
+
+def workflow_doc(scope: str) -> dict[str, Any]:
+    """A two-node workflow document (`a` feeds `b`), its answers scripted under `scope`."""
+    text = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    config = {"mode": "single_shot", "issues": ["names a product"], "max_retries": 0}
+
+    def node(template: str, answer: str, **extra: Any) -> dict[str, Any]:
+        sim = directive(f"{scope}-{answer}", outputs=[{"text": answer}], votes={"*": True})
+        kwargs = {**extra.pop("kwargs", {}), "sim": sim}
+        return {
+            "template": template + " {{ sim }}",
+            "response_schema": text,
+            "config": config,
+            "kwargs": kwargs,
+            **extra,
+        }
+
+    return {
+        "name": "hooked",
+        "metadata": {"doc": 42},
+        "nodes": {
+            "a": node("Start.", "alpha"),
+            "b": node("After {{ x }}.", "beta", kwargs={"x": {"$ref": "a#/text"}}),
+        },
+    }
+
+
+def test_a_workflow_posts_its_signed_final_view_when_it_ends(
+    dedicated_stack: DedicatedStack, receiver: Any, scope: str
+):
+    dedicated_stack.worker(**HOOKS)
+    hook = receiver([503, 200])
+    settings = Settings(redis_url=dedicated_stack.redis_url, webhook_allowed_hosts=["127.0.0.1"])
+    client = TaskClient(settings=settings)
+    api, process = start_api({"QUORUM_REDIS_URL": dedicated_stack.redis_url, **HOOKS})
+    try:
+        run = client.submit_workflow(workflow_doc(scope), callback_url=hook.url)
+        assert run.result(timeout=30) == {"a": {"text": "alpha"}, "b": {"text": "beta"}}
+        poll(lambda: len(hook.delivered()) >= 2, timeout_s=30, what="the retried delivery")
+        poll(
+            lambda: (
+                client.store.redis.hget(client.store.keys.workflow(run.id), "webhook")
+                == "delivered"
+            ),
+            timeout_s=10,
+            what="the delivery settled",
+        )
+        shown = http("GET", f"{api}/v1/workflows/{run.id}").json()
+    finally:
+        process.stop()
+        client.close()
+    first, last = hook.delivered()[:2]
+    assert verify(last["headers"][SIGNATURE_HEADER], last["body"], SECRET)
+    view = json.loads(last["body"])
+    assert json.loads(first["body"]) == view  # the same final view, sent again
+    assert view == shown  # the JSON GET /v1/workflows/{id} answers
+    assert view["id"] == run.id and view["status"] == "SUCCESSFUL"
+    assert view["metadata"] == {"doc": 42}
+    assert view["nodes"]["b"]["output"] == {"text": "beta"}
+    assert view["nodes"]["b"]["run_ids"] == [f"{run.id}.1.0"]
+    time.sleep(1.5)
+    assert len(hook.delivered()) == 2  # settled: not sent again
+    runs_hooked = [
+        key for key in dedicated_stack.redis.scan_iter("quorum:run:*") if key.count(":") == 2
+    ]
+    assert all(dedicated_stack.redis.hget(k, "webhook") is None for k in runs_hooked)

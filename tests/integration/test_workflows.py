@@ -419,3 +419,30 @@ def test_the_async_client_submits_and_waits_for_a_workflow(
             return outputs
 
     assert asyncio.run(go()) == {"a": {"text": "async"}}
+
+
+def test_kwargs_resolved_over_the_payload_limit_fail_the_node_without_a_call(
+    dedicated_stack: DedicatedStack, simulator: Simulator, scope: str
+) -> None:
+    dedicated_stack.worker(QUORUM_MAX_PAYLOAD_BYTES="3000")
+    client = dedicated_stack.client()
+    wf = Workflow("oversized", timeout_s=60)
+    a = add(wf, "a", node("Left.", f"{scope}-a", outputs=[{"text": "x" * 1600}]))
+    b = add(wf, "b", node("Right.", f"{scope}-b", outputs=[{"text": "y" * 1600}]))
+    c = add(wf, "c", node("Join {{ l }} {{ r }}.", f"{scope}-c"), {"l": a["text"], "r": b["text"]})
+    add(wf, "d", node("After {{ j }}.", f"{scope}-d"), {"j": c})
+    e = node("Tolerates {{ j }}.", f"{scope}-e", outputs=[{"text": "tolerant"}])
+    add(wf, "e", e, {"j": c}, allow_failed_inputs=True)
+    run = client.submit_workflow(wf)  # each output alone is under the limit; both together not
+    with pytest.raises(WorkflowFailedError) as caught:
+        run.result(timeout=60)
+    assert caught.value.status == "FAILED" and list(caught.value.failures) == ["c"]
+    (reason,) = caught.value.failures["c"]
+    assert reason.startswith("node 'c': its resolved kwargs are ")
+    assert reason.endswith("over the payload limit of 3000 bytes (QUORUM_MAX_PAYLOAD_BYTES)")
+    nodes = run.nodes()
+    assert nodes["a"].status == nodes["b"].status == "SUCCESSFUL"
+    assert nodes["c"].status == "FAILED" and nodes["c"].run_ids == []
+    assert nodes["d"].status == "SKIPPED" and nodes["e"].status == "SUCCESSFUL"
+    assert caught.value.outputs["e"] == {"text": "tolerant"}
+    assert simulator.calls(f"{scope}-c") == [] and simulator.calls(f"{scope}-d") == []

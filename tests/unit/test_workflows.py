@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import fakeredis
@@ -258,3 +259,79 @@ def test_a_node_whose_inputs_make_no_valid_run_fails_without_blocking_the_workfl
     state = ws.load(WF)
     assert state.node("b").state == "FAILED" and "no valid spec" in state.node("b").error
     assert state.status == "FAILED"
+
+
+def _kwargs_bytes(kwargs: dict[str, Any]) -> int:
+    return len(json.dumps(kwargs).encode())
+
+
+def test_resolved_kwargs_over_the_payload_limit_fail_the_node_without_a_run(
+    store: RunStore,
+) -> None:
+    limit = 100
+    ctx = flow.Context(
+        store=store, llm=FakeLLM(), enqueue=Advancing(), worker="w", max_payload_bytes=limit
+    )
+    ws = create(
+        store,
+        a=inline("go"),
+        b=inline("go"),
+        c=inline("{{ x }} {{ y }}", kwargs={"x": {"$ref": "a#/text"}, "y": {"$ref": "b#/text"}}),
+        d=inline("{{ z }}", kwargs={"z": {"$ref": "c"}}),
+        e=inline("{{ z }}", kwargs={"z": {"$ref": "c"}}, allow_failed_inputs=True),
+    )
+    workflows.advance(ctx, WF)
+    succeed(ctx, f"{WF}.0.0", {"text": "α" * 10})  # each output alone is well under the limit
+    succeed(ctx, f"{WF}.1.0", {"text": "b" * 60})
+    workflows.advance(ctx, WF)
+    size = _kwargs_bytes({"x": "α" * 10, "y": "b" * 60})  # as a submit measures: \u03b1 escapes
+    assert size > limit
+    state = ws.load(WF)
+    c = state.node("c")
+    assert c.state == "FAILED" and c.started == 0
+    assert c.error == (
+        f"node 'c': its resolved kwargs are {size} bytes, over the payload limit of "
+        f"{limit} bytes (QUORUM_MAX_PAYLOAD_BYTES)"
+    )
+    assert not store.redis.exists(store.keys.run(f"{WF}.2.0"))
+    assert ws.inputs(WF, 2) is None  # nothing of the oversized inputs is written
+    assert state.node("d").state == "SKIPPED" and state.node("e").state == "STARTED"
+    assert store.load(f"{WF}.4.0").spec.kwargs == {"z": None}
+    succeed(ctx, f"{WF}.4.0", {"text": "tolerant"})
+    workflows.advance(ctx, WF)
+    assert ws.load(WF).status == "FAILED"
+
+
+@pytest.mark.parametrize("shared", [{}, {"doc": "the text ✓", "n": [1, 2]}])
+def test_a_map_items_kwargs_are_measured_exactly_against_the_limit(
+    store: RunStore, shared: dict[str, Any]
+) -> None:
+    items = ["p", "q" * 30, {"r": "ü"}]
+    largest = max(_kwargs_bytes({**shared, "it": item}) for item in items)
+
+    def run_map(limit: int) -> WorkflowStore:
+        store.redis.flushall()
+        ctx = flow.Context(
+            store=store, llm=FakeLLM(), enqueue=Advancing(), worker="w", max_payload_bytes=limit
+        )
+        ws = create(
+            store,
+            a=inline("go", {"type": "object", "properties": {"items": {"type": "array"}}}),
+            m=inline(
+                "{{ it }}",
+                kwargs={**shared, "it": "replaced by each item"},
+                map={"over": {"$ref": "a#/items"}, "item": "it"},
+            ),
+        )
+        workflows.advance(ctx, WF)
+        succeed(ctx, f"{WF}.0.0", {"items": items})
+        workflows.advance(ctx, WF)
+        return ws
+
+    node = run_map(largest).load(WF).node("m")
+    assert node.state == "STARTED" and node.started == 3
+    assert store.load(f"{WF}.1.1").spec.kwargs == {**shared, "it": "q" * 30}
+    node = run_map(largest - 1).load(WF).node("m")
+    assert node.state == "FAILED" and node.started == 0
+    assert node.error.startswith("node 'm': the resolved kwargs of its item 1 are ")
+    assert f"{largest} bytes, over the payload limit of {largest - 1} bytes" in node.error

@@ -1,4 +1,4 @@
-"""The dashboard's view of a workflow (`producer/wfview.py`, pure) over a workflow scheduled
+"""The dashboard's view of a workflow (`producer/wfgraph.py`, pure) over a workflow scheduled
 in fakeredis, and its template (autoescaped)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from quorum.producer.dashboard import TEMPLATES
 from quorum.producer.runview import run_page, run_row
-from quorum.producer.wfview import (
+from quorum.producer.wfgraph import (
     NODE_H,
     NODE_W,
     RUNS_SHOWN,
