@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +69,26 @@ def wait_until(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
             return value
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Build outputs and caches, never part of the source: left out of a copy of the tree.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    "node_modules",
+)
+
+
+def copy_source(destination: Path) -> Path:
+    """Copy the source tree to `destination` as a fresh checkout holds it: the links of quorum/
+    kept as links, build outputs and caches (a virtualenv included) left out."""
+    shutil.copytree(ROOT, destination, symlinks=True, ignore=NOT_SOURCE)
+    return destination

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import site
 import subprocess
 import sys
@@ -23,21 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import copy_source
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-# Build outputs and caches, never part of a wheel: left out of the copy it is built from.
-_NOT_SOURCE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    ".*_cache",
-    "node_modules",
-)
 
 # The producer-facing API a user imports (README, docs).
 PUBLIC = [
@@ -105,8 +94,7 @@ def _run(*command: str | Path, cwd: Path, timeout: float = 120) -> str:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built offline from a copy of the source (links kept, build outputs left)."""
     base = tmp_path_factory.mktemp("wheel")
-    source = base / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=_NOT_SOURCE)
+    source = copy_source(base / "source")
     dist = base / "dist"
     pip = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation")
     _run(*pip, "--no-index", "--quiet", "--wheel-dir", dist, source, cwd=base, timeout=180)
