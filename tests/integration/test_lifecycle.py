@@ -126,7 +126,7 @@ def test_json_schema_response_model_returns_a_dict_and_get_finds_the_run(client,
 
 def test_async_client_returns_the_model_instance(client, simulator, scope):
     async def main():
-        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+        async with AsyncTaskClient(settings=client.settings) as aclient:
             run = await aclient.submit(
                 template=TEMPLATE,
                 response_model=Purchase,
@@ -142,7 +142,7 @@ def test_async_client_returns_the_model_instance(client, simulator, scope):
 
 def test_async_client_raises_task_failed_error(client, simulator, scope):
     async def main():
-        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+        async with AsyncTaskClient(settings=client.settings) as aclient:
             run = await aclient.submit(
                 template=TEMPLATE,
                 response_model=Purchase,
@@ -167,7 +167,7 @@ def test_every_waiter_on_a_run_wakes_once_it_ends(client, simulator, scope):
     )
 
     async def main():
-        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+        async with AsyncTaskClient(settings=client.settings) as aclient:
             arun = await aclient.get(run.id, response_model=Purchase)
             assert not (await arun.status()).terminal
             waits = [arun.result(timeout=30) for _ in range(2)]
@@ -186,7 +186,7 @@ def test_async_wait_outlasts_a_quiet_stretch_of_the_event_stream(dedicated_stack
     client = dedicated_stack.client()
 
     async def main():
-        async with AsyncTaskClient(redis_url=client.settings.redis_url) as aclient:
+        async with AsyncTaskClient(settings=client.settings) as aclient:
             run = await aclient.submit(
                 template=TEMPLATE,
                 response_model=Purchase,

@@ -90,7 +90,10 @@ def worker(
     redis_url: str, simulator: Simulator, amqp_env: dict[str, str]
 ) -> Iterator[ManagedProcess]:
     """A worker started with the documented command, its broker RabbitMQ."""
-    process = start_worker(worker_env(redis_url, simulator, **amqp_env), name="amqp-worker")
+    # Its own node name: a worker elsewhere on this broker holds `celery@<host>.celery.pidbox`.
+    node = f"amqp-{amqp_env['QUORUM_TASK_QUEUE'].rsplit('.', 1)[-1]}@%h"
+    env = worker_env(redis_url, simulator, **amqp_env)
+    process = start_worker(env, "-n", node, name="amqp-worker")
     try:
         yield process
     finally:
