@@ -22,7 +22,7 @@ from kombu import Queue
 
 from quorum.bench.driver import run_workload
 from quorum.shared.broker import celery_config
-from quorum.shared.connection import connect
+from quorum.shared.connection import Client, connect
 from quorum.shared.settings import get_settings
 from quorum.worker.app import chord_backend
 from quorum.worker.transport import INTAKE_TRANSPORT
@@ -37,7 +37,7 @@ def _app() -> Celery:
     celery = Celery("bench-floor")
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
     celery.conf.update(
-        chord_backend(settings.redis_url),
+        chord_backend(settings.result_backend),
         task_queues=[Queue(QUEUE)],
         task_default_queue=QUEUE,
         task_routes={},
@@ -49,7 +49,7 @@ app = _app()
 
 
 @lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
+def _redis() -> Client:
     settings = get_settings()
     return connect(settings.redis_url, max_connections=settings.redis_max_connections)
 

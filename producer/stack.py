@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -24,13 +25,18 @@ from typing import Any
 
 import redis
 
+from quorum.shared.connection import probe
+from quorum.shared.errors import StoreError
+
 __all__ = [
+    "LocalCluster",
     "ManagedProcess",
     "Stack",
     "celery_command",
     "free_port",
     "redis_answers",
     "start_redis",
+    "start_redis_cluster",
     "start_simulator",
     "start_worker",
 ]
@@ -44,13 +50,12 @@ def free_port() -> int:
 
 
 def redis_answers(url: str, *, timeout_s: float = 1.0) -> bool:
-    """Whether a Redis server answers PING at `url`."""
+    """Whether a Redis server (or a Redis Cluster) answers PING at `url`."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s)
-        with contextlib.closing(client):
-            return bool(client.ping())
-    except (redis.RedisError, OSError, ValueError):
+        probe(url, timeout_s=timeout_s)
+    except (StoreError, OSError):
         return False
+    return True
 
 
 class ManagedProcess:
@@ -174,6 +179,77 @@ def start_redis(
     ]
     server = ManagedProcess("redis-server", command, ready=r"[Rr]eady to accept connections")
     return f"redis://127.0.0.1:{port}/0", server
+
+
+class LocalCluster:
+    """The processes of a local Redis Cluster (`start_redis_cluster`)."""
+
+    def __init__(self, servers: list[Any], workdir: str) -> None:
+        self.servers = servers
+        self.workdir = workdir
+
+    def stop(self) -> None:
+        """Stop every node and remove their folder."""
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Loopback ports for cluster nodes, each free with its cluster bus port (10,000 higher,
+    which must stay under 65,536)."""
+    rng, ports = random.Random(), list[int]()
+    while len(ports) < count:
+        port = rng.randrange(20000, 45000)
+        if any(abs(port - other) in (0, 10000) for other in ports):
+            continue
+        try:
+            for taken in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", taken))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def start_redis_cluster(*, masters: int = 3, timeout_s: float = 30.0) -> tuple[str, LocalCluster]:
+    """Start a Redis Cluster of `masters` masters and no replicas on loopback ports: plain
+    `redis-server --cluster-enabled yes` processes in a temporary folder, joined by
+    `redis-cli --cluster create`. Returns its `redis+cluster://` URL once every node says
+    `cluster_state:ok`, and a handle with `stop()`; `RuntimeError` if it cannot be built."""
+    cli = shutil.which("redis-cli")
+    if cli is None or shutil.which("redis-server") is None:
+        raise RuntimeError("a local Redis Cluster needs redis-server and redis-cli on the PATH")
+    workdir = tempfile.mkdtemp(prefix="quorum-cluster-")
+    ports = _cluster_ports(masters)
+    cluster = LocalCluster([], workdir)
+    try:
+        for port in ports:
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+            cluster.servers.append(start_redis(port=port, extra=extra, workdir=workdir)[1])
+        addresses = [f"127.0.0.1:{port}" for port in ports]
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0"]
+        done = subprocess.run(
+            [*create, "--cluster-yes"], capture_output=True, text=True, timeout=timeout_s
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+        deadline = time.monotonic() + timeout_s
+        while not all(_cluster_ok(port, masters) for port in ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster never reached cluster_state:ok")
+            time.sleep(0.1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return "redis+cluster://" + ",".join(addresses), cluster
+
+
+def _cluster_ok(port: int, nodes: int) -> bool:
+    with redis.Redis(port=port, decode_responses=True, socket_timeout=2) as node:
+        info = node.cluster("info")
+    return info.get("cluster_state") == "ok" and int(info["cluster_known_nodes"]) == nodes
 
 
 def start_simulator(*args: str) -> tuple[str, ManagedProcess]:

@@ -172,14 +172,15 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
             "unacked_restore_throttle": 1,
             "intake_batch": settings.worker_intake_batch,
         }
-    tls = settings.redis_tls
-    broker_tls = tls if settings.broker.startswith("rediss://") else None
+    broker_tls = settings.tls_for(settings.broker) if holds_back(settings.broker) else None
     return {
         "broker_url": settings.broker,
         "broker_transport": transport if holds_back(settings.broker) else None,
         "broker_use_ssl": broker_tls,
-        "redis_backend_use_ssl": tls,
-        "result_backend": settings.redis_url,
+        "redis_backend_use_ssl": settings.tls_for(settings.result_backend),
+        # Only chords read results (a round's votes, joined for its tally): a plain Redis,
+        # the store's unless the store is a cluster (`Settings.result_backend`).
+        "result_backend": settings.result_backend,
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",

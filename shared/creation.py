@@ -1,15 +1,16 @@
 """Writing new runs: each one's hash and `submitted` event, its idempotency key, and its
-place in the indexes (listing, deadlines, progress). One run or a thousand cost the same
-round trips."""
+place in the indexes (listing, deadlines, progress). On one Redis, one run or a thousand cost
+the same round trips; on a cluster, each run's hash and event take a MULTI/EXEC of their own
+(a transaction stays on one slot)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-import redis
 from redis.commands.core import Script
 
+from quorum.shared.connection import REDIS_ERRORS
 from quorum.shared.events import Submitted
 from quorum.shared.listing import RunIndex
 from quorum.shared.models import RunSpec, TaskStatus
@@ -43,9 +44,10 @@ class CreationStore(RedisScripts):
     @mapped
     def create_many(self, runs: Sequence[tuple[str, RunSpec, str | None]]) -> list[str]:
         """`create` for many runs (id, spec, idempotency key), in three round trips whatever
-        their number (one more to claim idempotency keys): write the runs (one MULTI/EXEC),
-        then index them. Returns the run id to use for each, in order; a run whose key was
-        used before is not written. If writing fails, what was written is removed."""
+        their number (one more to claim idempotency keys): write the runs (one MULTI/EXEC; on
+        a cluster, one per slot), then index them. Returns the run id to use for each, in
+        order; a run whose key was used before is not written. If writing fails, what was
+        written is removed."""
         payloads = [spec.model_dump_json() for _, spec, _ in runs]  # fails before a write
         claimed = self._claim(runs)
         now = time.time()
@@ -87,8 +89,31 @@ class CreationStore(RedisScripts):
         self, fresh: list[tuple[str, RunSpec, str, str | None, float]], now: float
     ) -> None:
         """New PENDING runs (id, spec, spec JSON, idempotency key, creation time): their
-        hashes and `submitted` events in one MULTI/EXEC, then their indexes; a run's claim
-        then lasts as long as the run."""
+        hashes and `submitted` events in one MULTI/EXEC (on a cluster, one per slot), then
+        their indexes; a run's claim then lasts as long as the run."""
+        for group in self.by_slot(fresh, lambda run: self.keys.run(run[0])):
+            self._write_runs(group)
+        with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
+            scores: dict[str, dict[str, float]] = {
+                self.keys.deadlines(): {},
+                self.keys.progress(): {},
+            }
+            for run_id, spec, _, key, created in fresh:
+                for index in self.index.keys_of(spec):
+                    scores.setdefault(index, {})[run_id] = created
+                deadline = created + (spec.timeout_s or self.run_timeout_s)
+                scores[self.keys.deadlines()][run_id] = deadline
+                scores[self.keys.progress()][run_id] = now
+                if key is not None:  # the run is written: the claim lasts as long as it does
+                    pipe.expire(self.keys.idempotency(key), self.ttl_s)
+            for index, members in scores.items():
+                if members:
+                    pipe.zadd(index, members)
+                    pipe.expire(index, self.ttl_s)
+            pipe.execute()
+
+    def _write_runs(self, fresh: list[tuple[str, RunSpec, str, str | None, float]]) -> None:
+        """The hashes and `submitted` events of new runs, in one MULTI/EXEC."""
         with self.redis.pipeline(transaction=True) as pipe:
             for run_id, spec, payload, _, created in fresh:
                 mode = spec.config.mode if spec.config else "none"
@@ -111,24 +136,6 @@ class CreationStore(RedisScripts):
                 pipe.expire(run_key, self.ttl_s)
                 pipe.expire(events_key, self.ttl_s)
             pipe.execute()
-        with self.redis.pipeline(transaction=False) as pipe:  # each index has its own slot
-            scores: dict[str, dict[str, float]] = {
-                self.keys.deadlines(): {},
-                self.keys.progress(): {},
-            }
-            for run_id, spec, _, key, created in fresh:
-                for index in self.index.keys_of(spec):
-                    scores.setdefault(index, {})[run_id] = created
-                deadline = created + (spec.timeout_s or self.run_timeout_s)
-                scores[self.keys.deadlines()][run_id] = deadline
-                scores[self.keys.progress()][run_id] = now
-                if key is not None:  # the run is written: the claim lasts as long as it does
-                    pipe.expire(self.keys.idempotency(key), self.ttl_s)
-            for index, members in scores.items():
-                if members:
-                    pipe.zadd(index, members)
-                    pipe.expire(index, self.ttl_s)
-            pipe.execute()
 
     def _undo_create(self, fresh: list[tuple[str, RunSpec, str, str | None, float]]) -> None:
         """Best effort after a failed `create_many`: drop what was written, release the
@@ -139,5 +146,5 @@ class CreationStore(RedisScripts):
                 self.redis.zrem(self.keys.runs(), run_id)
                 if key is not None:
                     self._script(self._release_claim, [self.keys.idempotency(key)], [run_id])
-        except redis.RedisError:
+        except REDIS_ERRORS:
             pass  # the claims expire in _CLAIM_S seconds by themselves

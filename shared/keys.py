@@ -5,6 +5,8 @@ shard and the store's multi-key transactions stay atomic when the store is a clu
 A workflow's node runs have ids `<workflow id>.<node>.<item>`: their hash tag is the workflow
 id (the part before the first `.`), so that a node run's end and its workflow's scheduling
 state change in one atomic step. A standalone run's id (hex, no `.`) is its whole tag.
+Keys that span runs (listing and sweep indexes, schedules, locks, idempotency keys) carry no
+run's tag: each lives on its own name's slot (docs/architecture.md §6.1 says why).
 """
 
 from __future__ import annotations

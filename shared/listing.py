@@ -22,9 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
 
-import redis
 from pydantic import BaseModel, Field
 
+from quorum.shared.connection import Client
 from quorum.shared.errors import InvalidRequestError
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus
@@ -142,7 +142,7 @@ class RunIndex:
     """The listing indexes of one store: written at submit and at a run's end, read by
     `page`."""
 
-    def __init__(self, client: redis.Redis, *, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, client: Client, *, keys: Keys, ttl_s: int) -> None:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s

@@ -13,8 +13,11 @@ Each stream is read from the oldest position any of its followers still needs; a
 skips the entries it has already seen, so one that joins late (or resumes from an earlier
 id) gets its backlog without the others seeing anything twice.
 
-XREAD over many keys needs them on one node: on a Redis Cluster, one hub per shard would be
-needed (not built; the store is one Redis today).
+On a Redis Cluster, XREAD takes keys of one slot only, and every run has a slot of its own:
+there the reader reads each followed slot's streams without blocking, all in one pipeline (one
+round trip per node), and waits `poll_ms` between reads that find nothing (a new follower
+still wakes it at once). An event then reaches its followers within `poll_ms`, for one
+command per followed run per read.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.crc import key_slot
 
+from quorum.shared.connection import REDIS_ERRORS, connect_asyncio
 from quorum.shared.errors import InvalidRequestError
 from quorum.shared.events import TERMINAL_EVENTS, parse_event
 from quorum.shared.keys import Keys
 from quorum.shared.models import TaskStatus
+from quorum.shared.settings import is_cluster_url
 from quorum.shared.wfevents import parse_workflow_event
 from quorum.shared.wfstore import WorkflowStatus
 
@@ -111,12 +117,16 @@ class EventHub:
         block_ms: int = 1000,
         count: int = 100,
         max_connections: int = 32,
+        poll_ms: int = 100,
     ) -> None:
         self.url = url
         self.keys = keys
         self.options = options or {}
         self.block_ms = block_ms
         self.count = count
+        self.cluster = is_cluster_url(url)
+        self.poll_ms = poll_ms
+        """On a cluster: the wait between two reads that found nothing."""
         self.max_connections = max_connections
         """Connections for the followers' own short reads (status, backlog of a finished
         run, unblocking the reader); past it they wait for one."""
@@ -224,10 +234,9 @@ class EventHub:
     async def _start(self) -> Any:
         """The control connection; the reader task running."""
         if self._control is None:
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url, max_connections=self.max_connections, timeout=None, **self.options
+            self._control = connect_asyncio(
+                self.url, options=self.options, max_connections=self.max_connections
             )
-            self._control = redis.asyncio.Redis(connection_pool=pool)
             self._wake = asyncio.Event()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._read_forever(), name="quorum-event-hub")
@@ -237,8 +246,8 @@ class EventHub:
         """Make the reader read again now, with the streams followed now."""
         assert self._wake is not None
         self._wake.set()
-        if self._blocked and self._reader_id is not None:
-            with contextlib.suppress(redis.RedisError):  # else it ends within block_ms
+        if self._blocked and not self.cluster and self._reader_id is not None:
+            with contextlib.suppress(*REDIS_ERRORS):  # else it ends within block_ms
                 await control.client_unblock(self._reader_id)
 
     async def _read_forever(self) -> None:
@@ -247,7 +256,7 @@ class EventHub:
                 await self._read_once()
             except asyncio.CancelledError:
                 raise
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("event hub: Redis error, reading again in 0.5 s: %s", exc)
                 self._reader_id = None
                 if self._reader is not None:
@@ -260,6 +269,9 @@ class EventHub:
         if not self._from:
             self._wake.clear()
             await self._wake.wait()
+            return
+        if self.cluster:
+            await self._poll()
             return
         if self._reader is None:
             self._reader = redis.asyncio.Redis.from_url(
@@ -275,6 +287,26 @@ class EventHub:
             self._blocked = False
         for key, entries in reply or []:
             self._deliver(key, entries)
+
+    async def _poll(self) -> None:
+        """Read every followed stream once, one XREAD per slot, in one pipeline (a cluster's
+        reads); wait `poll_ms` (or a new follower) when nothing came."""
+        assert self._wake is not None
+        by_slot: dict[int, dict[str, str]] = {}
+        for key, after in self._from.items():
+            by_slot.setdefault(key_slot(key.encode()), {})[key] = after
+        self._wake.clear()
+        pipe = self._control.pipeline(transaction=False)
+        for streams in by_slot.values():
+            pipe.xread(streams, count=self.count)
+        got = False
+        for reply in await pipe.execute():
+            for key, entries in reply or []:
+                got = got or bool(entries)
+                self._deliver(key, entries)
+        if not got:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_ms / 1000)
 
     def _deliver(self, key: str, entries: list[tuple[str, dict[str, str]]]) -> None:
         followers = self._followers.get(key)

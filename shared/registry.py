@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 from pydantic import BaseModel, Field
 
+from quorum.shared.connection import REDIS_ERRORS, Client
 from quorum.shared.definitions import TaskDefinition
 from quorum.shared.errors import StoreError
 from quorum.shared.keys import Keys
@@ -58,7 +58,7 @@ class PublishedTask(BaseModel):
 class Registry:
     """The published definitions on one Redis, under one namespace."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, ttl_s: int) -> None:
+    def __init__(self, client: Client, keys: Keys, *, ttl_s: int) -> None:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
@@ -80,7 +80,7 @@ class Registry:
             ]
             try:
                 reply = self._publish(keys=keys, args=args)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise StoreError(f"registry: {exc}") from exc
             if int(reply[0]):
                 conflicts.append(definition.name)
@@ -99,7 +99,7 @@ class Registry:
         """The published definition of `name`, or None."""
         try:
             raw = self.redis.hget(self.keys.definitions(), name)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"registry: {exc}") from exc
         return None if raw is None else dict(json.loads(raw))
 
@@ -114,7 +114,7 @@ class Registry:
     def _hash(self, key: str) -> dict[str, dict[str, Any]]:
         try:
             raw = self.redis.hgetall(key)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"registry: {exc}") from exc
         return {_text(name): json.loads(value) for name, value in sorted(raw.items())}
 

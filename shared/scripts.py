@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.crc import key_slot
 
+from quorum.shared.connection import REDIS_ERRORS, Client
 from quorum.shared.errors import StoreError
 from quorum.shared.keys import Keys, workflow_of
 from quorum.shared.models import Usage
@@ -26,6 +29,7 @@ __all__ = ["RedisScripts", "lua", "mapped"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _INCLUDE = "--! include "
 
@@ -47,7 +51,7 @@ def mapped(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
 
     return wrapper
@@ -56,10 +60,20 @@ def mapped(method: Callable[P, R]) -> Callable[P, R]:
 class RedisScripts:
     """A Redis client with Quorum's keys and TTL, and the means to send its scripts."""
 
-    def __init__(self, client: redis.Redis, *, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, client: Client, *, keys: Keys, ttl_s: int) -> None:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
+
+    def by_slot(self, items: Sequence[T], key: Callable[[T], str]) -> list[list[T]]:
+        """`items` in groups whose `key` share a Redis Cluster slot, for one MULTI/EXEC
+        each; on one Redis, all of them in one group (any transaction may span keys)."""
+        if not isinstance(self.redis, RedisCluster):
+            return [list(items)] if items else []
+        groups: dict[int, list[T]] = {}
+        for item in items:
+            groups.setdefault(key_slot(key(item).encode()), []).append(item)
+        return list(groups.values())
 
     def script(self, name: str) -> Script:
         """The script `lua/<name>.lua`, registered on this client."""
@@ -74,7 +88,8 @@ class RedisScripts:
         would cost a SCRIPT EXISTS round trip per call. Redis answers NOSCRIPT only after a
         restart or SCRIPT FLUSH; then the script is loaded and the pipeline sent again (what
         `then` adds must be idempotent). The pipeline is no transaction: its commands may
-        touch keys of other hash slots (the sweep's indices).
+        touch keys of other hash slots (the sweep's indices); on a cluster, each node gets
+        its share of the commands.
         """
 
         def send() -> list[Any]:

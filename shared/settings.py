@@ -6,12 +6,17 @@ import ssl
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Price", "Settings", "get_settings"]
+__all__ = ["Price", "Settings", "get_settings", "is_cluster_url"]
 
 Dialect = Literal["json_schema", "json_object"]
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://` or `rediss+cluster://`)."""
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
 class Price(BaseModel):
@@ -36,10 +41,21 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="Redis that holds runs, status and provenance (redis:// or rediss://).",
+        description="Redis that holds runs, status and provenance (redis:// or rediss://), "
+        "or a Redis Cluster: `redis+cluster://host:port[,host:port...]` (rediss+cluster:// "
+        "with TLS), any of its nodes; the client finds the others. A cluster store needs "
+        "`QUORUM_BROKER_URL` (Celery's broker cannot use a cluster).",
     )
     broker_url: str | None = Field(
-        None, description="Celery broker URL; defaults to the Redis URL (amqp:// for RabbitMQ)."
+        None,
+        description="Celery broker URL; defaults to the Redis URL (amqp:// for RabbitMQ). "
+        "Required with a cluster store: RabbitMQ, or a plain Redis apart from the cluster.",
+    )
+    result_backend_url: str | None = Field(
+        None,
+        description="Plain Redis (redis:// or rediss://) where Celery joins a voting round's "
+        "chord; defaults to the Redis URL. With a cluster store it defaults to the broker "
+        "when that is a plain Redis, and must be set when the broker is RabbitMQ.",
     )
     redis_max_connections: int = Field(
         1000,
@@ -244,15 +260,64 @@ class Settings(BaseSettings):
         10_000, gt=0, description="At most this many of the newest runs are counted in /metrics."
     )
 
+    @model_validator(mode="after")
+    def _celery_can_run(self) -> Settings:
+        """Refuse at start a cluster store with nowhere for Celery's broker or chords."""
+        _ = self.broker, self.result_backend
+        return self
+
+    @property
+    def redis_cluster(self) -> bool:
+        """Whether the store is a Redis Cluster (`redis+cluster://`, `rediss+cluster://`)."""
+        return is_cluster_url(self.redis_url)
+
     @property
     def broker(self) -> str:
-        """The broker URL, falling back to the Redis URL."""
+        """The broker URL, falling back to the Redis URL; `ValueError` for a cluster store
+        with no broker of its own, or a broker URL that names a cluster."""
+        if self.broker_url is not None and is_cluster_url(self.broker_url):
+            raise ValueError(
+                "QUORUM_BROKER_URL names a Redis Cluster, which Celery's broker cannot use: "
+                "set it to RabbitMQ (amqp://...) or a plain Redis (redis://...)"
+            )
+        if self.broker_url is None and self.redis_cluster:
+            raise ValueError(
+                "QUORUM_REDIS_URL names a Redis Cluster, which Celery's broker cannot use: "
+                "set QUORUM_BROKER_URL to RabbitMQ (amqp://...) or to a plain Redis "
+                "(redis://...) apart from the cluster"
+            )
         return self.broker_url or self.redis_url
 
     @property
+    def result_backend(self) -> str:
+        """The plain Redis of Celery's chord results: `result_backend_url`, else the store's
+        Redis, else (a cluster store) the broker's Redis; `ValueError` if none fits."""
+        if self.result_backend_url is not None:
+            if not self.result_backend_url.startswith(("redis://", "rediss://")):
+                raise ValueError(
+                    "QUORUM_RESULT_BACKEND_URL must name a plain Redis (redis:// or rediss://)"
+                )
+            return self.result_backend_url
+        if not self.redis_cluster:
+            return self.redis_url
+        if self.broker.startswith(("redis://", "rediss://")):
+            return self.broker
+        raise ValueError(
+            "QUORUM_REDIS_URL names a Redis Cluster and the broker is not Redis: Celery's "
+            "chords need a plain Redis for their results; set QUORUM_RESULT_BACKEND_URL "
+            "(redis://...)"
+        )
+
+    @property
     def redis_tls(self) -> dict[str, Any] | None:
-        """TLS options (`ssl_*`, as redis-py and Celery take them) for a `rediss://` Redis."""
-        if not self.redis_url.startswith("rediss://"):
+        """TLS options (`ssl_*`, as redis-py and Celery take them) for a `rediss://` store."""
+        return self.tls_for(self.redis_url)
+
+    def tls_for(self, url: str) -> dict[str, Any] | None:
+        """TLS options for a Redis at `url` (the store, the broker or the result backend):
+        the `QUORUM_REDIS_TLS_*` settings for a `rediss://` or `rediss+cluster://` URL,
+        else None."""
+        if not url.startswith(("rediss://", "rediss+cluster://")):
             return None
         reqs = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL}
         options: dict[str, Any] = {

@@ -14,10 +14,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-import redis
-import redis.asyncio
-
-from quorum.shared.connection import CLIENT_OPTIONS, connect
+from quorum.shared.connection import (
+    CLIENT_OPTIONS,
+    REDIS_ERRORS,
+    Client,
+    asyncio_client,
+    connect,
+)
 from quorum.shared.creation import CreationStore
 from quorum.shared.deliveries import DeliveryStore, lease_s
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
@@ -78,7 +81,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         keys: Keys,
         ttl_s: int,
@@ -209,7 +212,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
             raise StoreError("this store has no URL to open an asyncio connection with")
         done, run = self.keys.done(run_id), self.keys.run(run_id)
         try:
-            async with redis.asyncio.Redis.from_url(self.url, **self.asyncio_options) as client:
+            async with asyncio_client(self.url, options=self.asyncio_options) as client:
                 for block_ms in _blocks(timeout_s):
                     seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
                     if await client.blmove(done, done, seconds, "RIGHT", "LEFT"):
@@ -217,7 +220,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
                     if _ended(await client.hget(run, "status")):
                         break
                 raw = cast(dict[str, str], await client.hgetall(run))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
         if not raw:
             raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")

@@ -63,8 +63,8 @@ def create_app(settings: Settings) -> Celery:
     celery = Celery("quorum", include=jobs)
     celery.conf.imports = settings.import_modules  # where the worker's defined tasks live
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
-    if settings.redis_url.startswith(("redis://", "rediss://")):
-        celery.conf.update(chord_backend(settings.redis_url))
+    if settings.result_backend.startswith(("redis://", "rediss://")):
+        celery.conf.update(chord_backend(settings.result_backend))
     return celery
 
 

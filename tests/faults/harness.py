@@ -28,6 +28,7 @@ from quorum.producer.stack import (
 )
 from quorum.shared.keys import Keys
 from quorum.shared.models import TaskStatus
+from quorum.shared.settings import Settings
 from tests.integration.helpers import APPLES, PEARS, TEMPLATE, Purchase, Simulator, directive
 
 # Workers recover a dead worker's jobs within seconds, and stalled runs within ten.
@@ -157,15 +158,25 @@ def table(rows: list[Figures]) -> str:
 
 
 class Fleet:
-    """Redis (append-only, on a fixed port so it can be restarted), the simulator, workers."""
+    """Redis (append-only, on a fixed port so it can be restarted), the simulator, workers.
+
+    With `store_url` (a Redis Cluster's), runs live there and the fleet's own Redis keeps
+    only Celery's chord results; the broker is then given in `env` (`QUORUM_BROKER_URL`).
+    """
 
     def __init__(
-        self, *sim_args: str, workers: int = 2, worker_args: tuple[str, ...] = (), **env: str
+        self,
+        *sim_args: str,
+        workers: int = 2,
+        worker_args: tuple[str, ...] = (),
+        store_url: str | None = None,
+        **env: str,
     ) -> None:
         self.worker_args = worker_args
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="quorum-faults-")
-        self.redis_url, self._redis = start_redis(port=self.port, appendonly=True, workdir=self.dir)
+        plain_url, self._redis = start_redis(port=self.port, appendonly=True, workdir=self.dir)
+        self.redis_url = store_url or plain_url
         base_url, self._sim = start_simulator(*sim_args)
         self.sim = Simulator(base_url)
         self.env = {
@@ -173,6 +184,7 @@ class Fleet:
             "OPENAI_BASE_URL": base_url,
             "OPENAI_API_KEY": "sim",
             **RECOVERY_ENV,
+            **({"QUORUM_RESULT_BACKEND_URL": plain_url} if store_url else {}),
             **env,
         }
         self.workers: list[ManagedProcess] = []
@@ -181,9 +193,15 @@ class Fleet:
         self._started = 0
         for _ in range(workers):
             self.add_worker()
-        self.client = TaskClient(redis_url=self.redis_url)
+        self.db: Any
+        if store_url is None:
+            self.client = TaskClient(redis_url=self.redis_url)
+            self.db = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        else:
+            fields = {k.removeprefix("QUORUM_").lower(): v for k, v in self.env.items()}
+            self.client = TaskClient(settings=Settings(**fields))
+            self.db = self.client.store.redis
         self.keys = Keys(self.client.settings.namespace)
-        self.db = redis.Redis.from_url(self.redis_url, decode_responses=True)
 
     def add_worker(self) -> ManagedProcess:
         """Start one more worker with the documented command."""

@@ -9,16 +9,14 @@ jobs; the queues are deleted afterwards.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from kombu import Connection
 
 from quorum.producer import TaskClient
 from quorum.producer.stack import ManagedProcess, start_worker
 from quorum.shared.settings import Settings
+from tests.integration.cluster import amqp_queues
 from tests.integration.conftest import worker_env
 from tests.integration.helpers import Simulator
 from tests.integration.test_lifecycle import (  # noqa: F401  # collected again, on RabbitMQ
@@ -46,43 +44,11 @@ from tests.integration.test_voting_modes import (  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
-AMQP_URL = os.environ.get("QUORUM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def _answers(url: str) -> str | None:
-    """None if a RabbitMQ answers at `url`, else why not."""
-    try:
-        with Connection(url, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
 
 @pytest.fixture(scope="module")
 def amqp_env() -> Iterator[dict[str, str]]:
     """The broker settings of this module: RabbitMQ, queues of this session's own."""
-    problem = _answers(AMQP_URL)
-    if problem is not None:
-        message = f"no RabbitMQ at {AMQP_URL} ({problem}); set QUORUM_TEST_AMQP_URL"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI needs RabbitMQ for the broker tests: {message}")
-        pytest.skip(message)
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        "QUORUM_BROKER_URL": AMQP_URL,
-        "QUORUM_TASK_QUEUE": f"quorum.tasks.{suffix}",
-        "QUORUM_VOTE_QUEUE": f"quorum.votes.{suffix}",
-        "QUORUM_CONTROL_QUEUE": f"quorum.control.{suffix}",
-    }
-    try:
-        yield env
-    finally:
-        with Connection(AMQP_URL) as conn:
-            channel = conn.channel()
-            for name in (env[key] for key in env if key.endswith("_QUEUE")):
-                channel.queue_delete(name)
-                channel.exchange_delete(name)
+    yield from amqp_queues()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ ENV_NAMES = [
     "QUORUM_TASK_SENT_EVENTS",
     "QUORUM_REDIS_MAX_CONNECTIONS",
     "QUORUM_WORKER_INTAKE_BATCH",
+    "QUORUM_RESULT_BACKEND_URL",
 ]
 
 
@@ -78,6 +79,57 @@ def test_broker_falls_back_to_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> 
     settings = Settings()
     assert settings.broker_url is None
     assert settings.broker == "redis://store:6380/2"
+
+
+CLUSTER = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
+
+
+def test_a_cluster_store_without_a_broker_of_its_own_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUORUM_REDIS_URL", CLUSTER)
+    with pytest.raises(ValidationError, match="set QUORUM_BROKER_URL to RabbitMQ"):
+        Settings()
+    monkeypatch.setenv("QUORUM_BROKER_URL", CLUSTER)
+    with pytest.raises(ValidationError, match="Celery's broker cannot use"):
+        Settings()
+    monkeypatch.delenv("QUORUM_REDIS_URL")
+    monkeypatch.delenv("QUORUM_BROKER_URL")
+    plain = Settings().model_copy(update={"redis_url": CLUSTER})  # model_copy checks nothing
+    with pytest.raises(ValueError, match="QUORUM_BROKER_URL"):
+        celery_config(plain)  # a client or worker made from it stops here
+
+
+def test_a_cluster_store_keeps_celerys_chords_in_a_plain_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUORUM_REDIS_URL", CLUSTER)
+    monkeypatch.setenv("QUORUM_BROKER_URL", "redis://broker:6379/0")
+    settings = Settings()
+    assert settings.redis_cluster
+    assert settings.result_backend == "redis://broker:6379/0"  # the broker's plain Redis
+    assert celery_config(settings)["result_backend"] == "redis://broker:6379/0"
+    monkeypatch.setenv("QUORUM_BROKER_URL", "amqp://guest@rabbit//")
+    with pytest.raises(ValidationError, match="set QUORUM_RESULT_BACKEND_URL"):
+        Settings()
+    monkeypatch.setenv("QUORUM_RESULT_BACKEND_URL", CLUSTER)
+    with pytest.raises(ValidationError, match="plain Redis"):
+        Settings()
+    monkeypatch.setenv("QUORUM_RESULT_BACKEND_URL", "rediss://chords:6379/1")
+    config = celery_config(Settings())
+    assert config["result_backend"] == "rediss://chords:6379/1"
+    assert config["redis_backend_use_ssl"] is not None  # TLS for a rediss:// backend
+    assert config["broker_use_ssl"] is None
+
+
+def test_a_single_redis_store_keeps_the_chords_beside_the_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUORUM_REDIS_URL", "redis://store:6380/2")
+    monkeypatch.setenv("QUORUM_BROKER_URL", "amqp://guest@rabbit//")
+    settings = Settings()
+    assert not settings.redis_cluster
+    assert celery_config(settings)["result_backend"] == "redis://store:6380/2"
 
 
 def test_api_key_is_a_secret_that_does_not_show(monkeypatch: pytest.MonkeyPatch) -> None:
