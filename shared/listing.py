@@ -29,7 +29,7 @@ from quorum.shared.errors import InvalidRequestError
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus
 
-__all__ = ["RunFilter", "RunIndex", "RunPage", "RunSummary", "metadata_text"]
+__all__ = ["RunFilter", "RunIndex", "RunPage", "RunSummary", "metadata_text", "parse_cursor"]
 
 _FIELDS = ("status", "attempt", "created_at", "updated_at", "error", "code", "spec")
 _MAX_INDEXED_VALUE = 256
@@ -125,7 +125,9 @@ class RunFilter:
 _ENDED = frozenset(s for s in TaskStatus if s.terminal)
 
 
-def _cursor(text: str | None) -> tuple[float, str] | None:
+def parse_cursor(text: str | None) -> tuple[float, str] | None:
+    """A listing's cursor (`<score>:<id>`, as a page gave it) as its score and member; None
+    for none. Anything else is refused."""
     if text is None or text == "":
         return None
     score, sep, run_id = text.partition(":")
@@ -175,7 +177,7 @@ class RunIndex:
     ) -> RunPage:
         """Up to `limit` runs that match `where`, newest first, after `cursor`."""
         source, *others = where.sources(self.keys)
-        after = _cursor(cursor)
+        after = parse_cursor(cursor)
         high: Any = "+inf" if after is None else after[0]
         low: Any = "-inf" if where.created_after is None else f"({where.created_after!r}"
         found: list[RunSummary] = []

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from quorum.shared.errors import InvalidRequestError
+from quorum.shared.listing import parse_cursor
 from quorum.shared.models import Usage
 from quorum.shared.scripts import RedisScripts, mapped
 from quorum.shared.state import USAGE_FIELDS, usage_of
@@ -57,19 +57,6 @@ class WorkflowPage:
     next_cursor: str | None = None
 
 
-def _cursor(text: str | None) -> tuple[float, str] | None:
-    if not text:
-        return None
-    score, sep, workflow_id = text.partition(":")
-    try:
-        value = float(score)
-    except ValueError:
-        value = float("nan")
-    if not sep or not workflow_id or value != value:
-        raise InvalidRequestError(f"cursor {text!r} is not one a listing gave")
-    return value, workflow_id
-
-
 def _summary(workflow_id: str, raw: dict[str, Any]) -> WorkflowSummary:
     left = int(raw["left"] or 0)
     return WorkflowSummary(
@@ -99,7 +86,7 @@ class WorkflowListing(RedisScripts):
         scan_limit: int = 1000,
     ) -> WorkflowPage:
         """Up to `limit` workflows (in `status`, if given), newest first, after `cursor`."""
-        key, after = self.keys.workflow_index(), _cursor(cursor)
+        key, after = self.keys.workflow_index(), parse_cursor(cursor)
         high: Any = "+inf" if after is None else after[0]
         found: list[WorkflowSummary] = []
         examined, skip, last = 0, 0, after
