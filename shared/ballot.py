@@ -176,10 +176,9 @@ def tally(
     """Decide every issue from the votes in Redis; finish, route, or draw another round.
 
     A round is tallied once, by whoever claims it first once none of its votes is still out:
-    the vote job that finished its last vote (`claimant`: that vote's slot), right away, or
-    else the chord's `quorum.tally` (`tally`), which Celery sends once every vote job of the
-    round has returned. A tally that comes while votes are still out (Celery counted a
-    redelivered vote twice) raises `RoundIncompleteError`, to be retried once they are in.
+    the vote job that finished its last vote (`claimant`: that vote's slot), right away, or a
+    `quorum.tally` job that someone sent (`tally`). A tally asked for while votes are still
+    out raises `RoundIncompleteError`, to be retried once they are in.
     `round_ctx`: what the tally works with, if the claimant read it already (`record_vote`).
     """
     if round_ctx is None:

@@ -34,12 +34,12 @@ class Enqueuer(Protocol):
         """Send `quorum.task_node`."""
 
     def voting_round(self, run_id: str, attempt: int, round_: int, plan: Plan) -> None:
-        """Send one chord: a `quorum.vote` per planned vote, then `quorum.tally`."""
+        """Send a round: a `quorum.vote` per planned vote."""
 
     def prepare_round(
         self, run_id: str, attempt: int, round_: int, plan: Plan
     ) -> Callable[[], None]:
-        """Start building that chord now; the function returned sends it (`voting_round`)."""
+        """Start building that round now; the function returned sends it (`voting_round`)."""
 
     def route(self, run_id: str, attempt: int) -> None:
         """Send `quorum.route`."""

@@ -14,9 +14,10 @@ An attempt votes in rounds (`shared.voting` says how many votes each draws):
 3. **Claim**: the job that counts a round's `out/{round}` down to zero writes its own vote's
    field into `tally/{round}` (HSETNX) in the same step, and learns it holds the tally. A job
    run again for that vote learns it again (so a lost tally is retried with the vote); every
-   other job learns nothing. `round_context` (`claim_tally.lua`) lets Celery's chord callback
-   (`quorum.tally`) claim a round too, under the name `tally`, once no vote is out: whoever
-   claims first tallies, the other stands down.
+   other job learns nothing. `round_context` (`claim_tally.lua`) lets a `quorum.tally` job
+   claim a round too, under the name `tally`, once no vote is out: whoever claims first
+   tallies, the other stands down. A round's jobs are no Celery chord: nothing else joins
+   them.
 4. **Tally**: the claimant reads the run, the attempt's votes, its decisions and its rounds
    (the last vote gets them back in the very step that stores it), decides the open issues,
    and either ends the attempt or plans the next round.
