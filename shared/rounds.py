@@ -181,7 +181,7 @@ class RoundStore(RedisScripts):
 
         recorded, _, stored = self._script_then(self._record_vote, keys, args, then)
         new, decided, last_of, *hashes = recorded
-        if not (new or last_of):  # a redelivered vote, not the round's last: nothing to read
+        if not (new or last_of):  # redelivered and not the round's last, or gone
             return RecordedVote(None, bool(decided), 0, None)
         votes = [Vote.model_validate_json(value) for value in stored]
         tally = None
@@ -197,7 +197,8 @@ class RoundStore(RedisScripts):
         """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
         a vote planned already keeps its round."""
         slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
-        self._script(self._plan, [self.keys.rounds(run_id, attempt)], [round_, self.ttl_s, *slots])
+        keys = [self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+        self._script(self._plan, keys, [round_, self.ttl_s, *slots])
 
     @mapped
     def finish_vote(
@@ -206,8 +207,8 @@ class RoundStore(RedisScripts):
         """Mark a planned vote finished, once, appending `event` (a skipped vote's); returns
         the round this vote is to tally: the one whose last vote it finished (also when its
         job runs again), else 0."""
-        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt)]
-        args = [vote_slot(issue, index), self.ttl_s, event.model_dump_json() if event else ""]
+        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+        args = [vote_slot(issue, index), event.model_dump_json() if event else ""]
         return int(self._script(self._finish_vote, keys, args))
 
     @mapped
