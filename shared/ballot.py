@@ -9,6 +9,7 @@ claim protocol is `shared.rounds`'). A tally decides each open issue by the conf
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -104,7 +105,8 @@ def _store_vote(
         reasoning=cast.reasoning,
         **extra,
     )
-    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
+    progress = time.time() - state.updated_at >= ctx.progress_after_s
+    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage, progress=progress)
     if stored.votes is not None and ctx.over_budget(state):
         return cast.model_dump()  # the run ended FAILED: nothing left to decide
     # An issue is decided early here unless it is already, or this job tallies the round

@@ -149,8 +149,9 @@ def launch(
     prepared: Callable[[], None] | None = None,
 ) -> None:
     """Note a voting round's votes in the store, then send its jobs (`prepared`: the round
-    built already, `Enqueuer.prepare_round`)."""
-    ctx.store.plan_round(run_id, attempt, round_, plan)
+    built already, `Enqueuer.prepare_round`). A round after the first marks progress: the
+    first comes with the move to `VALIDATING`, which did."""
+    ctx.store.plan_round(run_id, attempt, round_, plan, progress=round_ > 1)
     if prepared is None:
         ctx.enqueue.voting_round(run_id, attempt, round_, plan)
     else:

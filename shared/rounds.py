@@ -141,22 +141,28 @@ class RoundStore(RedisScripts):
         value: str,
         event: Event,
     ) -> bool:
-        """Write `name` into the hash at `key` once, with its event, in one round trip; mark
-        progress. Returns whether it was written (False: `name` was already there)."""
+        """Write `name` into the hash at `key` once, with its event, unless the run is gone.
+        Returns whether it was written (False: `name` was already there). It marks no
+        progress: the step that writes it moves the run or plans a round next, or is a vote."""
         keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
         args = [name, value, self.ttl_s, event.model_dump_json()]
-        new, _ = self._script_then(
-            self._record_once, keys, args, lambda pipe: self._touch(pipe, run_id)
-        )
-        return bool(new)
+        return bool(self._script(self._record_once, keys, args))
 
     @mapped
     def record_vote(
-        self, run_id: str, attempt: int, vote: Vote, event: VoteCast, usage: Usage
+        self,
+        run_id: str,
+        attempt: int,
+        vote: Vote,
+        event: VoteCast,
+        usage: Usage,
+        *,
+        progress: bool = False,
     ) -> RecordedVote:
         """Store a vote, bill its call and finish it (`finish_vote`), in one round trip; a
         redelivered vote is billed but counted once. When this vote is to tally its round,
-        what the tally works with comes back in the same round trip."""
+        what the tally works with comes back in the same round trip. `progress`: mark
+        progress on the sweep's index too."""
         slot = vote_slot(vote.issue, vote.index)
         billed = [x for pair in usage_counters(usage) for x in pair]
         keys = [
@@ -176,10 +182,11 @@ class RoundStore(RedisScripts):
         ]
 
         def then(pipe: Any) -> None:
-            self._touch(pipe, run_id)
             pipe.hvals(keys[0])
+            if progress:
+                self._touch(pipe, run_id)
 
-        recorded, _, stored = self._script_then(self._record_vote, keys, args, then)
+        recorded, stored, *_ = self._script_then(self._record_vote, keys, args, then)
         new, decided, last_of, *hashes = recorded
         if not (new or last_of):  # redelivered and not the round's last, or gone
             return RecordedVote(None, bool(decided), 0, None)
@@ -192,13 +199,25 @@ class RoundStore(RedisScripts):
 
     @mapped
     def plan_round(
-        self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]]
+        self,
+        run_id: str,
+        attempt: int,
+        round_: int,
+        plan: dict[int, list[int]],
+        *,
+        progress: bool = False,
     ) -> None:
         """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
-        a vote planned already keeps its round."""
+        a vote planned already keeps its round. `progress`: mark progress too, in the same
+        round trip."""
         slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
         keys = [self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
-        self._script(self._plan, keys, [round_, self.ttl_s, *slots])
+
+        def then(pipe: Any) -> None:
+            if progress:
+                self._touch(pipe, run_id)
+
+        self._script_then(self._plan, keys, [round_, self.ttl_s, *slots], then)
 
     @mapped
     def finish_vote(

@@ -187,6 +187,7 @@ def _context_for(worker: str) -> flow.Context:
             max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s
         ),
         call_lease_s=settings.llm_timeout_s + 1.0,
+        progress_after_s=settings.stall_after_s / 4,
     )
 
 

@@ -310,6 +310,23 @@ def test_vote_error_counts_for_neither_side(store: RunStore) -> None:
     assert store.load(RUN).failures[1].reasonings == [f"{ISSUES[0]}: validator unavailable"]
 
 
+def test_votes_mark_progress_only_once_their_runs_last_change_of_status_is_old(
+    store: RunStore,
+) -> None:
+    llm = FakeLLM()
+    ctx = dataclasses.replace(
+        validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm),
+        progress_after_s=60,
+    )
+    progress = store.keys.progress()
+    store.redis.zadd(progress, {RUN: 1.0})  # as if marked long ago
+    cast(ctx, llm, 0, True)
+    assert store.redis.zscore(progress, RUN) == 1.0  # VALIDATING is fresh: no mark
+    store.redis.hset(store.keys.run(RUN), "updated_at", 1.0)  # ... and now it is old
+    cast(ctx, llm, 0, True, start=1)
+    assert store.redis.zscore(progress, RUN) > 1.0
+
+
 def test_the_rounds_last_vote_tallies_it_and_a_tally_job_finds_it_done(
     store: RunStore,
 ) -> None:
