@@ -8,10 +8,15 @@ simulator:
 
 - latency: runs one at a time at L = 200 ms, end to end − 2L (median), on 1 and 2 workers;
 - throughput: a burst of runs at L = 200 ms on 2 workers, runs/s;
-- CPU per run at L = 0 (the workers' and the producer's CPU time over the runs);
-- Redis commands per run at L = 0 (INFO commandstats: store, broker and chord backend, with
-  the idle workers' own polling during the runs);
+- CPU per run at L = 0 (the workers' and the producer's CPU time over the runs), a burst on
+  2 workers, and one run at a time on one worker;
+- Redis commands per run at L = 0, a burst on one worker, in all and by origin (store,
+  broker, chord backend, events: `quorum.bench.commands`), the idle worker's own polling
+  during the runs included;
 - calls in flight: SingleShot runs at L = 1 s on one worker, the most LLM calls at once.
+
+Where py-ai-toolkit is installed, each round also measures the reference (its `run_task` in
+one process) one run at a time, for the ratios of the one-worker figures to it.
 
 Every run is Threshold voting, 3 issues × 3 votes, all passing, as in `quorum bench`. The base
 side runs from a git worktree of BASE_COMMIT with this environment's packages; its workers
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,8 @@ from typing import Any
 import psutil
 import redis
 
+from quorum.bench import reference
+from quorum.bench.commands import ORIGINS, CommandProbe
 from quorum.producer.stack import ManagedProcess, celery_command, start_redis, start_simulator
 from quorum.simulator.control import SimulatorControl
 
@@ -60,6 +68,8 @@ client = module.TaskClient(redis_url=spec["redis_url"])
 def submit(i):
     return client.submit(template="Extract purchase from: I want {{ n }} apples",
                          response_model=spec["schema"], kwargs={"n": i}, config=spec["config"])
+for i in range(spec.get("warmup", 0)):
+    submit(-1 - i).result(timeout=120)
 cpu0, began, times = time.process_time(), time.monotonic(), []
 if spec["burst"]:
     runs = [submit(i) for i in range(spec["runs"])]
@@ -134,12 +144,6 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def _commands(db: redis.Redis) -> int:
-    """Commands Redis has served so far (INFO commandstats), scripts' own calls included."""
-    stats = db.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
-
-
 def _drive(side: Side, redis_url: str, **spec: Any) -> dict[str, Any]:
     spec = {"client": side.client, "redis_url": redis_url, "schema": SCHEMA, **spec}
     out = subprocess.run(
@@ -156,12 +160,16 @@ def _drive(side: Side, redis_url: str, **spec: Any) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def _origin_figure(origin: str) -> str:
+    return "redis_commands_" + origin.replace(" ", "_")
+
+
 def measure(
     side: Side, redis_url: str, sim: SimulatorControl, env: dict[str, str]
-) -> dict[str, Any]:
-    """Every figure for one side (one round)."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every figure for one side (one round), and the commands per run in detail."""
     db = redis.Redis.from_url(redis_url)
-    figures: dict[str, Any] = {}
+    figures: dict[str, float] = {}
 
     def fresh(latency: float) -> None:
         db.flushall()
@@ -181,32 +189,91 @@ def measure(
     fresh(0.0)
     with _workers(side, 2, env) as procs:
         _drive(side, redis_url, config=CONFIG, runs=10, burst=True)
-        before, commands = _cpu_s([w.pid for w in procs]), _commands(db)
+        before = _cpu_s([w.pid for w in procs])
         cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
         workers_cpu = _cpu_s([w.pid for w in procs]) - before
-        commands = _commands(db) - commands
     figures["cpu_ms_per_run"] = (workers_cpu + cpu["cpu_s"]) / 200 * 1000
-    figures["redis_commands_per_run"] = commands / 200
+    fresh(0.0)
+    with _workers(side, 1, env) as procs:
+        before = _cpu_s([w.pid for w in procs])
+        serial = _drive(side, redis_url, config=CONFIG, runs=40, burst=False, warmup=5)
+        workers_cpu = _cpu_s([w.pid for w in procs]) - before
+        figures["cpu_ms_per_run_serial_1w"] = (workers_cpu + serial["cpu_s"]) / 40 * 1000
+        with CommandProbe(redis_url) as probe:
+            probe.mark()
+            _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
+            counted = probe.count(200).per_run()
+    figures["redis_commands_per_run"] = counted["total"]
+    for origin in ORIGINS:
+        figures[_origin_figure(origin)] = counted["by_origin"].get(origin, 0.0)
     fresh(1.0)
     with _workers(side, 1, env):
         _drive(side, redis_url, config=SINGLE, runs=700, burst=True)
     figures["calls_in_flight"] = sim.stats()["max_in_flight"]
     db.close()
+    return figures, counted
+
+
+def measure_reference(base_url: str, sim: SimulatorControl) -> dict[str, float]:
+    """The reference (py-ai-toolkit's `run_task`, in one process) one run at a time: its
+    CPU per run at L = 0 and its end to end − 2L at L = 200 ms."""
+    from quorum.bench.workloads import validation_config
+
+    config = validation_config("threshold", issues=3, count=3, required_ahead=1)
+    figures: dict[str, float] = {}
+    for latency, runs in ((0.0, 40), (0.2, 20)):
+        sim.configure(latency=str(latency), pass_rate=1.0)
+        spec = {
+            "engine": "reference",
+            "base_url": base_url,
+            "tag": uuid.uuid4().hex[:8],
+            "timeout_s": 120,
+            "latency": latency,
+            "shape": "sequential",
+            "runs": runs,
+            "warmup": 3,
+            "config": config,
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "quorum.bench.driver", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        )
+        line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+        result = json.loads(line.removeprefix("RESULT "))
+        if latency:
+            overhead = statistics.median(result["latencies"]) - 2 * latency
+            figures["latency_ms_1w"] = overhead * 1000
+        else:
+            figures["cpu_ms_per_run_serial_1w"] = result["cpu_s"] / runs * 1000
     return figures
 
 
-def _table(results: dict[str, list[dict[str, Any]]]) -> str:
-    names = list(results)
+def _table(results: dict[str, list[dict[str, float]]]) -> str:
+    """Base and head side by side (every round, and the ratio of medians); the reference's
+    figures, where measured, and each side's ratio to them."""
+    names = [n for n in results if n != "reference"]
+    ref = results.get("reference") or []
     keys = list(results[names[0]][0])
-    rows = [
-        "| figure | " + " | ".join(names) + " | ratio (head ÷ base, medians) |",
-        "|---" * 4 + "|",
-    ]
+    head = "| figure | " + " | ".join(names) + " | ratio (head ÷ base, medians) |"
+    rows = [head, "|---" * (len(names) + 2) + "|"]
+    refs = []
     for key in keys:
         medians = [statistics.median(r[key] for r in results[name]) for name in names]
         cells = [", ".join(f"{r[key]:.1f}" for r in results[name]) for name in names]
-        ratio = medians[1] / medians[0] if medians[0] else float("nan")
-        rows.append(f"| {key} | " + " | ".join(cells) + f" | {ratio:.2f}× |")
+        ratio = f"{medians[1] / medians[0]:.2f}×" if medians[0] else "–"
+        rows.append(f"| {key} | " + " | ".join(cells) + f" | {ratio} |")
+        if ref and key in ref[0]:
+            mine = statistics.median(r[key] for r in ref)
+            shown = ", ".join(f"{r[key]:.1f}" for r in ref)
+            each = " | ".join(f"{m / mine:.2f}×" if mine else "–" for m in medians)
+            refs.append(f"| {key} | {shown} | {each} |")
+    if refs:
+        rows += ["", "| figure | reference | " + " | ".join(f"{n} ÷ reference" for n in names)]
+        rows[-1] += " |"
+        rows += ["|---" * (len(names) + 2) + "|", *refs]
     return "\n".join(rows)
 
 
@@ -243,17 +310,28 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(simulator.stop)
         env = {"QUORUM_REDIS_URL": redis_url, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sim"}
         sides = [Side("base", base_root), Side("head", head_root)]
-        results: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
+        results: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
+        details: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
+        control = SimulatorControl(base_url)
+        with_reference = reference.available()
+        if with_reference:
+            results["reference"] = []
         for round_ in range(args.rounds):
             # base, head, head, base, …: a steady drift of the host falls on both sides alike
             for side in sides if round_ % 2 == 0 else sides[::-1]:
-                figures = measure(side, redis_url, SimulatorControl(base_url), env)
+                figures, counted = measure(side, redis_url, control, env)
                 results[side.name].append(figures)
+                details[side.name].append(counted)
                 print(f"round {round_ + 1} {side.name}: {json.dumps(figures)}", flush=True)
+            if with_reference:
+                figures = measure_reference(base_url, control)
+                results["reference"].append(figures)
+                print(f"round {round_ + 1} reference: {json.dumps(figures)}", flush=True)
     table = _table(results)
     print(table)
     if args.out:
-        args.out.write_text(table + "\n\n" + json.dumps(results, indent=2) + "\n")
+        raw = {"figures": results, "redis_commands": details}
+        args.out.write_text(table + "\n\n" + json.dumps(raw, indent=2) + "\n")
     return 0
 
 

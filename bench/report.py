@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from quorum.bench import commands
 from quorum.bench.workflows import section as workflow_section
 from quorum.bench.workloads import kahead_accuracy, majority_accuracy, percentile, race, spread
 
@@ -99,6 +100,7 @@ def _targets(records: list[Record], prof: str) -> list[Target]:
                 q <= 30,
             )
         )
+    out += _serial(records, lat)
     burst = _select(records, workload="burst")
     if burst:
         most = max(r["workers"] for r in burst)
@@ -180,6 +182,33 @@ def _targets(records: list[Record], prof: str) -> list[Target]:
                 max(best[1]) <= 0.75,
             )
         )
+    return out
+
+
+def _serial(records: list[Record], lat: list[Record]) -> list[Target]:
+    """One worker, one run at a time: CPU per run at L = 0 against the reference's, and end
+    to end − 2L at the highest latency; and the Redis commands of a run."""
+    out: list[Target] = []
+    idle = [r for r in _select(records, workload="latency", latency=0.0) if r["workers"] < 2]
+    q, ref = _select(idle, engine="quorum"), _select(idle, engine="reference")
+    if q and ref:
+        mine, theirs = _value(q, _cpu_ms), _value(ref, _cpu_ms)
+        what = "one worker, one run at a time: CPU per run at L = 0 ≤ 0.6× the reference's"
+        share = mine / theirs
+        out.append((what, f"{mine:.1f} ms", f"{theirs:.1f} ms", "–", f"{share:.2f}×", share <= 0.6))
+    top = max((r["latency"] for r in lat), default=None)
+    one = [r for r in _select(lat, engine="quorum", latency=top) if r["workers"] == 1]
+    if top is not None and one:
+        mine = _value(one, _overhead_ms)
+        theirs = _value(_select(lat, engine="reference", latency=top), _overhead_ms)
+        floor = _value(_select(lat, engine="celery", latency=top, workers=1), _overhead_ms)
+        what = f"one worker, one run at a time: end to end − 2L at L = {top * 1000:.0f} ms ≤ 25 ms"
+        ratio = f"{mine / theirs:.2f}×" if theirs else "–"
+        shown = f"{mine:.0f} ms", _fmt(theirs) + " ms", _fmt(floor) + " ms"
+        out.append((what, *shown, ratio, mine <= 25))
+    counted = commands.target(records)
+    if counted is not None:
+        out.append((counted[0], counted[1], "–", "–", "", counted[2]))
     return out
 
 
@@ -603,6 +632,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "",
         *(["![votes](bench-votes.png)", ""] if "bench-votes.png" in plots else []),
         *workflow_section(results.get("workflows")),
+        *commands.section(records),
         "Raw measurements: `benchmarks.json` beside this page.",
         "",
     ]

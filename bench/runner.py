@@ -25,6 +25,7 @@ from celery import Celery
 from rich.console import Console
 
 from quorum.bench import reference
+from quorum.bench.commands import CommandProbe
 from quorum.bench.progress import follow, workload_progress
 from quorum.bench.workflows import measure as measure_workflows
 from quorum.bench.workloads import Profile, profile, validation_config
@@ -130,12 +131,15 @@ class Bench:
         latency: float,
         pass_rate: float = 1.0,
         queued: bool = False,
+        commands: bool = False,
         **spec: Any,
     ) -> dict[str, Any]:
         """Run one workload through one engine in a driver process; record what it measured.
 
         `queued`: the driver submits every run first, and one worker starts (threads:
-        `inflight_concurrency`) only once they all wait in the queue.
+        `inflight_concurrency`) only once they all wait in the queue. `commands`: count the
+        Redis commands of the measured part by origin (`quorum.bench.commands`; Redis's
+        MONITOR feed slows it, so such a workload measures nothing else worth keeping).
         """
         self.sim("POST", "/_sim/config", {"latency": str(latency), "pass_rate": pass_rate})
         self.sim("DELETE", "/_sim/calls")
@@ -150,15 +154,20 @@ class Bench:
         }
         if queued:
             spec["shape"] = "queued"
-        driver = ManagedProcess(
-            f"{engine}-{workload}", [sys.executable, "-m", "quorum.bench.driver", json.dumps(spec)]
-        )
         number = len(self.records) + 1
         doing = f"[{number}] {engine} {workload} L={latency}"
+        counted: dict[str, Any] = {}
         with contextlib.ExitStack() as started:
+            probe = started.enter_context(CommandProbe(spec["redis_url"])) if commands else None
+            driver = ManagedProcess(
+                f"{engine}-{workload}",
+                [sys.executable, "-m", "quorum.bench.driver", json.dumps(spec)],
+            )
             shown = started.enter_context(workload_progress(self.console, doing, spec["runs"]))
             started.callback(driver.stop)
             driver.wait_for(r"^BEGIN$", timeout_s=120)
+            if probe is not None:
+                probe.mark()
             if queued:
                 driver.wait_for(r"^QUEUED$", timeout_s=self.profile.timeout_s)
                 threads = str(self.profile.inflight_concurrency)
@@ -167,6 +176,8 @@ class Bench:
             cpu = _cpu_s(pids)
             result = follow(driver, shown, timeout_s=self.profile.timeout_s + 300)
             cpu = _cpu_s(pids) - cpu
+            if probe is not None:
+                counted = {"redis_commands": probe.count(spec["runs"]).per_run()}
             peak_rss_kb = [_peak_rss_kb(pid) for pid in pids]
             concurrency = self.concurrency if pids else ""
         calls = self.sim("GET", "/_sim/calls")
@@ -182,12 +193,14 @@ class Bench:
             "workers": len(pids),
             "concurrency": concurrency,
             "queued": queued,
+            "shape": spec.get("shape"),
             "config": spec["config"],
             **measured,
             "worker_cpu_s": cpu,
             "worker_peak_rss_kb": peak_rss_kb,
             "llm_calls": sum(c["status"] == 200 for c in calls),
             "votes": sum(c["status"] == 200 and c["kind"] == "vote" for c in calls),
+            **counted,
         }
         self.records.append(record)
         elapsed = time.monotonic() - self.started
@@ -211,6 +224,18 @@ class Bench:
         with self.running(1):
             for latency in p.latency_levels:
                 self.both("latency", **self.one_at_a_time(latency), config=standard)
+            # The Redis commands of a run, by origin: the same runs as the CPU workload's.
+            for shape in ("burst", "sequential"):
+                self.measure(
+                    "quorum",
+                    "commands",
+                    latency=0.0,
+                    commands=True,
+                    shape=shape,
+                    runs=p.cpu_runs,
+                    warmup=2,
+                    config=standard,
+                )
             for _ in range(p.cpu_repeat):
                 self.both("cpu", latency=0.0, shape="burst", runs=p.cpu_runs, config=standard)
             self.economy()

@@ -9,6 +9,7 @@ claim protocol is `shared.rounds`'). A tally decides each open issue by the conf
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -104,7 +105,8 @@ def _store_vote(
         reasoning=cast.reasoning,
         **extra,
     )
-    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage)
+    progress = time.time() - state.updated_at >= ctx.progress_after_s
+    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage, progress=progress)
     if stored.votes is not None and ctx.over_budget(state):
         return cast.model_dump()  # the run ended FAILED: nothing left to decide
     # An issue is decided early here unless it is already, or this job tallies the round
@@ -176,10 +178,9 @@ def tally(
     """Decide every issue from the votes in Redis; finish, route, or draw another round.
 
     A round is tallied once, by whoever claims it first once none of its votes is still out:
-    the vote job that finished its last vote (`claimant`: that vote's slot), right away, or
-    else the chord's `quorum.tally` (`tally`), which Celery sends once every vote job of the
-    round has returned. A tally that comes while votes are still out (Celery counted a
-    redelivered vote twice) raises `RoundIncompleteError`, to be retried once they are in.
+    the vote job that finished its last vote (`claimant`: that vote's slot), right away, or a
+    `quorum.tally` job that someone sent (`tally`). A tally asked for while votes are still
+    out raises `RoundIncompleteError`, to be retried once they are in.
     `round_ctx`: what the tally works with, if the claimant read it already (`record_vote`).
     """
     if round_ctx is None:

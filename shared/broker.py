@@ -1,7 +1,7 @@
 """Celery configuration shared by the worker and the producer: JSON only, routes, queues,
 TLS, and a Redis transport that survives a Redis restart and makes one Redis client per
-connection pool. The worker's transport, which takes jobs in and sends a chord's jobs in
-batches, builds on it (`quorum.worker.transport`)."""
+connection pool. The worker's transport, which takes jobs in and sends a voting round's jobs
+in batches, builds on it (`quorum.worker.transport`)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class HeldBack:
     kept back until `held.send()` sends them all in one round trip (MULTI/EXEC), instead of
     one LPUSH each as they are published.
 
-    A voting round's chord then costs one round trip, and its votes reach the queue at once,
+    A voting round then costs one round trip, and its votes reach the queue at once,
     where a worker's message loop takes them in together (`_Channel._brpop_read`). And it can
     be built before the run may vote (while the task model is still answering), to be sent
     once it may. Inside another such block, the outer one holds them. Jobs never sent are
@@ -178,7 +178,7 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
         "broker_transport": transport if holds_back(settings.broker) else None,
         "broker_use_ssl": broker_tls,
         "redis_backend_use_ssl": settings.tls_for(settings.result_backend),
-        # Only chords read results (a round's votes, joined for its tally): a plain Redis,
+        # Only the raw door's answers (quorum.submit's run id) are results: a plain Redis,
         # the store's unless the store is a cluster (`Settings.result_backend`).
         "result_backend": settings.result_backend,
         "task_serializer": "json",

@@ -34,12 +34,12 @@ class Enqueuer(Protocol):
         """Send `quorum.task_node`."""
 
     def voting_round(self, run_id: str, attempt: int, round_: int, plan: Plan) -> None:
-        """Send one chord: a `quorum.vote` per planned vote, then `quorum.tally`."""
+        """Send a round: a `quorum.vote` per planned vote."""
 
     def prepare_round(
         self, run_id: str, attempt: int, round_: int, plan: Plan
     ) -> Callable[[], None]:
-        """Start building that chord now; the function returned sends it (`voting_round`)."""
+        """Start building that round now; the function returned sends it (`voting_round`)."""
 
     def route(self, run_id: str, attempt: int) -> None:
         """Send `quorum.route`."""
@@ -85,6 +85,11 @@ class Context:
     call_lease_s: float = 0.0
     """How long a task job holds the lease of its attempt's call (0: no lease): longer than
     one call may take, so that a duplicate of the job finds it held and does not call."""
+    progress_after_s: float = 0.0
+    """How old a run's last change of status (which marked progress on the sweep's index)
+    grows before its votes mark progress again (0: every vote marks it). A quarter of the
+    sweep's stall threshold: a round that lasts longer is kept from looking stalled by its
+    votes, and a short one costs no mark per vote."""
 
     def call(
         self, state: RunState, *, model: str, messages: list[dict[str, str]], **kw: Any

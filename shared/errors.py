@@ -142,8 +142,8 @@ class CallHeldError(QuorumError):
 
 
 class RoundIncompleteError(QuorumError):
-    """A voting round's tally ran before every vote of the round was stored (a vote job was
-    redelivered and Celery's chord counted it twice); the tally is retried shortly."""
+    """A voting round's tally was asked for (`quorum.tally`) while votes of the round were
+    still out; the tally is retried shortly."""
 
 
 class LLMError(QuorumError):

@@ -148,9 +148,10 @@ def launch(
     plan: Plan,
     prepared: Callable[[], None] | None = None,
 ) -> None:
-    """Note a voting round's votes in the store, then send its chord (`prepared`: the chord
-    built already, `Enqueuer.prepare_round`)."""
-    ctx.store.plan_round(run_id, attempt, round_, plan)
+    """Note a voting round's votes in the store, then send its jobs (`prepared`: the round
+    built already, `Enqueuer.prepare_round`). A round after the first marks progress: the
+    first comes with the move to `VALIDATING`, which did."""
+    ctx.store.plan_round(run_id, attempt, round_, plan, progress=round_ > 1)
     if prepared is None:
         ctx.enqueue.voting_round(run_id, attempt, round_, plan)
     else:
@@ -210,7 +211,7 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     spec = state.spec
     failures = [state.failures[n] for n in sorted(state.failures) if n < attempt]
     prompt = render_task_prompt(spec.template, spec.kwargs, ctx.template_limits)
-    # The first round's chord needs only the plan: it is built while the task model answers,
+    # The first round's jobs need only the plan: it is built while the task model answers,
     # and sent once the output is stored (never, if it is not).
     plan = _first_plan(state) if spec.config else {}
     first_round = ctx.enqueue.prepare_round(run_id, attempt, 1, plan) if plan else None

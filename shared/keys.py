@@ -61,7 +61,7 @@ class Keys:
         """Hash: the attempt's voting rounds. `{issue}:{index}` → the round that planned the
         vote (negated once the vote has finished), `out/{round}` → the round's votes not yet
         finished, `tally/{round}` → who tallies the round (the vote that finished it last, or
-        `tally`, the chord's job)."""
+        `tally`, a `quorum.tally` job)."""
         return self._join("run", _tagged(run_id), "rounds", attempt)
 
     def call(self, run_id: str, attempt: int) -> str:

@@ -14,9 +14,10 @@ An attempt votes in rounds (`shared.voting` says how many votes each draws):
 3. **Claim**: the job that counts a round's `out/{round}` down to zero writes its own vote's
    field into `tally/{round}` (HSETNX) in the same step, and learns it holds the tally. A job
    run again for that vote learns it again (so a lost tally is retried with the vote); every
-   other job learns nothing. `round_context` (`claim_tally.lua`) lets Celery's chord callback
-   (`quorum.tally`) claim a round too, under the name `tally`, once no vote is out: whoever
-   claims first tallies, the other stands down.
+   other job learns nothing. `round_context` (`claim_tally.lua`) lets a `quorum.tally` job
+   claim a round too, under the name `tally`, once no vote is out: whoever claims first
+   tallies, the other stands down. A round's jobs are no Celery chord: nothing else joins
+   them.
 4. **Tally**: the claimant reads the run, the attempt's votes, its decisions and its rounds
    (the last vote gets them back in the very step that stores it), decides the open issues,
    and either ends the attempt or plans the next round.
@@ -140,22 +141,28 @@ class RoundStore(RedisScripts):
         value: str,
         event: Event,
     ) -> bool:
-        """Write `name` into the hash at `key` once, with its event, in one round trip; mark
-        progress. Returns whether it was written (False: `name` was already there)."""
+        """Write `name` into the hash at `key` once, with its event, unless the run is gone.
+        Returns whether it was written (False: `name` was already there). It marks no
+        progress: the step that writes it moves the run or plans a round next, or is a vote."""
         keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
         args = [name, value, self.ttl_s, event.model_dump_json()]
-        new, _ = self._script_then(
-            self._record_once, keys, args, lambda pipe: self._touch(pipe, run_id)
-        )
-        return bool(new)
+        return bool(self._script(self._record_once, keys, args))
 
     @mapped
     def record_vote(
-        self, run_id: str, attempt: int, vote: Vote, event: VoteCast, usage: Usage
+        self,
+        run_id: str,
+        attempt: int,
+        vote: Vote,
+        event: VoteCast,
+        usage: Usage,
+        *,
+        progress: bool = False,
     ) -> RecordedVote:
         """Store a vote, bill its call and finish it (`finish_vote`), in one round trip; a
         redelivered vote is billed but counted once. When this vote is to tally its round,
-        what the tally works with comes back in the same round trip."""
+        what the tally works with comes back in the same round trip. `progress`: mark
+        progress on the sweep's index too."""
         slot = vote_slot(vote.issue, vote.index)
         billed = [x for pair in usage_counters(usage) for x in pair]
         keys = [
@@ -175,12 +182,13 @@ class RoundStore(RedisScripts):
         ]
 
         def then(pipe: Any) -> None:
-            self._touch(pipe, run_id)
             pipe.hvals(keys[0])
+            if progress:
+                self._touch(pipe, run_id)
 
-        recorded, _, stored = self._script_then(self._record_vote, keys, args, then)
+        recorded, stored, *_ = self._script_then(self._record_vote, keys, args, then)
         new, decided, last_of, *hashes = recorded
-        if not (new or last_of):  # a redelivered vote, not the round's last: nothing to read
+        if not (new or last_of):  # redelivered and not the round's last, or gone
             return RecordedVote(None, bool(decided), 0, None)
         votes = [Vote.model_validate_json(value) for value in stored]
         tally = None
@@ -191,12 +199,25 @@ class RoundStore(RedisScripts):
 
     @mapped
     def plan_round(
-        self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]]
+        self,
+        run_id: str,
+        attempt: int,
+        round_: int,
+        plan: dict[int, list[int]],
+        *,
+        progress: bool = False,
     ) -> None:
         """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
-        a vote planned already keeps its round."""
+        a vote planned already keeps its round. `progress`: mark progress too, in the same
+        round trip."""
         slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
-        self._script(self._plan, [self.keys.rounds(run_id, attempt)], [round_, self.ttl_s, *slots])
+        keys = [self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+
+        def then(pipe: Any) -> None:
+            if progress:
+                self._touch(pipe, run_id)
+
+        self._script_then(self._plan, keys, [round_, self.ttl_s, *slots], then)
 
     @mapped
     def finish_vote(
@@ -205,8 +226,8 @@ class RoundStore(RedisScripts):
         """Mark a planned vote finished, once, appending `event` (a skipped vote's); returns
         the round this vote is to tally: the one whose last vote it finished (also when its
         job runs again), else 0."""
-        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt)]
-        args = [vote_slot(issue, index), self.ttl_s, event.model_dump_json() if event else ""]
+        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+        args = [vote_slot(issue, index), event.model_dump_json() if event else ""]
         return int(self._script(self._finish_vote, keys, args))
 
     @mapped

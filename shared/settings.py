@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     )
     result_backend_url: str | None = Field(
         None,
-        description="Plain Redis (redis:// or rediss://) where Celery joins a voting round's "
-        "chord; defaults to the Redis URL. With a cluster store it defaults to the broker "
+        description="Plain Redis (redis:// or rediss://) of Celery's result backend, which "
+        "keeps what a Celery client of the raw door waits for (quorum.submit's answer; "
+        "Quorum's own jobs store no result); defaults to the Redis URL. With a cluster store it defaults to the broker "
         "when that is a plain Redis, and must be set when the broker is RabbitMQ.",
     )
     redis_max_connections: int = Field(
@@ -262,7 +263,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _celery_can_run(self) -> Settings:
-        """Refuse at start a cluster store with nowhere for Celery's broker or chords."""
+        """Refuse at start a cluster store with nowhere for Celery's broker or results."""
         _ = self.broker, self.result_backend
         return self
 
@@ -290,7 +291,7 @@ class Settings(BaseSettings):
 
     @property
     def result_backend(self) -> str:
-        """The plain Redis of Celery's chord results: `result_backend_url`, else the store's
+        """The plain Redis of Celery's results (the raw door's answers): `result_backend_url`, else the store's
         Redis, else (a cluster store) the broker's Redis; `ValueError` if none fits."""
         if self.result_backend_url is not None:
             if not self.result_backend_url.startswith(("redis://", "rediss://")):
@@ -304,7 +305,7 @@ class Settings(BaseSettings):
             return self.broker
         raise ValueError(
             "QUORUM_REDIS_URL names a Redis Cluster and the broker is not Redis: Celery's "
-            "chords need a plain Redis for their results; set QUORUM_RESULT_BACKEND_URL "
+            "result backend needs a plain Redis; set QUORUM_RESULT_BACKEND_URL "
             "(redis://...)"
         )
 

@@ -2,7 +2,10 @@
 
 Every status change is a compare-and-set in a Lua script (`lua/transition.lua`) that also
 appends the run's provenance events, so that a duplicated or late job can never move a run
-backwards. Every key gets the run's TTL on every write. Redis errors leave this module as
+backwards. Every key gets its TTL when it is made, not on every write: a run's hash and
+events at submit and at each change of status, an attempt's keys when a write adds to them or
+a round is planned (`shared.rounds`), and no script writes a run's keys once it is gone, so
+none is remade without a TTL. Redis errors leave this module as
 `StoreError`. An attempt's votes, decisions and rounds are kept by the half of the store in
 `shared.rounds`, which states the voting-round protocol.
 """

@@ -4,9 +4,9 @@
   `FAILED` with code `timeout`.
 - A webhook delivery whose lease ran out is sent again (`shared.webhooks`).
 - A live run that has made no progress (no transition, vote or decision) for
-  `QUORUM_STALL_AFTER_S` has lost its job: the broker lost a message, or a chord's body never
-  fired. Its current step is sent again; every step is idempotent, so a job that was only slow
-  and still runs does no harm.
+  `QUORUM_STALL_AFTER_S` has lost its job: the broker lost a message. Its current step is
+  sent again; every step is idempotent, so a job that was only slow and still runs does no
+  harm.
 - A live workflow with no scheduling step for `QUORUM_STALL_AFTER_S` (a node run ended but
   the job that would have sent `quorum.advance` died first) gets a step; steps are
   idempotent.

@@ -19,11 +19,12 @@ __all__ = ["ChordResultBackend", "app", "chord_backend", "create_app"]
 class ChordResultBackend(RedisBackend):
     """Celery's Redis result backend, minus its pub/sub subscriptions to task results.
 
-    The result backend only carries the votes of a chord header to its `quorum.tally` body,
-    which Redis joins natively; no worker ever waits on a Celery result (the store is the
-    source of truth). Yet the stock backend subscribes to the result channel of every header
-    task a worker launches and, with no one waiting, never unsubscribes (celery#4824): one
-    channel per vote, forever, and the result objects with them.
+    Quorum's own jobs store no result and its voting rounds are no chords: the backend only
+    keeps what a Celery client of the raw door waits for (`quorum.submit`'s run id), and any
+    chord a user's own code builds; no worker ever waits on a Celery result (the store is the
+    source of truth). Yet the stock backend subscribes to the result channel of every job a
+    worker launches and, with no one waiting, never unsubscribes (celery#4824): one channel
+    per job, forever, and the result objects with them.
 
     With nothing subscribed, the backend is only a redis-py client, which threads can share:
     `chord_backend` makes it one per process, and past `QUORUM_REDIS_MAX_CONNECTIONS` a

@@ -1,5 +1,9 @@
 """Quorum's Celery jobs. Each parses its arguments, calls a step in `quorum.shared.flow`, and turns
-our errors into a Celery retry (transient) or a failed run (permanent); none raises out."""
+our errors into a Celery retry (transient) or a failed run (permanent); none raises out.
+
+A voting round is its vote jobs alone, no chord: the job that finishes the round's last vote
+tallies it (`shared.rounds`), so Celery's chord join (a dozen result-backend commands per vote,
+docs/benchmarks.md, History) had nothing left to do."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from celery import Signature, Task, chord
+from celery import Signature, Task
 from celery.signals import worker_ready
 from celery.worker.state import active_requests
 
@@ -33,7 +37,7 @@ from quorum.worker.app import app
 
 __all__ = [
     "advance",
-    "round_chord",
+    "round_jobs",
     "route",
     "start",
     "tally",
@@ -96,14 +100,15 @@ runs, building ahead took the GIL from the burst's intake and cost calls in flig
 
 @lru_cache(maxsize=1)
 def _builder() -> ThreadPoolExecutor:
-    """The threads that build a first round's chord while its task call waits (made after
+    """The threads that build a first round's jobs while its task call waits (made after
     any fork). Two: building is CPU work under the GIL, and more would only interleave."""
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="quorum-chord")
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="quorum-round")
 
 
 def _held_round(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> HeldBack:
     with HeldBack() as held:
-        round_chord(run_id, attempt, round_, plan).apply_async()
+        for job in round_jobs(run_id, attempt, round_, plan):
+            job.apply_async()
     return held
 
 
@@ -115,16 +120,16 @@ class CeleryEnqueuer:
         task_node.apply_async(kwargs={"run_id": run_id, "attempt": attempt})
 
     def voting_round(self, run_id: str, attempt: int, round_: int, plan: flow.Plan) -> None:
-        """Send one chord (`round_chord`) in one round trip to a Redis broker."""
+        """Send a round's vote jobs (`round_jobs`) in one round trip to a Redis broker."""
         _held_round(run_id, attempt, round_, plan).send()
 
     def prepare_round(
         self, run_id: str, attempt: int, round_: int, plan: flow.Plan
     ) -> Callable[[], None]:
-        """Build the round's chord now, in a thread of `_builder`; the function returned sends
-        it (waiting for the build, and raising what it raised). On a broker other than Redis,
+        """Build the round's jobs now, in a thread of `_builder`; the function returned sends
+        them (waiting for the build, and raising what it raised). On a broker other than Redis,
         publishes cannot be held back, and on a busy worker building ahead would only take the
-        GIL from jobs that need it: the chord is then built and sent when called."""
+        GIL from jobs that need it: the jobs are then built and sent when called."""
         if not holds_back(_process().settings.broker) or len(active_requests) > _BUILD_AHEAD_BELOW:
             return lambda: self.voting_round(run_id, attempt, round_, plan)
         built = _builder().submit(_held_round, run_id, attempt, round_, plan)
@@ -152,20 +157,19 @@ _ENQUEUER = CeleryEnqueuer()
 def _shown(kwargs: dict[str, Any], args: str = "()") -> dict[str, str]:
     """Send options that show a job's arguments (in Flower, in the worker's log) as `repr`
     writes them. Celery's own `saferepr`, the same text for these small arguments but a walk
-    in pure Python, was a large share of the time a voting round's chord took to send."""
+    in pure Python, was a large share of the time a voting round took to send."""
     return {"argsrepr": args, "kwargsrepr": repr(kwargs)}
 
 
-def round_chord(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> Signature:
-    """A voting round's chord: a `quorum.vote` per planned vote, gathered by `quorum.tally`."""
-    header = []
+def round_jobs(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> list[Signature]:
+    """A voting round: a `quorum.vote` per planned vote. The job that finishes the round's
+    last vote tallies the round; a job that dies first is redelivered and tallies it then."""
+    jobs = []
     for issue, indices in plan.items():
         for index in indices:
             kwargs = {"run_id": run_id, "attempt": attempt, "issue": issue, "index": index}
-            header.append(vote.si(**kwargs).set(**_shown(kwargs)))
-    kwargs = {"run_id": run_id, "attempt": attempt, "round_": round_}
-    shown = _shown(kwargs, args=f"([the {len(header)} votes of round {round_}],)")
-    return chord(header, tally.s(**kwargs).set(**shown))
+            jobs.append(vote.si(**kwargs).set(**_shown(kwargs)))
+    return jobs
 
 
 def _context_for(worker: str) -> flow.Context:
@@ -184,6 +188,7 @@ def _context_for(worker: str) -> flow.Context:
             max_chars=settings.max_prompt_bytes, timeout_s=settings.template_timeout_s
         ),
         call_lease_s=settings.llm_timeout_s + 1.0,
+        progress_after_s=settings.stall_after_s / 4,
     )
 
 
@@ -261,11 +266,7 @@ def task_node(self: Task, run_id: str, attempt: int) -> str:
 @app.task(name="quorum.vote", **_JOB)
 def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
     """One validator vote on one issue; an error vote when the validator cannot answer.
-
-    Its return value still reaches `quorum.tally`: the Redis backend joins a chord's header
-    results in a list of the chord's own, stored or not. Storing each one besides would cost
-    a key and a PUBLISH per vote that no one reads.
-    """
+    Its return value is for the worker's log and Flower: the store holds the vote."""
 
     def error_vote(ctx: flow.Context, error: str) -> dict[str, Any]:
         return ballot.vote_error(ctx, run_id, attempt, issue, index, error)
@@ -283,10 +284,11 @@ def vote(self: Task, run_id: str, attempt: int, issue: int, index: int) -> dict[
 
 
 @app.task(name="quorum.tally", **_JOB)
-def tally(self: Task, votes: list[dict[str, Any]], run_id: str, attempt: int, round_: int) -> str:
-    """Decide the issues of a finished voting round, unless the vote job that finished the
-    round's last vote did already. `votes`, the round's results as Celery joined them, go
-    unread: the store holds every vote."""
+def tally(self: Task, *votes: Any, run_id: str, attempt: int, round_: int) -> str:
+    """Decide the issues of a voting round once none of its votes is out, unless the vote
+    job that finished the round's last vote did already (it always does: Quorum sends no
+    `quorum.tally` of its own). Any Celery client may send it to have a round tallied; `votes`
+    (what a chord's join would pass) go unread: the store holds every vote."""
     return _guarded(
         self,
         lambda ctx: ballot.tally(ctx, run_id, attempt, round_),

@@ -1,5 +1,5 @@
 """The worker's Redis transport: its message loop takes waiting jobs in batches (the jobs a
-thread publishes inside `shared.broker.HeldBack`, a voting round's chord, go out together).
+thread publishes inside `shared.broker.HeldBack`, a voting round's jobs, go out together).
 
 `celery -A quorum.worker.app worker` uses it for a Redis broker (`worker.app`); producers send
 through the plain `shared.broker.RedisTransport`. It overrides kombu's private methods
@@ -44,7 +44,7 @@ class _QoS(kombu_redis.QoS):
 
 
 class _Channel(RedisChannel):
-    """Quorum's Redis channel (`RedisChannel`), which takes jobs in and sends a chord's jobs
+    """Quorum's Redis channel (`RedisChannel`), which takes jobs in and sends a round's jobs
     in batches."""
 
     QoS = _QoS

@@ -1,7 +1,9 @@
--- Library: write `field` into `hash` once; only the first write appends its event.
-local function record(hash, events, run, field, value, ttl, event)
+-- Library: write `field` into `hash` once; only the first write appends its event. The caller
+-- knows the run is there (its events stream, which expires with it, then is too); the hash
+-- gets its TTL here, as the first write may have made it.
+local function record(hash, events, field, value, ttl, event)
   if redis.call('HSETNX', hash, field, value) == 0 then return 0 end
+  redis.call('EXPIRE', hash, ttl)
   redis.call('XADD', events, '*', 'event', event)
-  for _, key in ipairs({hash, events, run}) do redis.call('EXPIRE', key, ttl) end
   return 1
 end

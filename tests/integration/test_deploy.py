@@ -126,13 +126,13 @@ def test_a_run_through_the_api_is_executed_shown_in_flower_and_counted(stack: Co
     names = poll(
         lambda: (
             sorted(t["name"] for t in flower_tasks(flower, run_id, basic=basic))
-            if len(flower_tasks(flower, run_id, basic=basic)) == 5
+            if len(flower_tasks(flower, run_id, basic=basic)) == 4
             else None
         ),
         timeout_s=20,
-        what="Flower to list the run's five jobs",
+        what="Flower to list the run's four jobs",
     )
-    assert names == ["quorum.tally", "quorum.task_node", *["quorum.vote"] * 3]
+    assert names == ["quorum.task_node", *["quorum.vote"] * 3]
 
     metrics = http("GET", f"{api}/metrics", token=token).text
     assert 'quorum_runs{status="SUCCESSFUL"} 1.0' in metrics

@@ -52,7 +52,7 @@ def test_vote_only_workers_take_every_vote_on_a_queue_named_in_settings(dedicate
 
     assert {e["worker"].split("@")[0] for e in events(run, "output")} == {"tasks"}
     assert {e["worker"].split("@")[0] for e in events(run, "vote")} == {"votes"}
-    # The job that finished the round's last vote tallied the round; quorum.tally found it done.
+    # The job that finished the round's last vote tallied the round.
     assert {e["worker"].split("@")[0] for e in events(run, "succeeded")} == {"votes"}
     assert [call["kind"] for call in cheap_calls] == ["vote"] * 6  # the votes' own LLM server
     assert [call["kind"] for call in dedicated_stack.simulator.calls(scope)] == ["task"]

@@ -11,6 +11,7 @@ import re
 import pytest
 from rich.console import Console
 
+from quorum.bench.commands import Counted, origin_of, parse_line, section, target
 from quorum.bench.floor import peak_overlap
 from quorum.bench.progress import Ticker, follow, workload_progress
 from quorum.bench.report import HISTORY, headline, with_history
@@ -112,14 +113,36 @@ def test_targets_show_celery_alone_beside_the_latency_and_in_flight_targets() ->
         inflight("reference", 700),
         inflight("celery", 610),
     ]
-    latency, calls = headline({"records": records, "profile": "full"})[2:]
+    latency, serial, calls = headline({"records": records, "profile": "full"})[2:]
     assert latency.startswith(
         "| latency at L = 200 ms, 1 worker process: end to end − 2L ≤ 30 ms | 60 ms | 75 ms"
     )
     assert "| 35 ms | 0.80× | ✘ |" in latency
+    assert serial == (
+        "| one worker, one run at a time: end to end − 2L at L = 200 ms ≤ 25 ms | 60 ms "
+        "| 75 ms | 35 ms | 0.80× | ✘ |"
+    )
     assert calls == (
         "| LLM calls one worker process keeps in flight ≥ 500 | 260 as the runs arrive | 700 "
         "| 610 jobs |  | ✘ |"
+    )
+
+
+def test_one_worker_one_run_at_a_time_cpu_target_is_a_share_of_the_references() -> None:
+    def idle(engine: str, cpu_s: float, worker_cpu_s: float, workers: int) -> dict[str, object]:
+        return {
+            **sequential(engine, 0.0, [0.03] * 10, workers=workers),
+            "passed": [True] * 10,
+            "cpu_s": cpu_s,
+            "worker_cpu_s": worker_cpu_s,
+        }
+
+    records = [idle("quorum", 0.05, 0.13, 1), idle("quorum", 0.05, 0.5, 2)]
+    records.append(idle("reference", 0.4, 0.0, 0))
+    row = headline({"records": records, "profile": "full"})[2]
+    assert row == (
+        "| one worker, one run at a time: CPU per run at L = 0 ≤ 0.6× the reference's "
+        "| 18.0 ms | 40.0 ms | – | 0.45× | ✔ |"
     )
 
 
@@ -201,3 +224,33 @@ def test_bench_shows_each_workloads_runs_finished_on_a_terminal() -> None:
     with workload_progress(Console(file=piped), "[4] quorum burst", 40) as progress:
         follow(_Driver(["DONE 40", "RESULT {}"]), progress, timeout_s=5)
     assert piped.getvalue() == ""
+
+
+def test_command_probe_reads_monitor_lines_and_tells_each_origin() -> None:
+    line = '1700000000.123456 [0 127.0.0.1:5000] "EVALSHA" "abc" "2" "quorum:run:{r1}" "x y"'
+    client, words = parse_line(line) or ("", [])
+    assert client == "127.0.0.1:5000"
+    assert words[:4] == ["EVALSHA", "abc", "2", "quorum:run:{r1}"]
+    scripted = parse_line('1.0 [0 lua] "HSET" "unacked" "tag" "{\\"a\\": 1}"')
+    assert scripted is not None and scripted[0] == "lua" and scripted[1][1] == "unacked"
+    assert origin_of("HSET", "quorum:run:{r1}") == "store"
+    assert origin_of("LPUSH", "quorum.votes") == "broker"
+    assert origin_of("ZADD", "unacked_index") == "broker"
+    assert origin_of("GET", "celery-taskset-meta-1234.c") == "chord backend"
+    assert origin_of("PUBLISH", "/0.celeryev/task.multi") == "events"
+    assert origin_of("PUBLISH", "/0.celery.pidbox") == "broker"
+    assert origin_of("MULTI", None) is None
+
+
+def test_command_count_per_run_and_its_row_in_the_targets() -> None:
+    counted = Counted(runs=2, total=300)
+    counted.by_command.update({"HSET": 200, "LPUSH": 100})
+    counted.by_origin["store"].update({"HSET": 200})
+    counted.by_origin["broker"].update({"LPUSH": 100})
+    per_run = counted.per_run()
+    assert per_run["total"] == 150
+    assert per_run["by_origin"] == {"store": 100, "broker": 50}
+    record = {"redis_commands": per_run, "shape": "burst", "latencies": [0.1, 0.1]}
+    what, shown, met = target([record]) or ("", "", False)
+    assert "≤ 150" in what and shown == "150" and met
+    assert "| store | 100.0 |" in "\n".join(section([record]))

@@ -310,7 +310,24 @@ def test_vote_error_counts_for_neither_side(store: RunStore) -> None:
     assert store.load(RUN).failures[1].reasonings == [f"{ISSUES[0]}: validator unavailable"]
 
 
-def test_the_rounds_last_vote_tallies_it_and_the_chords_tally_finds_it_done(
+def test_votes_mark_progress_only_once_their_runs_last_change_of_status_is_old(
+    store: RunStore,
+) -> None:
+    llm = FakeLLM()
+    ctx = dataclasses.replace(
+        validating(store, ThresholdVotingValidationConfig(issues=ISSUES, count=3), llm),
+        progress_after_s=60,
+    )
+    progress = store.keys.progress()
+    store.redis.zadd(progress, {RUN: 1.0})  # as if marked long ago
+    cast(ctx, llm, 0, True)
+    assert store.redis.zscore(progress, RUN) == 1.0  # VALIDATING is fresh: no mark
+    store.redis.hset(store.keys.run(RUN), "updated_at", 1.0)  # ... and now it is old
+    cast(ctx, llm, 0, True, start=1)
+    assert store.redis.zscore(progress, RUN) > 1.0
+
+
+def test_the_rounds_last_vote_tallies_it_and_a_tally_job_finds_it_done(
     store: RunStore,
 ) -> None:
     llm = FakeLLM()
@@ -354,7 +371,7 @@ def test_a_redelivered_last_vote_tallies_its_round_again(
     with pytest.raises(StoreError):  # the job is retried
         ballot.vote(ctx, RUN, 1, 1, 0)
     monkeypatch.setattr(store, "transition", write)
-    assert ballot.tally(ctx, RUN, 1, 1) == "skipped"  # the chord's tally leaves it to the vote
+    assert ballot.tally(ctx, RUN, 1, 1) == "skipped"  # a tally job leaves it to the vote
     assert store.status(RUN) is TaskStatus.VALIDATING
     assert ballot.vote(ctx, RUN, 1, 1, 0) == {
         "issue": 1,

@@ -1,4 +1,4 @@
-"""The chord a voting round sends, built without a broker, and when a task job builds it."""
+"""The jobs a voting round sends, built without a broker, and when a task job builds them."""
 
 from __future__ import annotations
 
@@ -9,33 +9,25 @@ from celery.utils.saferepr import saferepr
 
 from quorum.shared.settings import Settings
 from quorum.worker import jobs
-from quorum.worker.jobs import round_chord
+from quorum.worker.jobs import round_jobs
 
 
-def test_a_round_chord_has_a_vote_per_planned_vote_and_the_tally_as_its_body() -> None:
-    sent = round_chord("r1", 2, 3, {0: [3, 4], 2: [0]})
+def test_a_round_is_a_vote_job_per_planned_vote_and_no_chord() -> None:
+    sent = round_jobs("r1", 2, 3, {0: [3, 4], 2: [0]})
 
-    votes = [(job.task, job.kwargs) for job in sent.tasks]
+    votes = [(job.task, job.kwargs) for job in sent]
     assert votes == [
         ("quorum.vote", {"run_id": "r1", "attempt": 2, "issue": 0, "index": 3}),
         ("quorum.vote", {"run_id": "r1", "attempt": 2, "issue": 0, "index": 4}),
         ("quorum.vote", {"run_id": "r1", "attempt": 2, "issue": 2, "index": 0}),
     ]
-    assert all(job.immutable for job in sent.tasks)
-    assert (sent.body.task, sent.body.kwargs) == (
-        "quorum.tally",
-        {"run_id": "r1", "attempt": 2, "round_": 3},
-    )
+    assert all(job.immutable and not job.options.get("chord") for job in sent)
 
 
-def test_a_round_chord_shows_its_arguments_as_celery_would_without_its_saferepr() -> None:
-    sent = round_chord("r1", 1, 1, {0: [0, 1]})
-
-    for job in sent.tasks:
+def test_a_rounds_jobs_show_their_arguments_as_celery_would_without_its_saferepr() -> None:
+    for job in round_jobs("r1", 1, 1, {0: [0, 1]}):
         assert job.options["argsrepr"] == saferepr(())
         assert job.options["kwargsrepr"] == saferepr(job.kwargs)
-    assert sent.body.options["kwargsrepr"] == saferepr(sent.body.kwargs)
-    assert sent.body.options["argsrepr"] == "([the 2 votes of round 1],)"
 
 
 class _Held:
@@ -66,7 +58,7 @@ def test_a_first_round_is_built_during_the_call_unless_the_worker_is_busy(
 
     assert len(built) == int(ahead)
     send()
-    assert built[0].startswith("quorum-chord") == ahead
+    assert built[0].startswith("quorum-round") == ahead
     assert built[1:] == ["sent"]
 
 

@@ -281,6 +281,27 @@ def test_round_context_reads_run_votes_decisions_and_rounds_at_once(store: RunSt
     assert store.round_context("ghost", 1, 1, "tally").state is None
 
 
+def test_a_round_expires_with_its_run_and_nothing_remakes_the_keys_of_a_run_gone(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    redis.expire("quorum:run:{r1}", 40)
+    store.plan_round("r1", 1, 1, {0: [0, 1]})
+    assert 0 < redis.ttl("quorum:run:{r1}:rounds:1") <= 40  # never outlives the run
+    vote = Vote(issue=0, index=0, is_valid=True, reasoning="")
+    store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage(prompt_tokens=3))
+    assert_every_key_has_a_ttl(redis)
+    redis.delete(*redis.keys("*"))  # the run expired while its last jobs were out
+    usage = Usage(prompt_tokens=3)
+    assert store.record_vote("r1", 1, vote, event("vote", 1, ""), usage).last_of == 0
+    skipped = event("vote_skipped", 1, "", issue=0, index=1)
+    assert store.finish_vote("r1", 1, 0, 1, skipped) == 0
+    decided = event("issue_decided", 1, "w", issue=0, outcome="passed", reason="")
+    assert not store.decide("r1", 1, 0, decided)
+    store.plan_round("r1", 1, 2, {0: [2]})
+    assert redis.keys("*") == []
+
+
 def finished(store: RunStore, issue: int, index: int) -> int:
     """Record a passing vote in that slot; the round it is to tally."""
     vote = Vote(issue=issue, index=index, is_valid=True, reasoning="")
