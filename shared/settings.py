@@ -55,8 +55,9 @@ class Settings(BaseSettings):
         None,
         description="Plain Redis (redis:// or rediss://) of Celery's result backend, which "
         "keeps what a Celery client of the raw door waits for (quorum.submit's answer; "
-        "Quorum's own jobs store no result); defaults to the Redis URL. With a cluster store it defaults to the broker "
-        "when that is a plain Redis, and must be set when the broker is RabbitMQ.",
+        "Quorum's own jobs store no result); defaults to the Redis URL. With a cluster "
+        "store it defaults to the broker when that is a plain Redis, and must be set when the "
+        "broker is RabbitMQ.",
     )
     redis_max_connections: int = Field(
         1000,
@@ -291,8 +292,9 @@ class Settings(BaseSettings):
 
     @property
     def result_backend(self) -> str:
-        """The plain Redis of Celery's results (the raw door's answers): `result_backend_url`, else the store's
-        Redis, else (a cluster store) the broker's Redis; `ValueError` if none fits."""
+        """The plain Redis of Celery's results (the raw door's answers): `result_backend_url`,
+        else the store's Redis, else (a cluster store) the broker's Redis; `ValueError` if none
+        fits."""
         if self.result_backend_url is not None:
             if not self.result_backend_url.startswith(("redis://", "rediss://")):
                 raise ValueError(
