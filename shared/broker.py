@@ -171,6 +171,11 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
             "intake_batch": settings.worker_intake_batch,
+            # Each kombu channel keeps a Redis connection pool of 10 by default, and a worker's
+            # threads share a channel's: past 10 at once its sends and acks fail ("Too many
+            # connections"), and kombu's recovery then closes the channel's pool under the
+            # threads still using it. As many as the store's, so that it never runs out.
+            "max_connections": settings.redis_max_connections,
         }
     broker_tls = settings.tls_for(settings.broker) if holds_back(settings.broker) else None
     return {

@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         1000,
         gt=0,
-        description="Most connections one process opens to Redis for runs and results; "
-        "past it a command waits for a free connection instead of failing.",
+        description="Most connections one process opens to Redis for runs and results, and "
+        "each channel of a Redis broker; past it a command of the store or the result backend "
+        "waits for a free connection instead of failing (a broker channel's fails).",
     )
     namespace: str = Field("quorum", description="Prefix of every Redis key Quorum writes.")
     result_ttl_s: int = Field(

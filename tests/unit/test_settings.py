@@ -177,11 +177,16 @@ def test_celery_config_sends_task_sent_events_only_when_asked(
     assert celery_config(Settings())["task_send_sent_event"] is True
 
 
-def test_celery_config_gives_the_result_backend_the_connection_limit(
+def test_celery_config_gives_the_result_backend_and_the_broker_the_connection_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # kombu's own limit (10 per channel) made a burst's sends fail and its recovery close
+    # the connections of threads still sending (docs/benchmarks.md, History).
+    assert celery_config(Settings())["broker_transport_options"]["max_connections"] == 1000
     monkeypatch.setenv("QUORUM_REDIS_MAX_CONNECTIONS", "300")
-    assert celery_config(Settings())["redis_max_connections"] == 300
+    config = celery_config(Settings())
+    assert config["redis_max_connections"] == 300
+    assert config["broker_transport_options"]["max_connections"] == 300
 
 
 def test_celery_config_gives_a_redis_broker_the_intake_batch(
