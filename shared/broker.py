@@ -49,8 +49,8 @@ _held = threading.local()
 
 class HeldBack:
     """The jobs this thread publishes to a Redis broker inside `with HeldBack() as held:`,
-    kept back until `held.send()` sends them all in one round trip (MULTI/EXEC), instead of
-    one LPUSH each as they are published.
+    kept back until `held.send()` sends them all in one round trip (one LPUSH per queue),
+    instead of one LPUSH each as they are published.
 
     A voting round then costs one round trip, and its votes reach the queue at once,
     where a worker's message loop takes them in together (`_Channel._brpop_read`). And it can
@@ -119,11 +119,16 @@ class RedisChannel(kombu_redis.Channel):
         return cached[1]
 
     def push(self, messages: list[tuple[str, str]]) -> None:
-        """LPUSH `(key, message)` pairs in one MULTI/EXEC (`HeldBack.send`)."""
+        """LPUSH `(key, message)` pairs, one LPUSH per key with its messages in order (and
+        MULTI/EXEC around them when they go to several keys), in one round trip
+        (`HeldBack.send`)."""
+        by_key: dict[str, list[str]] = {}
+        for key, message in messages:
+            by_key.setdefault(key, []).append(message)
         try:
-            with self.conn_or_acquire() as client, client.pipeline() as pipe:
-                for key, message in messages:
-                    pipe.lpush(key, message)
+            with self.conn_or_acquire() as client, client.pipeline(len(by_key) > 1) as pipe:
+                for key, values in by_key.items():
+                    pipe.lpush(key, *values)
                 pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"the broker is unavailable: {exc}") from exc

@@ -144,6 +144,8 @@ OVERRIDES = [
      "(self, **options)", TRANSPORT),
     ("kombu", transport._QoS, kombu_redis.QoS, "append",
      "(self, message, delivery_tag)", TRANSPORT),
+    ("kombu", transport._QoS, kombu_redis.QoS, "ack", "(self, delivery_tag)", TRANSPORT),
+    ("kombu", transport._Channel, kombu_redis.Channel, "close", "(self)", TRANSPORT),
     ("celery", worker_app.ChordResultBackend, RedisBackend, "add_pending_result",
      "(self, result, weak=False, start_drainer=True)", APP),
     ("celery", worker_app.ChordResultBackend, RedisBackend, "on_task_call",
@@ -184,6 +186,9 @@ COPIED = [
     (kombu_redis.Channel, "_put", "ad0db7f9f8ebf9bd", "RedisChannel._put (its HeldBack branch)"),
     # The unacked hash and index entries that lua/take.lua writes in kombu's own format.
     (kombu_redis.QoS, "append", "c62a2a1a66a1db31", "_QoS.append and lua/take.lua"),
+    # What an ack removes from Redis, which _QoS.flush_acks removes for a batch of acks.
+    (kombu_redis.QoS, "ack", "d5d80167379ce654", "_QoS.ack"),
+    (kombu_redis.QoS, "_remove_from_indices", "98a5dc128dfd45bc", "_QoS.flush_acks"),
 ]
 
 
