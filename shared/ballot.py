@@ -48,10 +48,10 @@ def _vote_skip_reason(state: RunState | None, attempt: int, decided: bool) -> st
 
 def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dict[str, Any]:
     """Ask one validator about one issue, unless the run or issue no longer needs it."""
-    state, decided, stored = ctx.store.vote_context(run_id, attempt, issue, index)
-    if stored is not None:  # a redelivered vote job
+    state, decided, stored, finished = ctx.store.vote_context(run_id, attempt, issue, index)
+    if finished:  # a redelivered vote job
         _finish(ctx, run_id, attempt, issue, index)
-        return stored.model_dump()
+        return stored.model_dump() if stored else {"issue": issue, "index": index}
     reason = _vote_skip_reason(state, attempt, decided)
     if reason is not None or state is None:
         skip = VoteSkipped(
@@ -84,8 +84,8 @@ def vote_error(
     ctx: Context, run_id: str, attempt: int, issue: int, index: int, reason: str
 ) -> dict[str, Any]:
     """Record an error vote (counts for neither side) when the validator cannot answer."""
-    state, _, stored = ctx.store.vote_context(run_id, attempt, issue, index)
-    if stored is not None or state is None:
+    state, _, stored, finished = ctx.store.vote_context(run_id, attempt, issue, index)
+    if finished or state is None:
         _finish(ctx, run_id, attempt, issue, index)
         return stored.model_dump() if stored else {"issue": issue, "index": index}
     cast = Vote(issue=issue, index=index, is_valid=None, reasoning=f"validator error: {reason}")

@@ -49,19 +49,12 @@ class Keys:
         """List: the final status, pushed once when the run ends; waiters block on it."""
         return self._join("run", _tagged(run_id), "done")
 
-    def votes(self, run_id: str, attempt: int) -> str:
-        """Hash: `{issue}:{index}` → vote JSON, each written once."""
-        return self._join("run", _tagged(run_id), "votes", attempt)
-
-    def decisions(self, run_id: str, attempt: int) -> str:
-        """Hash: issue index → `passed` / `failed`, the early-decision flags votes read."""
-        return self._join("run", _tagged(run_id), "decisions", attempt)
-
     def rounds(self, run_id: str, attempt: int) -> str:
-        """Hash: the attempt's voting rounds. `{issue}:{index}` → the round that planned the
-        vote (negated once the vote has finished), `out/{round}` → the round's votes not yet
-        finished, `tally/{round}` → who tallies the round (the vote that finished it last, or
-        `tally`, a `quorum.tally` job)."""
+        """Hash: the attempt's voting rounds (`shared.rounds`). `{issue}:{index}` → the round
+        that planned the vote, `vote/{issue}:{index}` → the vote's JSON once cast (`-`: none
+        was), `decided/{issue}` → the issue's `issue_decided` event, `out/{round}` → the
+        round's votes not yet finished, `tally/{round}` → who tallies the round (the vote that
+        finished it last, or `tally`, a `quorum.tally` job)."""
         return self._join("run", _tagged(run_id), "rounds", attempt)
 
     def call(self, run_id: str, attempt: int) -> str:

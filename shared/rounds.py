@@ -1,29 +1,30 @@
 """The voting-round protocol: an attempt's votes, the issues it has decided, and who
-tallies each of its rounds. Its keys (`Keys.votes`, `Keys.decisions`, `Keys.rounds`) are the
-run's, on the run's Cluster slot, and its scripts are `lua/*.lua`.
+tallies each of its rounds, all in one hash per attempt (`Keys.rounds`, on the run's Cluster
+slot), written by the scripts `lua/*.lua`.
 
 An attempt votes in rounds (`shared.voting` says how many votes each draws):
 
 1. **Plan** (`plan_round`, `plan.lua`): before a round's vote jobs are sent, each of its
-   votes gets a field `{issue}:{index}` → round in the attempt's rounds hash, and the round's
-   counter `out/{round}` counts them. A vote planned already keeps its round.
+   votes gets a field `{issue}:{index}` → round, and the round's counter `out/{round}`
+   counts them, in one HSET. A round planned already keeps its plan.
 2. **Finish**: every vote job finishes its vote once, whether it casts it
-   (`record_vote`, `record_vote.lua`: the vote stored once with its event, its call billed,
-   the vote finished, all one step) or skips it (`finish_vote`, `finish_vote.lua`). Finishing
-   negates the vote's field and counts `out/{round}` down, once, however often its job runs.
+   (`record_vote`, `record_vote.lua`: the vote written once into `vote/{issue}:{index}`
+   with its event, its call billed, all one step) or skips it (`finish_vote`,
+   `finish_vote.lua`, which writes `-` there). The first write of that field counts
+   `out/{round}` down, once, however often the job runs.
 3. **Claim**: the job that counts a round's `out/{round}` down to zero writes its own vote's
-   field into `tally/{round}` (HSETNX) in the same step, and learns it holds the tally. A job
+   slot into `tally/{round}` (HSETNX) in the same step, and learns it holds the tally. A job
    run again for that vote learns it again (so a lost tally is retried with the vote); every
    other job learns nothing. `round_context` (`claim_tally.lua`) lets a `quorum.tally` job
    claim a round too, under the name `tally`, once no vote is out: whoever claims first
    tallies, the other stands down. A round's jobs are no Celery chord: nothing else joins
    them.
-4. **Tally**: the claimant reads the run, the attempt's votes, its decisions and its rounds
-   (the last vote gets them back in the very step that stores it), decides the open issues,
-   and either ends the attempt or plans the next round.
+4. **Tally**: the claimant reads the run and the rounds hash (the last vote gets them back
+   in the very step that stores it), decides the open issues, and either ends the attempt or
+   plans the next round.
 
-Decisions are written once per issue (`decide`, `record_once.lua`); a vote whose issue is
-decided already is skipped without calling the LLM.
+Decisions are written once per issue into `decided/{issue}` (`decide`, `record_once.lua`); a
+vote whose issue is decided already is skipped without calling the LLM.
 """
 
 from __future__ import annotations
@@ -39,16 +40,36 @@ from quorum.shared.state import RunState, usage_counters
 __all__ = ["RecordedVote", "RoundContext", "RoundStore", "vote_slot"]
 
 
-def _votes(raw: dict[str, str]) -> list[Vote]:
-    return [Vote.model_validate_json(value) for value in raw.values()]
+_VOTE, _DECIDED = "vote/", "decided/"
+_SKIPPED = "-"
+"""What a vote's `vote/` field holds when its job cast nothing."""
 
 
-def _decisions(raw: dict[str, str]) -> dict[int, IssueDecided]:
-    return {int(issue): IssueDecided.model_validate_json(event) for issue, event in raw.items()}
+def _votes(rounds: dict[str, str]) -> list[Vote]:
+    """The votes stored in a rounds hash."""
+    return [
+        Vote.model_validate_json(value)
+        for name, value in rounds.items()
+        if name.startswith(_VOTE) and value != _SKIPPED
+    ]
+
+
+def _decisions(rounds: dict[str, str]) -> dict[int, IssueDecided]:
+    """The decided issues in a rounds hash, with their `issue_decided` events."""
+    return {
+        int(name.removeprefix(_DECIDED)): IssueDecided.model_validate_json(event)
+        for name, event in rounds.items()
+        if name.startswith(_DECIDED)
+    }
+
+
+def _hash(flat: list[str]) -> dict[str, str]:
+    """A hash from the flat field/value list that a script's HGETALL returns."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def vote_slot(issue: int, index: int) -> str:
-    """The field of a vote in an attempt's votes and rounds hashes: `{issue}:{index}`."""
+    """The name of a vote in an attempt's rounds hash: `{issue}:{index}`."""
     return f"{issue}:{index}"
 
 
@@ -74,19 +95,14 @@ class RoundContext:
 
 
 def _round_context(
-    run_id: str,
-    raw: dict[str, str],
-    votes: list[Vote],
-    decisions: dict[str, str],
-    rounds: dict[str, str],
-    tallier: str | None,
+    run_id: str, raw: dict[str, str], rounds: dict[str, str], tallier: str | None
 ) -> RoundContext:
-    """A `RoundContext` from the run, decisions and rounds hashes as Redis returns them."""
+    """A `RoundContext` from the run and rounds hashes as Redis returns them."""
     return RoundContext(
         state=RunState.parse(run_id, raw) if raw else None,
-        votes=votes,
-        decided=_decisions(decisions),
-        planned=[_slot(name) for name in rounds if "/" not in name],  # not out/, tally/
+        votes=_votes(rounds),
+        decided=_decisions(rounds),
+        planned=[_slot(name) for name in rounds if "/" not in name],  # not vote/, out/, …
         tallier=tallier,
     )
 
@@ -119,34 +135,29 @@ class RoundStore(RedisScripts):
     @mapped
     def vote_context(
         self, run_id: str, attempt: int, issue: int, index: int
-    ) -> tuple[RunState | None, bool, Vote | None]:
+    ) -> tuple[RunState | None, bool, Vote | None, bool]:
         """In one round trip: the run (None if gone), whether `issue` is decided in this
-        attempt, and the vote already stored in this slot (a redelivered vote job)."""
+        attempt, the vote already stored in this slot, and whether the vote has finished
+        (a redelivered vote job: it finished, with its vote stored or none cast)."""
+        fields = [_DECIDED + str(issue), _VOTE + vote_slot(issue, index)]
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.run(run_id))
-            pipe.hexists(self.keys.decisions(run_id, attempt), str(issue))
-            pipe.hget(self.keys.votes(run_id, attempt), vote_slot(issue, index))
-            raw, decided, stored = pipe.execute()
+            pipe.hmget(self.keys.rounds(run_id, attempt), fields)
+            raw, (decided, stored) = pipe.execute()
         return (
             RunState.parse(run_id, raw) if raw else None,
-            bool(decided),
-            Vote.model_validate_json(stored) if stored else None,
+            decided is not None,
+            Vote.model_validate_json(stored) if stored and stored != _SKIPPED else None,
+            stored is not None,
         )
 
-    def _once(
-        self,
-        key: str,
-        run_id: str,
-        name: str,
-        value: str,
-        event: Event,
-    ) -> bool:
-        """Write `name` into the hash at `key` once, with its event, unless the run is gone.
-        Returns whether it was written (False: `name` was already there). It marks no
-        progress: the step that writes it moves the run or plans a round next, or is a vote."""
-        keys = [key, self.keys.events(run_id), self.keys.run(run_id)]
-        args = [name, value, self.ttl_s, event.model_dump_json()]
-        return bool(self._script(self._record_once, keys, args))
+    def _once(self, key: str, run_id: str, name: str, value: str, event: Event) -> bool:
+        """Write `name` into the hash at `key` (the run's, or an attempt's rounds hash) once,
+        with its event, unless that hash is gone. Returns whether it was written (False:
+        `name` was already there). It marks no progress: the step that writes it moves the
+        run or plans a round next, or is a vote."""
+        keys = [key, self.keys.events(run_id)]
+        return bool(self._script(self._record_once, keys, [name, value, event.model_dump_json()]))
 
     @mapped
     def record_vote(
@@ -165,37 +176,23 @@ class RoundStore(RedisScripts):
         progress on the sweep's index too."""
         slot = vote_slot(vote.issue, vote.index)
         billed = [x for pair in usage_counters(usage) for x in pair]
-        keys = [
-            self.keys.votes(run_id, attempt),
-            self.keys.events(run_id),
-            self.keys.run(run_id),
-            self.keys.rounds(run_id, attempt),
-            self.keys.decisions(run_id, attempt),
-        ]
-        args = [
-            slot,
-            vote.model_dump_json(),
-            self.ttl_s,
-            event.model_dump_json(),
-            vote.issue,
-            *billed,
-        ]
+        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id), self.keys.run(run_id)]
+        args = [slot, vote.model_dump_json(), event.model_dump_json(), *billed]
 
         def then(pipe: Any) -> None:
-            pipe.hvals(keys[0])
             if progress:
                 self._touch(pipe, run_id)
 
-        recorded, stored, *_ = self._script_then(self._record_vote, keys, args, then)
-        new, decided, last_of, *hashes = recorded
-        if not (new or last_of):  # redelivered and not the round's last, or gone
-            return RecordedVote(None, bool(decided), 0, None)
-        votes = [Vote.model_validate_json(value) for value in stored]
+        (new, last_of, *hashes), *_ = self._script_then(self._record_vote, keys, args, then)
+        if not hashes:  # redelivered and not the round's last, or gone
+            return RecordedVote(None, False, 0, None)
+        rounds = _hash(hashes[0])
+        votes = _votes(rounds)
+        decided = _DECIDED + str(vote.issue) in rounds
         tally = None
         if last_of:
-            raw, decisions, rounds = (dict(zip(h[::2], h[1::2], strict=True)) for h in hashes)
-            tally = _round_context(run_id, raw, votes, decisions, rounds, slot)
-        return RecordedVote(votes if new else None, bool(decided), int(last_of), tally)
+            tally = _round_context(run_id, _hash(hashes[1]), rounds, slot)
+        return RecordedVote(votes if new else None, decided, int(last_of), tally)
 
     @mapped
     def plan_round(
@@ -208,7 +205,7 @@ class RoundStore(RedisScripts):
         progress: bool = False,
     ) -> None:
         """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
-        a vote planned already keeps its round. `progress`: mark progress too, in the same
+        a round planned already keeps its plan. `progress`: mark progress too, in the same
         round trip."""
         slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
         keys = [self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
@@ -223,45 +220,40 @@ class RoundStore(RedisScripts):
     def finish_vote(
         self, run_id: str, attempt: int, issue: int, index: int, event: VoteSkipped | None
     ) -> int:
-        """Mark a planned vote finished, once, appending `event` (a skipped vote's); returns
-        the round this vote is to tally: the one whose last vote it finished (also when its
-        job runs again), else 0."""
-        keys = [self.keys.events(run_id), self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+        """Mark a planned vote finished, once, appending `event` (a skipped vote's) then;
+        returns the round this vote is to tally: the one whose last vote it finished (also
+        when its job runs again), else 0."""
+        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id)]
         args = [vote_slot(issue, index), event.model_dump_json() if event else ""]
         return int(self._script(self._finish_vote, keys, args))
 
     @mapped
     def votes(self, run_id: str, attempt: int) -> list[Vote]:
         """Every vote stored for the attempt."""
-        raw = self.redis.hgetall(self.keys.votes(run_id, attempt))
-        return _votes(cast(dict[str, str], raw))
+        return _votes(cast(dict[str, str], self.redis.hgetall(self.keys.rounds(run_id, attempt))))
 
     @mapped
     def decide(self, run_id: str, attempt: int, issue: int, event: IssueDecided) -> bool:
         """Record an issue's decision once (the flag that makes pending votes skip)."""
-        key = self.keys.decisions(run_id, attempt)
-        return self._once(key, run_id, str(issue), event.model_dump_json(), event)
+        key, name = self.keys.rounds(run_id, attempt), _DECIDED + str(issue)
+        return self._once(key, run_id, name, event.model_dump_json(), event)
 
     @mapped
     def decisions(self, run_id: str, attempt: int) -> dict[int, IssueDecided]:
         """The issues decided in the attempt, with their `issue_decided` events."""
-        raw = self.redis.hgetall(self.keys.decisions(run_id, attempt))
+        raw = self.redis.hgetall(self.keys.rounds(run_id, attempt))
         return _decisions(cast(dict[str, str], raw))
 
     @mapped
     def round_context(self, run_id: str, attempt: int, round_: int, claimant: str) -> RoundContext:
         """In one round trip: claim round `round_`'s tally for `claimant` unless someone
-        holds it, and read the run, the attempt's votes, its decided issues and its rounds."""
+        holds it, and read the run and the attempt's rounds hash."""
         rounds = self.keys.rounds(run_id, attempt)
 
         def then(pipe: Any) -> None:
             pipe.hgetall(self.keys.run(run_id))
-            pipe.hgetall(self.keys.votes(run_id, attempt))
-            pipe.hgetall(self.keys.decisions(run_id, attempt))
             pipe.hgetall(rounds)
 
         args = [round_, claimant, self.ttl_s]
-        owner, raw, votes, decisions, rounds = self._script_then(
-            self._claim_tally, [rounds], args, then
-        )
-        return _round_context(run_id, raw, _votes(votes), decisions, rounds, owner or None)
+        owner, raw, hashed = self._script_then(self._claim_tally, [rounds], args, then)
+        return _round_context(run_id, raw, hashed, owner or None)

@@ -11,26 +11,39 @@ from quorum.shared.prompts import FailedAttempt
 
 __all__ = ["USAGE_FIELDS", "RunState", "usage_counters", "usage_of"]
 
-TOKEN_FIELDS = tuple(name for name in Usage.model_fields if name != "cost_usd")
+TOKEN_FIELDS = tuple(n for n in Usage.model_fields if n not in ("cost_usd", "total_tokens"))
+"""The token counts kept as counters of their own. The total is the prompt's and the
+completion's tokens, plus `usage:extra_tokens` when a provider counts more (never, for
+OpenAI's): one counter fewer to add to per call."""
 NANO = 1_000_000_000  # cost is summed in Redis as integer nano-dollars, exactly
 
 
 def usage_counters(usage: Usage | None) -> list[tuple[str, int]]:
-    """The run-hash counters a call adds to: `usage:<tokens field>` and `usage:cost_nusd`."""
+    """The run-hash counters a call adds to: `usage:<tokens field>`, `usage:extra_tokens` and
+    `usage:cost_nusd`, those it adds nothing to left out."""
     usage = usage or Usage()
     counters = [(f"usage:{name}", getattr(usage, name)) for name in TOKEN_FIELDS]
-    counters.append(("usage:cost_nusd", round(usage.cost_usd * NANO)))
+    total = usage.total_tokens
+    extra = total and total - usage.prompt_tokens - usage.completion_tokens
+    counters += [("usage:extra_tokens", extra), ("usage:cost_nusd", round(usage.cost_usd * NANO))]
     return [(name, n) for name, n in counters if n]
 
 
-USAGE_FIELDS = (*(f"usage:{name}" for name in TOKEN_FIELDS), "usage:cost_nusd")
+USAGE_FIELDS = (
+    *(f"usage:{name}" for name in TOKEN_FIELDS),
+    "usage:extra_tokens",
+    "usage:cost_nusd",
+)
 """The run-hash fields that hold its usage."""
 
 
 def usage_of(raw: dict[str, Any]) -> Usage:
     """The run's usage from its hash counters."""
+    tokens = {name: int(raw.get(f"usage:{name}") or 0) for name in TOKEN_FIELDS}
+    extra = int(raw.get("usage:extra_tokens") or 0)
     return Usage(
-        **{name: int(raw.get(f"usage:{name}") or 0) for name in TOKEN_FIELDS},
+        **tokens,
+        total_tokens=tokens["prompt_tokens"] + tokens["completion_tokens"] + extra,
         cost_usd=int(raw.get("usage:cost_nusd") or 0) / NANO,
     )
 

@@ -329,7 +329,12 @@ def _double_counts(
     counted = sum(1 for e in events if e["type"] == "vote" and e["is_valid"] is not None)
     if counted > answered:
         problems.append(f"{counted} votes counted, the simulator answered only {answered}")
-    stored = sum(fleet.db.hlen(fleet.keys.votes(item.run.id, a)) for a in {a for a, _, _ in votes})
+    stored = sum(
+        1
+        for a in {a for a, _, _ in votes}
+        for name, value in fleet.db.hgetall(fleet.keys.rounds(item.run.id, a)).items()
+        if name.startswith("vote/") and value != "-"
+    )
     if stored != sum(votes.values()):
         problems.append(f"{stored} votes stored, {sum(votes.values())} vote events")
     return [f"run {item.run.id} ({item.script.name}): {p}" for p in problems]

@@ -15,8 +15,6 @@ KEYS = Keys("quorum")
     [
         (KEYS.run("abc"), "quorum:run:{abc}"),
         (KEYS.events("abc"), "quorum:run:{abc}:events"),
-        (KEYS.votes("abc", 2), "quorum:run:{abc}:votes:2"),
-        (KEYS.decisions("abc", 2), "quorum:run:{abc}:decisions:2"),
         (KEYS.rounds("abc", 2), "quorum:run:{abc}:rounds:2"),
         (KEYS.idempotency("k"), "quorum:idem:k"),
         (KEYS.runs(), "quorum:runs"),
@@ -37,10 +35,8 @@ def test_every_key_of_a_run_carries_the_hash_tag_and_the_prefix(namespace: str) 
     for key in [
         keys.run(run_id),
         keys.events(run_id),
-        keys.votes(run_id, 1),
-        keys.votes(run_id, 12),
-        keys.decisions(run_id, 3),
-        keys.rounds(run_id, 3),
+        keys.rounds(run_id, 1),
+        keys.rounds(run_id, 12),
     ]:
         assert key.startswith(f"{namespace}:run:")
         assert "{" + run_id + "}" in key

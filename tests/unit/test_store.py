@@ -233,6 +233,7 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     store: RunStore, redis: fakeredis.FakeRedis
 ) -> None:
     started(store)
+    store.plan_round("r1", 1, 1, {0: [1, 2]})
     vote = Vote(issue=0, index=1, is_valid=True, reasoning="fine")
     usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
     recorded = event("vote", 1, "w", issue=0, index=1)
@@ -242,12 +243,27 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     assert store.votes("r1", 1) == [vote]
     assert types(store, "r1").count("vote") == 1
     assert store.load("r1").usage == Usage(prompt_tokens=20, completion_tokens=4, total_tokens=24)
-    assert redis.hgetall("quorum:run:{r1}:votes:1") == {"0:1": vote.model_dump_json()}
+    assert redis.hgetall("quorum:run:{r1}:rounds:1") == {
+        "0:1": "1",
+        "0:2": "1",
+        "out/1": "1",
+        "vote/0:1": vote.model_dump_json(),
+    }
     assert_every_key_has_a_ttl(redis)
+
+
+def test_a_vote_never_planned_is_billed_but_not_stored(store: RunStore) -> None:
+    started(store)
+    vote = Vote(issue=0, index=0, is_valid=True, reasoning="")
+    recorded = store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage(prompt_tokens=4))
+    assert recorded == RecordedVote(None, False, 0, None)
+    assert store.votes("r1", 1) == []
+    assert store.load("r1").usage == Usage(prompt_tokens=4, total_tokens=4)
 
 
 def test_votes_are_kept_per_attempt(store: RunStore) -> None:
     started(store)
+    store.plan_round("r1", 1, 1, {0: [0]})
     store.record_vote(
         "r1", 1, Vote(issue=0, index=0, is_valid=True, reasoning=""), event("vote", 1, ""), Usage()
     )
@@ -256,17 +272,21 @@ def test_votes_are_kept_per_attempt(store: RunStore) -> None:
 
 def test_vote_context_reads_run_decision_and_stored_vote(store: RunStore) -> None:
     started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1, 2]})
     vote = Vote(issue=0, index=0, is_valid=None, reasoning="validator error")
     store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())
-    state, decided, stored = store.vote_context("r1", 1, 0, 0)
+    store.finish_vote("r1", 1, 0, 2, None)
+    state, decided, stored, finished = store.vote_context("r1", 1, 0, 0)
     assert state is not None and state.status is TaskStatus.RUNNING
-    assert (decided, stored) == (False, vote)
-    assert store.vote_context("r1", 1, 0, 1)[2] is None
-    assert store.vote_context("ghost", 1, 0, 0) == (None, False, None)
+    assert (decided, stored, finished) == (False, vote, True)
+    assert store.vote_context("r1", 1, 0, 1)[2:] == (None, False)
+    assert store.vote_context("r1", 1, 0, 2)[2:] == (None, True)  # finished, none cast
+    assert store.vote_context("ghost", 1, 0, 0) == (None, False, None, False)
 
 
 def test_round_context_reads_run_votes_decisions_and_rounds_at_once(store: RunStore) -> None:
     started(store)
+    store.plan_round("r1", 1, 1, {1: [0]})
     vote = Vote(issue=1, index=0, is_valid=False, reasoning="no")
     store.record_vote("r1", 1, vote, event("vote", 1, ""), Usage())
     decided = event("issue_decided", 1, "w", issue=1, outcome="failed", reason="")
@@ -275,7 +295,7 @@ def test_round_context_reads_run_votes_decisions_and_rounds_at_once(store: RunSt
     context = store.round_context("r1", 1, 1, "tally")
     assert context.state is not None and context.state.status is TaskStatus.RUNNING
     assert (context.votes, context.decided) == ([vote], {1: decided})
-    assert (context.planned, context.tallier) == ([(0, 3), (0, 4)], "tally")
+    assert (context.planned, context.tallier) == ([(1, 0), (0, 3), (0, 4)], "1:0")
     empty = store.round_context("r1", 2, 1, "tally")
     assert (empty.votes, empty.decided, empty.planned) == ([], {}, [])
     assert store.round_context("ghost", 1, 1, "tally").state is None
@@ -368,6 +388,8 @@ def test_decide_once(store: RunStore, redis: fakeredis.FakeRedis) -> None:
     started(store)
     first = event("issue_decided", 1, "w", issue=0, outcome="passed", reason="")
     second = event("issue_decided", 1, "w", issue=0, outcome="failed", reason="")
+    assert store.decide("r1", 1, 0, first) is False  # no round planned: nothing to decide
+    store.plan_round("r1", 1, 1, {0: [0, 1, 2], 1: [0]})
     assert store.decide("r1", 1, 0, first) is True
     assert store.decide("r1", 1, 0, second) is False
     assert store.decisions("r1", 1) == {0: first}
@@ -393,7 +415,8 @@ def test_bill_adds_up(store: RunStore) -> None:
     started(store)
     store.bill("r1", Usage(prompt_tokens=3, cached_tokens=1))
     store.bill("r1", Usage(prompt_tokens=4, reasoning_tokens=2))
-    assert store.load("r1").usage == Usage(prompt_tokens=7, cached_tokens=1, reasoning_tokens=2)
+    expected = Usage(prompt_tokens=7, total_tokens=7, cached_tokens=1, reasoning_tokens=2)
+    assert store.load("r1").usage == expected
 
 
 def test_a_transition_bills_its_call_whether_it_moves_the_run_or_not(store: RunStore) -> None:
@@ -401,7 +424,7 @@ def test_a_transition_bills_its_call_whether_it_moves_the_run_or_not(store: RunS
     used = Usage(prompt_tokens=3, completion_tokens=2)
     assert store.transition("r1", TaskStatus.VALIDATING, attempt=1, usage=used)
     assert not store.transition("r1", TaskStatus.VALIDATING, attempt=2, usage=used)
-    assert store.load("r1").usage == Usage(prompt_tokens=6, completion_tokens=4)
+    assert store.load("r1").usage == Usage(prompt_tokens=6, completion_tokens=4, total_tokens=10)
 
 
 # -- watch and cancel ---------------------------------------------------------------------
@@ -507,6 +530,7 @@ def test_record_vote_loads_its_script_again_after_a_script_flush(
     store: RunStore, redis: fakeredis.FakeRedis
 ) -> None:
     store.create("r1", SPEC)
+    store.plan_round("r1", 1, 1, {0: [0, 1, 2]})
     first = Vote(issue=0, index=0, is_valid=True, reasoning="ok")
     second = Vote(issue=0, index=1, is_valid=False, reasoning="no")
     assert store.record_vote("r1", 1, first, event("vote", 1, ""), Usage()).votes == [first]
