@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.demo_tasks import DEMO_IMPORTS, run_defined
-from quorum.producer.follow import Ending, follow, settle
+from quorum.producer.follow import Ending, follow, nodes_out, settle, ticker
 from quorum.producer.stack import Stack
 from quorum.producer.terminal import summarize
 from quorum.producer.workflow import Workflow
@@ -26,11 +26,14 @@ from quorum.shared.models import (
     ValidationConfig,
 )
 from quorum.shared.settings import Settings
+from quorum.shared.wfevents import OtherWorkflowEvent, WorkflowEvent
 
 __all__ = ["DEADLINE_S", "LOCAL_RUNS", "Purchase", "Shown", "Story", "run_demo", "story"]
 
 _WORKFLOW_GRACE_S = 5.0
 """How long after its deadline the demo waits for the workflow to end by itself."""
+_TICK_S = 5.0
+"""How often the demo shows what a workflow waits for while its nodes' calls are out."""
 
 TEMPLATE = "Extract purchase from: {{ message }}"
 ISSUES = [
@@ -211,10 +214,17 @@ def _run_workflow(client: TaskClient, message: str, *, deadline_s: float) -> Non
         kwargs={"purchases": each},
         skip_if="purchases | length == 0",
     )
+    submitted = time.monotonic()
     run = client.submit_workflow(wf)
     print(f"\n== Workflow extract → check each item → summary  workflow {run.id}")
-    for event in run.watch(timeout=2 * deadline_s + _WORKFLOW_GRACE_S):
-        print("   " + describe_workflow_event(event), flush=True)
+    seen: list[WorkflowEvent | OtherWorkflowEvent] = []
+    stop = ticker(lambda: nodes_out(seen), submitted, _TICK_S, print)
+    try:
+        for event in run.watch(timeout=2 * deadline_s + _WORKFLOW_GRACE_S):
+            seen.append(event)
+            print("   " + describe_workflow_event(event), flush=True)
+    finally:
+        stop.set()
     try:
         outputs = run.result(timeout=_WORKFLOW_GRACE_S)
         print(f"-> {outputs['summary']!r}")

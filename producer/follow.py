@@ -1,5 +1,6 @@
 """Following one run to its end, as `quorum demo` does: its events as they happen, a line of
-progress while a model call is out, and its own deadline as the only time bound.
+progress while a model call is out, and its own deadline as the only time bound. A workflow is
+followed the same way, its progress told by node.
 
 A run's deadline is the `timeout_s` it was submitted with: past it a worker's sweep ends the
 run `FAILED` with code `timeout`. The follower waits for that until `grace_s` after the
@@ -20,8 +21,9 @@ from quorum.producer.client import TaskClient, TaskRun
 from quorum.producer.terminal import describe
 from quorum.shared.events import Event, OtherEvent
 from quorum.shared.state import RunState
+from quorum.shared.wfevents import OtherWorkflowEvent, WorkflowEvent
 
-__all__ = ["Ending", "call_out", "follow", "settle"]
+__all__ = ["Ending", "call_out", "follow", "nodes_out", "settle", "ticker"]
 
 Show = Callable[[str], None]
 
@@ -59,15 +61,30 @@ def call_out(events: Sequence[Event | OtherEvent]) -> str:
     return f"attempt {attempt}: a validator's vote ({votes} in so far)"
 
 
-def _ticker(
-    seen: list[Event | OtherEvent], started: float, tick_s: float, show: Show
+def nodes_out(events: Sequence[WorkflowEvent | OtherWorkflowEvent]) -> str:
+    """Which nodes of a live workflow have runs out, told from its events so far."""
+    out: dict[str, int] = {}
+    for event in events:
+        node = getattr(event, "node", "")
+        if event.type == "node_started":
+            out[node] = getattr(event, "runs", 1)
+        elif event.type in ("node_finished", "node_skipped"):
+            out.pop(node, None)
+    if not out:
+        return "the next node to start"
+    return ", ".join(f"node {node!r} ({runs} run(s))" for node, runs in out.items())
+
+
+def ticker(
+    waiting_for: Callable[[], str], started: float, tick_s: float, show: Show
 ) -> threading.Event:
-    """Start a thread that shows, every `tick_s`, the time so far and the call that is out."""
+    """Start a thread that shows, every `tick_s`, the time since `started` and what is out
+    (`waiting_for()`); set the returned event to stop it."""
     stop = threading.Event()
 
     def tick() -> None:
         while not stop.wait(tick_s):
-            show(f"   … {time.monotonic() - started:.0f} s: waiting for {call_out(seen)}")
+            show(f"   … {time.monotonic() - started:.0f} s: waiting for {waiting_for()}")
 
     threading.Thread(target=tick, name="quorum-demo-progress", daemon=True).start()
     return stop
@@ -86,7 +103,7 @@ def follow(
     limit = run.state().spec.timeout_s  # None: the store's default deadline, which it enforces
     deadline = None if limit is None else submitted + limit + grace_s
     seen: list[Event | OtherEvent] = []
-    stop = _ticker(seen, submitted, tick_s, show)
+    stop = ticker(lambda: call_out(seen), submitted, tick_s, show)
     try:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         for event in run.watch(timeout=left):

@@ -12,6 +12,7 @@ run's outcome following from the decisions. Without the extra they skip, except 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from quorum.shared.models import (
 from quorum.shared.settings import Settings
 from quorum.shared.store import RunStore
 from quorum.shared.voting import Tally, decide_after_round, decide_early
+from quorum.shared.wfstore import RUNNING, WorkflowStore
 from tests.integration.helpers import Purchase
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_llm]
@@ -222,8 +224,8 @@ def test_the_compose_llm_service_command_serves_the_model():
 
 def test_the_local_demo_ends_every_run_it_starts_within_a_short_deadline() -> None:
     """`quorum demo --llm local` with a deadline short enough that a run may reach it: the
-    demo exits 0, every run it submitted has ended in Redis, and each run that its deadline
-    ended is named in the output as timed out."""
+    demo exits 0, every run it submitted has ended in Redis, and so has its workflow, and each
+    run that its deadline ended is named in the output as timed out, with its attempt."""
     require_local_extra()
     redis_url, redis_server = start_redis()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "QUORUM_"))}
@@ -239,6 +241,9 @@ def test_the_local_demo_ends_every_run_it_starts_within_a_short_deadline() -> No
         assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
         store = RunStore.from_settings(Settings(redis_url=redis_url))
         states = [store.load(run_id) for run_id in store.recent(since=0, limit=100)]
+        shown = re.search(r"^== Workflow .* workflow ([0-9a-f]{32})$", demo.stdout, re.M)
+        assert shown is not None, demo.stdout[-4000:]
+        workflow = WorkflowStore.of(store).load(shown.group(1))
         store.redis.close()
     finally:
         redis_server.stop()
@@ -248,5 +253,11 @@ def test_the_local_demo_ends_every_run_it_starts_within_a_short_deadline() -> No
     for state in runs:
         assert state.spec.timeout_s == DEMO_DEADLINE_S
         timed_out = state.code == "timeout" or state.status is TaskStatus.CANCELLED
-        named = f"run {state.run_id} timed out after" in demo.stdout
-        assert named == timed_out, (state.run_id, state.status, state.code, demo.stdout[-4000:])
+        named = re.search(rf"run {state.run_id} timed out after \d+ s on attempt \d", demo.stdout)
+        assert bool(named) == timed_out, (
+            state.run_id,
+            state.status,
+            state.code,
+            demo.stdout[-4000:],
+        )
+    assert workflow.status != RUNNING, demo.stdout[-4000:]

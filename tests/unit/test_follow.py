@@ -1,4 +1,5 @@
-"""Following a run: which call is out, and how a run that reached its deadline is named."""
+"""Following a run: which call is out, and how a run that reached its deadline is named; which
+nodes a workflow waits for."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from quorum.producer.follow import Ending, call_out, follow
+from quorum.producer.follow import Ending, call_out, follow, nodes_out, ticker
 from quorum.shared.models import RunSpec, SingleShotValidationConfig, TaskStatus
 from quorum.shared.state import RunState
+from quorum.shared.wfevents import NodeFinished, NodeReady, NodeSkipped, NodeStarted
 from tests.unit.test_demo import ev
 
 
@@ -122,3 +124,49 @@ def test_progress_is_shown_while_a_call_is_out() -> None:
         line.endswith("s: waiting for attempt 1: the task model's answer") for line in ticks
     )
     assert shown.index(ticks[0]) == 1  # after the attempt started, before its output
+
+
+@pytest.mark.parametrize(
+    ("events", "waiting_for"),
+    [
+        ([], "the next node to start"),
+        ([NodeReady(node="extract")], "the next node to start"),
+        ([NodeStarted(node="extract", runs=1)], "node 'extract' (1 run(s))"),
+        (
+            [
+                NodeStarted(node="extract", runs=1),
+                NodeFinished(node="extract", status="SUCCESSFUL"),
+                NodeStarted(node="check", runs=2),
+            ],
+            "node 'check' (2 run(s))",
+        ),
+        (
+            [NodeStarted(node="a", runs=1), NodeStarted(node="b", runs=3)],
+            "node 'a' (1 run(s)), node 'b' (3 run(s))",
+        ),
+        (
+            [NodeStarted(node="a", runs=1), NodeFinished(node="a", status="FAILED")],
+            "the next node to start",
+        ),
+        ([NodeSkipped(node="summary")], "the next node to start"),
+    ],
+)
+def test_the_nodes_out_are_told_from_the_workflow_events(
+    events: list[Any], waiting_for: str
+) -> None:
+    assert nodes_out(events) == waiting_for
+
+
+def test_the_ticker_shows_the_time_and_what_is_out_until_stopped() -> None:
+    shown: list[str] = []
+    stop = ticker(lambda: "node 'check' (2 run(s))", time.monotonic(), 0.05, shown.append)
+    time.sleep(0.3)
+    stop.set()
+    time.sleep(0.1)
+    count = len(shown)
+    time.sleep(0.15)
+    assert count >= 1 and len(shown) == count  # none after the stop
+    assert all(
+        line.startswith("   … ") and line.endswith(" s: waiting for node 'check' (2 run(s))")
+        for line in shown
+    )
