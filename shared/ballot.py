@@ -106,7 +106,13 @@ def _store_vote(
         **extra,
     )
     progress = time.time() - state.updated_at >= ctx.progress_after_s
-    stored = ctx.store.record_vote(run_id, attempt, cast, recorded, usage, progress=progress)
+    # A run with a budget bills each vote as it ends, so that the next call's check sees it;
+    # the others bill a round's votes together when it closes (two counters fewer per vote).
+    spec = state.spec
+    bill_now = spec.max_tokens is not None or spec.max_cost is not None
+    stored = ctx.store.record_vote(
+        run_id, attempt, cast, recorded, usage, progress=progress, bill_now=bill_now
+    )
     if stored.votes is not None and ctx.over_budget(state):
         return cast.model_dump()  # the run ended FAILED: nothing left to decide
     # An issue is decided early here unless it is already, or this job tallies the round

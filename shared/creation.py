@@ -133,8 +133,9 @@ class CreationStore(RedisScripts):
                     },
                 )
                 pipe.xadd(events_key, {"event": submitted.model_dump_json()})
-                pipe.expire(run_key, self.ttl_s)
-                pipe.expire(events_key, self.ttl_s)
+                ttl = self.live_ttl_s(spec.timeout_s or self.run_timeout_s)
+                pipe.expire(run_key, ttl)
+                pipe.expire(events_key, ttl)
             pipe.execute()
 
     def _undo_create(self, fresh: list[tuple[str, RunSpec, str, str | None, float]]) -> None:

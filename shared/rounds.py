@@ -9,11 +9,13 @@ An attempt votes in rounds (`shared.voting` says how many votes each draws):
    counts them, in one HSET. A round planned already keeps its plan.
 2. **Finish**: every vote job finishes its vote once, whether it casts it
    (`record_vote`, `record_vote.lua`: the vote written once into `vote/{issue}:{index}`
-   with its event, its call billed, all one step) or skips it (`finish_vote`,
+   with its event and its call's usage, all one step) or skips it (`finish_vote`,
    `finish_vote.lua`, which writes `-` there). The first write of that field counts
    `out/{round}` down, once, however often the job runs.
-3. **Claim**: the job that counts a round's `out/{round}` down to zero writes its own vote's
-   slot into `tally/{round}` (HSETNX) in the same step, and learns it holds the tally. A job
+3. **Claim**: the job that counts a round's `out/{round}` down to zero closes the round: it
+   bills the round's calls to the run (their usage, added up from the votes) and writes its
+   own vote's slot into `tally/{round}` (HSETNX) in the same step, and learns it holds the
+   tally. A job
    run again for that vote learns it again (so a lost tally is retried with the vote); every
    other job learns nothing. `round_context` (`claim_tally.lua`) lets a `quorum.tally` job
    claim a round too, under the name `tally`, once no vote is out: whoever claims first
@@ -29,6 +31,7 @@ vote whose issue is decided already is skipped without calling the LLM.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -169,15 +172,20 @@ class RoundStore(RedisScripts):
         usage: Usage,
         *,
         progress: bool = False,
+        bill_now: bool = False,
     ) -> RecordedVote:
-        """Store a vote, bill its call and finish it (`finish_vote`), in one round trip; a
-        redelivered vote is billed but counted once. When this vote is to tally its round,
-        what the tally works with comes back in the same round trip. `progress`: mark
-        progress on the sweep's index too."""
+        """Store a vote with its call's usage and finish it (`finish_vote`), in one round trip;
+        the vote that closes its round bills the round's calls to the run in that step, or
+        with `bill_now` (a run with a budget) each vote bills its own at once. A second call
+        for a vote stored already is billed at once, and counted once. When this
+        vote is to tally its round, what the tally works with comes back in the same round
+        trip. `progress`: mark progress on the sweep's index too."""
         slot = vote_slot(vote.issue, vote.index)
-        billed = [x for pair in usage_counters(usage) for x in pair]
+        counters = usage_counters(usage)
+        stored = json.dumps({**vote.model_dump(), "usage": {} if bill_now else dict(counters)})
         keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id), self.keys.run(run_id)]
-        args = [slot, vote.model_dump_json(), event.model_dump_json(), *billed]
+        args = [slot, stored, event.model_dump_json(), int(bill_now)]
+        args += [x for pair in counters for x in pair]
 
         def then(pipe: Any) -> None:
             if progress:
@@ -223,7 +231,7 @@ class RoundStore(RedisScripts):
         """Mark a planned vote finished, once, appending `event` (a skipped vote's) then;
         returns the round this vote is to tally: the one whose last vote it finished (also
         when its job runs again), else 0."""
-        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id)]
+        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id), self.keys.run(run_id)]
         args = [vote_slot(issue, index), event.model_dump_json() if event else ""]
         return int(self._script(self._finish_vote, keys, args))
 

@@ -9,6 +9,7 @@ so that the functions several scripts share are written once.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -32,6 +33,10 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _INCLUDE = "--! include "
+
+LIVE_MARGIN_S = 300
+"""Seconds a live run's keys outlive its deadline by (`RedisScripts.live_ttl_s`): the sweep
+that ends a run past its deadline runs every few seconds."""
 
 
 @functools.cache
@@ -108,6 +113,13 @@ class RedisScripts:
         """Run `script` alone (`_script_then` with nothing after it); its reply."""
         reply, *_ = self._script_then(script, keys, args, lambda pipe: None)
         return reply
+
+    def live_ttl_s(self, live_s: float) -> int:
+        """The TTL a run gets when it is made: the result TTL past the end of the `live_s`
+        seconds it may live (its deadline), and a margin for the sweep that ends it then. A
+        live run's moves set no TTL (one `EXPIRE` fewer per key and move); its end sets the
+        result TTL (`transition.lua`)."""
+        return self.ttl_s + math.ceil(max(live_s, 0.0)) + LIVE_MARGIN_S
 
     def _touch(self, client: Any, run_id: str, at: float | None = None) -> None:
         """Mark progress on a live run through `client`: the store's client, or a pipeline."""

@@ -358,7 +358,7 @@ class WorkflowStore(RedisScripts):
             node,
             "" if started is None else started,
             items,
-            self.ttl_s,
+            self.live_ttl_s(deadline - now),  # the node's runs' TTL, and its workflow's keys'
             now,
             "" if inputs is None else json.dumps(inputs),
             len(runs),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -16,6 +17,7 @@ from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RecordedVote
+from quorum.shared.scripts import LIVE_MARGIN_S
 from quorum.shared.store import RunStore
 from tests.unit.events import event
 
@@ -44,11 +46,26 @@ def types(store: RunStore, run_id: str) -> list[str]:
     return [e["type"] for e in store.events(run_id)]
 
 
-def assert_every_key_has_a_ttl(redis: fakeredis.FakeRedis) -> None:
+LIVE_TTL_S = 100 + 3600 + LIVE_MARGIN_S
+"""The TTL of a live run's keys: the result TTL past its deadline (the default, an hour)."""
+
+
+def assert_every_key_has_a_ttl(redis: fakeredis.FakeRedis, most: int = LIVE_TTL_S) -> None:
     keys = redis.keys("*")
     assert keys
     for key in keys:
-        assert 0 < redis.ttl(key) <= 100, key
+        assert 0 < redis.ttl(key) <= most, key
+
+
+def test_a_live_run_keeps_the_ttl_it_was_made_with_and_gets_the_result_ttl_at_its_end(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    assert LIVE_TTL_S - 5 < redis.ttl("quorum:run:{r1}") <= LIVE_TTL_S
+    assert store.transition("r1", TaskStatus.VALIDATING, attempt=1)
+    assert LIVE_TTL_S - 5 < redis.ttl("quorum:run:{r1}:events") <= LIVE_TTL_S
+    assert store.transition("r1", TaskStatus.SUCCESSFUL, attempt=1, fields={"result": "1"})
+    assert_every_key_has_a_ttl(redis, most=100)
 
 
 def started(store: RunStore, run_id: str = "r1") -> str:
@@ -238,18 +255,54 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
     recorded = event("vote", 1, "w", issue=0, index=1)
     assert store.record_vote("r1", 1, vote, recorded, usage) == RecordedVote([vote], False, 0, None)
+    assert store.load("r1").usage == Usage()  # billed with its round
     again = Vote(issue=0, index=1, is_valid=False, reasoning="changed my mind")
     assert store.record_vote("r1", 1, again, recorded, usage).votes is None
+    assert store.load("r1").usage == Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
+    assert store.finish_vote("r1", 1, 0, 2, None) == 1  # closes the round, bills the first
     assert store.votes("r1", 1) == [vote]
     assert types(store, "r1").count("vote") == 1
     assert store.load("r1").usage == Usage(prompt_tokens=20, completion_tokens=4, total_tokens=24)
-    assert redis.hgetall("quorum:run:{r1}:rounds:1") == {
-        "0:1": "1",
-        "0:2": "1",
-        "out/1": "1",
-        "vote/0:1": vote.model_dump_json(),
+    stored = json.loads(redis.hget("quorum:run:{r1}:rounds:1", "vote/0:1"))
+    assert stored == {
+        **vote.model_dump(),
+        "usage": {"usage:prompt_tokens": 10, "usage:completion_tokens": 2},
     }
     assert_every_key_has_a_ttl(redis)
+
+
+def test_a_run_with_a_budget_bills_each_vote_at_once(store: RunStore) -> None:
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1]})
+    vote = Vote(issue=0, index=0, is_valid=True, reasoning="")
+    used = Usage(prompt_tokens=3, completion_tokens=1)
+    store.record_vote("r1", 1, vote, event("vote", 1, ""), used, bill_now=True)
+    assert store.load("r1").usage == Usage(prompt_tokens=3, completion_tokens=1, total_tokens=4)
+    assert store.finish_vote("r1", 1, 0, 1, None) == 1  # closing the round bills nothing twice
+    assert store.load("r1").usage == Usage(prompt_tokens=3, completion_tokens=1, total_tokens=4)
+
+
+def test_the_vote_that_closes_a_round_bills_its_calls_once(store: RunStore) -> None:
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1], 1: [0]})
+    store.plan_round("r1", 1, 2, {0: [2]})
+    cast = [Vote(issue=i, index=n, is_valid=True, reasoning="") for i, n in [(0, 0), (1, 0)]]
+    for vote, tokens in zip(cast, (3, 4), strict=True):
+        used = Usage(prompt_tokens=tokens, completion_tokens=1, cost_usd=0.5)
+        assert store.record_vote("r1", 1, vote, event("vote", 1, ""), used).last_of == 0
+    assert store.load("r1").usage == Usage()
+    last = Vote(issue=0, index=1, is_valid=False, reasoning="")
+    used = Usage(prompt_tokens=5, completion_tokens=1)
+    recorded = store.record_vote("r1", 1, last, event("vote", 1, ""), used)
+    expected = Usage(prompt_tokens=12, completion_tokens=3, total_tokens=15, cost_usd=1.0)
+    assert recorded.tally is not None and recorded.tally.state is not None
+    assert recorded.tally.state.usage == expected  # the tally reads the round billed
+    assert store.record_vote("r1", 1, last, event("vote", 1, ""), Usage()).last_of == 1
+    round2 = Vote(issue=0, index=2, is_valid=True, reasoning="")
+    store.record_vote("r1", 1, round2, event("vote", 1, ""), Usage(prompt_tokens=7))
+    assert store.load("r1").usage == expected.model_copy(
+        update={"prompt_tokens": 19, "total_tokens": 22}
+    )
 
 
 def test_a_vote_never_planned_is_billed_but_not_stored(store: RunStore) -> None:
