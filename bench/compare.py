@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 from quorum.bench import reference
@@ -62,7 +61,18 @@ SINGLE = {"mode": "single_shot", "issues": ["a"]}
 # The producer: this side's client, `runs` runs one at a time or all at once; prints JSON.
 _DRIVER = """
 import json, resource, sys, time
+import psutil
 spec = json.loads(sys.argv[1])
+def workers_cpu_s():
+    total = 0.0
+    for pid in spec.get("pids", []):
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                total += sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 module = __import__(spec["client"], fromlist=["TaskClient"])
 client = module.TaskClient(redis_url=spec["redis_url"])
 def submit(i):
@@ -70,7 +80,7 @@ def submit(i):
                          response_model=spec["schema"], kwargs={"n": i}, config=spec["config"])
 for i in range(spec.get("warmup", 0)):
     submit(-1 - i).result(timeout=120)
-cpu0, began, times = time.process_time(), time.monotonic(), []
+cpu0, wcpu0, began, times = time.process_time(), workers_cpu_s(), time.monotonic(), []
 if spec["burst"]:
     runs = [submit(i) for i in range(spec["runs"])]
     for run in runs:
@@ -81,7 +91,7 @@ else:
         submit(i).result(timeout=120)
         times.append(time.monotonic() - t0)
 print(json.dumps({"wall_s": time.monotonic() - began, "cpu_s": time.process_time() - cpu0,
-                  "times": times}))
+                  "workers_cpu_s": workers_cpu_s() - wcpu0, "times": times}))
 """
 
 
@@ -133,17 +143,6 @@ def _workers(side: Side, count: int, env: dict[str, str]) -> Iterator[list[Manag
             worker.stop()
 
 
-def _cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
-                times = p.cpu_times()
-                total += times.user + times.system
-    return total
-
-
 def _drive(side: Side, redis_url: str, **spec: Any) -> dict[str, Any]:
     spec = {"client": side.client, "redis_url": redis_url, "schema": SCHEMA, **spec}
     out = subprocess.run(
@@ -187,18 +186,20 @@ def measure(
         burst = _drive(side, redis_url, config=CONFIG, runs=300, burst=True)
     figures["runs_per_s"] = 300 / burst["wall_s"]
     fresh(0.0)
+    # The workers' CPU is read by the driver around the runs it times: not over its own
+    # start-up, its warm-up runs and its exit, when the workers only poll.
     with _workers(side, 2, env) as procs:
         _drive(side, redis_url, config=CONFIG, runs=10, burst=True)
-        before = _cpu_s([w.pid for w in procs])
-        cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
-        workers_cpu = _cpu_s([w.pid for w in procs]) - before
-    figures["cpu_ms_per_run"] = (workers_cpu + cpu["cpu_s"]) / 200 * 1000
+        pids = [w.pid for w in procs]
+        cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True, pids=pids)
+    figures["cpu_ms_per_run"] = (cpu["workers_cpu_s"] + cpu["cpu_s"]) / 200 * 1000
     fresh(0.0)
     with _workers(side, 1, env) as procs:
-        before = _cpu_s([w.pid for w in procs])
-        serial = _drive(side, redis_url, config=CONFIG, runs=40, burst=False, warmup=5)
-        workers_cpu = _cpu_s([w.pid for w in procs]) - before
-        figures["cpu_ms_per_run_serial_1w"] = (workers_cpu + serial["cpu_s"]) / 40 * 1000
+        pids = [w.pid for w in procs]
+        serial = _drive(side, redis_url, config=CONFIG, runs=40, burst=False, warmup=5, pids=pids)
+        figures["cpu_ms_per_run_serial_1w"] = (
+            (serial["workers_cpu_s"] + serial["cpu_s"]) / 40 * 1000
+        )
         with CommandProbe(redis_url) as probe:
             probe.mark()
             _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
