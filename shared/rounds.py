@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from quorum.shared.events import Event, IssueDecided, VoteCast, VoteSkipped
+from quorum.shared.keys import workflow_of
 from quorum.shared.models import Usage, Vote
 from quorum.shared.scripts import RedisScripts, mapped
 from quorum.shared.state import RunState, usage_counters
@@ -135,6 +136,13 @@ class RoundStore(RedisScripts):
         self._finish_vote = self.script("finish_vote")
         self._claim_tally = self.script("claim_tally")
 
+    def _vote_keys(self, run_id: str, attempt: int) -> list[str]:
+        """The keys of a vote's scripts: the rounds hash, the events, the run, and a node
+        run's workflow hash (billed with the run)."""
+        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id), self.keys.run(run_id)]
+        workflow = workflow_of(run_id)
+        return keys if workflow is None else [*keys, self.keys.workflow(workflow)]
+
     @mapped
     def vote_context(
         self, run_id: str, attempt: int, issue: int, index: int
@@ -183,7 +191,7 @@ class RoundStore(RedisScripts):
         slot = vote_slot(vote.issue, vote.index)
         counters = usage_counters(usage)
         stored = json.dumps({**vote.model_dump(), "usage": {} if bill_now else dict(counters)})
-        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id), self.keys.run(run_id)]
+        keys = self._vote_keys(run_id, attempt)
         args = [slot, stored, event.model_dump_json(), int(bill_now)]
         args += [x for pair in counters for x in pair]
 
@@ -231,7 +239,7 @@ class RoundStore(RedisScripts):
         """Mark a planned vote finished, once, appending `event` (a skipped vote's) then;
         returns the round this vote is to tally: the one whose last vote it finished (also
         when its job runs again), else 0."""
-        keys = [self.keys.rounds(run_id, attempt), self.keys.events(run_id), self.keys.run(run_id)]
+        keys = self._vote_keys(run_id, attempt)
         args = [vote_slot(issue, index), event.model_dump_json() if event else ""]
         return int(self._script(self._finish_vote, keys, args))
 

@@ -19,10 +19,17 @@ local function finish(rounds, slot, value)
   return 0, new, 0
 end
 
--- Library: bill round r's votes to the run, once, from the step that closed the round: each
--- vote's JSON carries its call's usage counters (`usage`: run-hash field -> amount), added up
--- into one HINCRBY per counter. `flat` is the rounds hash as HGETALL returns it.
-local function bill_round(flat, run, r)
+-- Library: add `amount` to the usage counter `counter` of the run, and of its workflow (nil for
+-- a run of no workflow's; its hash is on the run's slot).
+local function bill(run, workflow, counter, amount)
+  redis.call('HINCRBY', run, counter, amount)
+  if workflow then redis.call('HINCRBY', workflow, counter, amount) end
+end
+
+-- Library: bill round r's votes to the run (and its workflow), once, from the step that closed
+-- the round: each vote's JSON carries its call's usage counters (`usage`: run-hash field ->
+-- amount), added up into one HINCRBY per counter. `flat` is the rounds hash as HGETALL returns.
+local function bill_round(flat, run, workflow, r)
   local fields, totals = {}, {}
   for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
   for name, value in pairs(fields) do
@@ -34,5 +41,5 @@ local function bill_round(flat, run, r)
       end
     end
   end
-  for counter, n in pairs(totals) do redis.call('HINCRBY', run, counter, n) end
+  for counter, n in pairs(totals) do bill(run, workflow, counter, n) end
 end

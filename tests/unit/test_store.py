@@ -282,6 +282,22 @@ def test_a_run_with_a_budget_bills_each_vote_at_once(store: RunStore) -> None:
     assert store.load("r1").usage == Usage(prompt_tokens=3, completion_tokens=1, total_tokens=4)
 
 
+def test_a_node_runs_votes_are_billed_to_its_workflow_too(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store, "w1.check.0")
+    redis.hset(KEYS.workflow("w1"), "status", "RUNNING")
+    store.plan_round("w1.check.0", 1, 1, {0: [0, 1]})
+    vote = Vote(issue=0, index=0, is_valid=True, reasoning="")
+    used = Usage(prompt_tokens=3, completion_tokens=1)
+    store.record_vote("w1.check.0", 1, vote, event("vote", 1, ""), used)
+    store.record_vote("w1.check.0", 1, vote, event("vote", 1, ""), used)  # a second call
+    assert store.finish_vote("w1.check.0", 1, 0, 1, None) == 1
+    expected = Usage(prompt_tokens=6, completion_tokens=2, total_tokens=8)
+    assert store.usage("w1.check.0") == expected
+    assert store.workflow_usage("w1") == expected
+
+
 def test_the_vote_that_closes_a_round_bills_its_calls_once(store: RunStore) -> None:
     started(store)
     store.plan_round("r1", 1, 1, {0: [0, 1], 1: [0]})
