@@ -15,12 +15,11 @@ An attempt votes in rounds (`shared.voting` says how many votes each draws):
 3. **Claim**: the job that counts a round's `out/{round}` down to zero closes the round: it
    bills the round's calls to the run (their usage, added up from the votes) and writes its
    own vote's slot into `tally/{round}` (HSETNX) in the same step, and learns it holds the
-   tally. A job
-   run again for that vote learns it again (so a lost tally is retried with the vote); every
-   other job learns nothing. `round_context` (`claim_tally.lua`) lets a `quorum.tally` job
-   claim a round too, under the name `tally`, once no vote is out: whoever claims first
-   tallies, the other stands down. A round's jobs are no Celery chord: nothing else joins
-   them.
+   tally. A job run again for that vote learns it again (so a lost tally is retried with the
+   vote); every other job learns nothing. `round_context` (`claim_tally.lua`) lets a
+   `quorum.tally` job claim a round too, under the name `tally`, once no vote is out: whoever
+   claims first tallies, the other stands down. A round's jobs are no Celery chord: nothing
+   else joins them.
 4. **Tally**: the claimant reads the run and the rounds hash (the last vote gets them back
    in the very step that stores it), decides the open issues, and either ends the attempt or
    plans the next round.
@@ -185,9 +184,9 @@ class RoundStore(RedisScripts):
         """Store a vote with its call's usage and finish it (`finish_vote`), in one round trip;
         the vote that closes its round bills the round's calls to the run in that step, or
         with `bill_now` (a run with a budget) each vote bills its own at once. A second call
-        for a vote stored already is billed at once, and counted once. When this
-        vote is to tally its round, what the tally works with comes back in the same round
-        trip. `progress`: mark progress on the sweep's index too."""
+        for a vote stored already is billed at once, and counted once. When this vote is to
+        tally its round, what the tally works with comes back in the same round trip.
+        `progress`: mark progress on the sweep's index too."""
         slot = vote_slot(vote.issue, vote.index)
         counters = usage_counters(usage)
         stored = json.dumps({**vote.model_dump(), "usage": {} if bill_now else dict(counters)})
