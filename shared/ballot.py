@@ -111,7 +111,14 @@ def _store_vote(
     spec = state.spec
     bill_now = spec.max_tokens is not None or spec.max_cost is not None
     stored = ctx.store.record_vote(
-        run_id, attempt, cast, recorded, usage, progress=progress, bill_now=bill_now
+        run_id,
+        attempt,
+        cast,
+        recorded,
+        usage,
+        max_votes=spec.voting.max_votes,
+        progress=progress,
+        bill_now=bill_now,
     )
     if stored.votes is not None and ctx.over_budget(state):
         return cast.model_dump()  # the run ended FAILED: nothing left to decide
@@ -119,7 +126,7 @@ def _store_vote(
     # (the tally decides every open issue, with the same rule and every vote).
     if stored.votes is not None and not stored.decided and stored.tally is None:
         config = state.spec.voting
-        counted = Tally.of(v.is_valid for v in stored.votes if v.issue == cast.issue)
+        counted = Tally.of(v.is_valid for v in stored.votes)
         decision = decide_early(config, counted, planned=config.count)
         if decision is not None:
             _decide(ctx, run_id, attempt, cast.issue, decision.outcome, decision.reason, counted)

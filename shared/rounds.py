@@ -115,7 +115,8 @@ class RecordedVote:
     """What storing a vote tells its job (`RunStore.record_vote`)."""
 
     votes: list[Vote] | None
-    """The attempt's votes, this one included, if it was new (else None)."""
+    """The votes cast on this vote's issue in the attempt, this one included, if it was new
+    (else None): what an early decision counts."""
     decided: bool
     """Whether the vote's issue was decided already."""
     last_of: int
@@ -178,6 +179,7 @@ class RoundStore(RedisScripts):
         event: VoteCast,
         usage: Usage,
         *,
+        max_votes: int = 999,
         progress: bool = False,
         bill_now: bool = False,
     ) -> RecordedVote:
@@ -185,28 +187,32 @@ class RoundStore(RedisScripts):
         the vote that closes its round bills the round's calls to the run in that step, or
         with `bill_now` (a run with a budget) each vote bills its own at once. A second call
         for a vote stored already is billed at once, and counted once. When this vote is to
-        tally its round, what the tally works with comes back in the same round trip.
-        `progress`: mark progress on the sweep's index too."""
+        tally its round, what the tally works with comes back in the same round trip; else
+        its issue's votes, read up to `max_votes` (the most the run's config lets an issue
+        draw; by default the most any config does). `progress`: mark progress on the sweep's
+        index too."""
         slot = vote_slot(vote.issue, vote.index)
         counters = usage_counters(usage)
         stored = json.dumps({**vote.model_dump(), "usage": {} if bill_now else dict(counters)})
         keys = self._vote_keys(run_id, attempt)
-        args = [slot, stored, event.model_dump_json(), int(bill_now)]
+        args = [slot, stored, event.model_dump_json(), int(bill_now), vote.issue, max_votes]
         args += [x for pair in counters for x in pair]
 
         def then(pipe: Any) -> None:
             if progress:
                 self._touch(pipe, run_id)
 
-        (new, last_of, *hashes), *_ = self._script_then(self._record_vote, keys, args, then)
-        if not hashes:  # redelivered and not the round's last, or gone
+        (new, last_of, *read), *_ = self._script_then(self._record_vote, keys, args, then)
+        if not read:  # redelivered and not the round's last, or gone
             return RecordedVote(None, False, 0, None)
-        rounds = _hash(hashes[0])
-        votes = _votes(rounds)
-        decided = _DECIDED + str(vote.issue) in rounds
-        tally = None
-        if last_of:
-            tally = _round_context(run_id, _hash(hashes[1]), rounds, slot)
+        if not last_of:  # the issue's decision and votes
+            decision, *cast_ = read[0]
+            votes = [Vote.model_validate_json(v) for v in cast_ if v and v != _SKIPPED]
+            return RecordedVote(votes, decision is not None, 0, None)
+        rounds = _hash(read[0])
+        tally = _round_context(run_id, _hash(read[1]), rounds, slot)
+        votes = [v for v in tally.votes if v.issue == vote.issue]
+        decided = vote.issue in tally.decided
         return RecordedVote(votes if new else None, decided, int(last_of), tally)
 
     @mapped

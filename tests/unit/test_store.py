@@ -271,6 +271,21 @@ def test_record_vote_is_idempotent_but_bills_every_call(
     assert_every_key_has_a_ttl(redis)
 
 
+def test_a_vote_reads_back_its_issues_votes_and_decision_only(store: RunStore) -> None:
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1, 2], 1: [0, 1, 2]})
+    first = Vote(issue=0, index=0, is_valid=True, reasoning="")
+    store.record_vote("r1", 1, first, event("vote", 1, ""), Usage(), max_votes=3)
+    decided = event("issue_decided", 1, "w", issue=1, outcome="passed", reason="")
+    assert store.decide("r1", 1, 1, decided)
+    other = Vote(issue=1, index=2, is_valid=False, reasoning="")
+    recorded = store.record_vote("r1", 1, other, event("vote", 1, ""), Usage(), max_votes=3)
+    assert (recorded.votes, recorded.decided) == ([other], True)
+    second = Vote(issue=0, index=1, is_valid=True, reasoning="")
+    recorded = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage(), max_votes=3)
+    assert (recorded.votes, recorded.decided) == ([first, second], False)
+
+
 def test_a_run_with_a_budget_bills_each_vote_at_once(store: RunStore) -> None:
     started(store)
     store.plan_round("r1", 1, 1, {0: [0, 1]})
