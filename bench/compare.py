@@ -1,6 +1,6 @@
 """Compare this checkout with an earlier commit, side by side in one invocation:
 
-    python -m quorum.bench.compare BASE_COMMIT [--rounds 2] [--out FILE]
+    python -m quorum.bench.compare BASE_COMMIT [--rounds 2] [--out FILE] [--quick]
 
 For each side in turn (base, head, head, base, …: a steady drift of the host falls on both
 sides alike) it starts workers with that side's own code and measures, on one Redis and one
@@ -14,6 +14,9 @@ simulator:
   broker, chord backend, events: `quorum.bench.commands`), the idle worker's own polling
   during the runs included;
 - calls in flight: SingleShot runs at L = 1 s on one worker, the most LLM calls at once.
+
+`--quick` measures only the one-worker, one-at-a-time figures (latency, CPU per run), so that
+more rounds fit in the same time: that shape is the noisiest.
 
 Where py-ai-toolkit is installed, each round also measures the reference (its `run_task` in
 one process) one run at a time, for the ratios of the one-worker figures to it.
@@ -164,9 +167,10 @@ def _origin_figure(origin: str) -> str:
 
 
 def measure(
-    side: Side, redis_url: str, sim: SimulatorControl, env: dict[str, str]
+    side: Side, redis_url: str, sim: SimulatorControl, env: dict[str, str], *, quick: bool = False
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every figure for one side (one round), and the commands per run in detail."""
+    """Every figure for one side (one round), and the commands per run in detail; `quick`:
+    only the one-worker, one-at-a-time figures (latency and CPU per run)."""
     db = redis.Redis.from_url(redis_url)
     figures: dict[str, float] = {}
 
@@ -175,24 +179,25 @@ def measure(
         sim.configure(latency=str(latency), pass_rate=1.0)
         sim.clear()
 
-    for workers in (1, 2):
+    for workers in (1,) if quick else (1, 2):
         fresh(0.2)
         with _workers(side, workers, env):
             _drive(side, redis_url, config=CONFIG, runs=3, burst=False)  # warm up
             seq = _drive(side, redis_url, config=CONFIG, runs=20, burst=False)
         figures[f"latency_ms_{workers}w"] = (statistics.median(seq["times"]) - 0.4) * 1000
-    fresh(0.2)
-    with _workers(side, 2, env):
-        burst = _drive(side, redis_url, config=CONFIG, runs=300, burst=True)
-    figures["runs_per_s"] = 300 / burst["wall_s"]
-    fresh(0.0)
     # The workers' CPU is read by the driver around the runs it times: not over its own
     # start-up, its warm-up runs and its exit, when the workers only poll.
-    with _workers(side, 2, env) as procs:
-        _drive(side, redis_url, config=CONFIG, runs=10, burst=True)
-        pids = [w.pid for w in procs]
-        cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True, pids=pids)
-    figures["cpu_ms_per_run"] = (cpu["workers_cpu_s"] + cpu["cpu_s"]) / 200 * 1000
+    if not quick:
+        fresh(0.2)
+        with _workers(side, 2, env):
+            burst = _drive(side, redis_url, config=CONFIG, runs=300, burst=True)
+        figures["runs_per_s"] = 300 / burst["wall_s"]
+        fresh(0.0)
+        with _workers(side, 2, env) as procs:
+            _drive(side, redis_url, config=CONFIG, runs=10, burst=True)
+            pids = [w.pid for w in procs]
+            cpu = _drive(side, redis_url, config=CONFIG, runs=200, burst=True, pids=pids)
+        figures["cpu_ms_per_run"] = (cpu["workers_cpu_s"] + cpu["cpu_s"]) / 200 * 1000
     fresh(0.0)
     with _workers(side, 1, env) as procs:
         pids = [w.pid for w in procs]
@@ -200,6 +205,9 @@ def measure(
         figures["cpu_ms_per_run_serial_1w"] = (
             (serial["workers_cpu_s"] + serial["cpu_s"]) / 40 * 1000
         )
+        if quick:
+            db.close()
+            return figures, {}
         with CommandProbe(redis_url) as probe:
             probe.mark()
             _drive(side, redis_url, config=CONFIG, runs=200, burst=True)
@@ -300,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", help="a commit to measure instead of this checkout")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per side (default 2)")
     parser.add_argument("--out", type=Path, help="also write the table (and JSON) here")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only one worker, one run at a time: latency and CPU per run (more rounds fit)",
+    )
     args = parser.parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="quorum-base-") as tmp, contextlib.ExitStack() as stack:
@@ -320,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             # base, head, head, base, …: a steady drift of the host falls on both sides alike
             for side in sides if round_ % 2 == 0 else sides[::-1]:
-                figures, counted = measure(side, redis_url, control, env)
+                figures, counted = measure(side, redis_url, control, env, quick=args.quick)
                 results[side.name].append(figures)
                 details[side.name].append(counted)
                 print(f"round {round_ + 1} {side.name}: {json.dumps(figures)}", flush=True)
