@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 from pydantic import BaseModel, Field
 
@@ -29,7 +29,15 @@ from quorum.shared.errors import InvalidRequestError
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus
 
-__all__ = ["RunFilter", "RunIndex", "RunPage", "RunSummary", "metadata_text", "parse_cursor"]
+__all__ = [
+    "RunFilter",
+    "RunIndex",
+    "RunPage",
+    "RunSummary",
+    "metadata_text",
+    "newest_first",
+    "parse_cursor",
+]
 
 _FIELDS = ("status", "attempt", "created_at", "updated_at", "error", "code", "spec")
 _MAX_INDEXED_VALUE = 256
@@ -140,6 +148,51 @@ def parse_cursor(text: str | None) -> tuple[float, str] | None:
     return value, run_id
 
 
+T = TypeVar("T")
+
+
+def newest_first(
+    redis: Client,
+    key: str,
+    *,
+    low: Any,
+    cursor: str | None,
+    limit: int,
+    scan_limit: int,
+    check: Callable[[list[tuple[str, float]]], list[T | None]],
+) -> tuple[list[T], str | None]:
+    """A page of the members of the sorted set at `key`, newest (highest score) first, after
+    `cursor` and above `low`: up to `limit` of those that `check` turns into an item (None:
+    left out), examining `scan_limit` members at most. Returns the items and the cursor of
+    the next page (None: none left). Members are read in chunks; ties with the cursor's score
+    are told apart by member, so that a page boundary inside a tie loses nothing."""
+    after = parse_cursor(cursor)
+    high: Any = "+inf" if after is None else after[0]
+    found: list[T] = []
+    examined, skip, last = 0, 0, after
+    chunk = max(min(limit * 2, 500), 20)
+    while examined < scan_limit:
+        batch = cast(
+            list[tuple[str, float]],
+            redis.zrevrangebyscore(key, high, low, start=skip, num=chunk, withscores=True),
+        )
+        fresh = [(m, s) for m, s in batch if after is None or (s, m) < after]
+        if not fresh and len(batch) == chunk:  # all ties with the cursor: look further
+            skip += chunk
+            continue
+        for (member, score), item in zip(fresh, check(fresh), strict=True):
+            examined += 1
+            last = (score, member)
+            if item is not None:
+                found.append(item)
+                if len(found) == limit:
+                    return found, f"{score!r}:{member}"
+        if len(batch) < chunk:
+            return found, None
+        high, after, skip = last[0] if last else high, last, 0
+    return found, f"{last[0]!r}:{last[1]}" if last else None
+
+
 class RunIndex:
     """The listing indexes of one store: written at submit and at a run's end, read by
     `page`."""
@@ -177,36 +230,17 @@ class RunIndex:
     ) -> RunPage:
         """Up to `limit` runs that match `where`, newest first, after `cursor`."""
         source, *others = where.sources(self.keys)
-        after = parse_cursor(cursor)
-        high: Any = "+inf" if after is None else after[0]
         low: Any = "-inf" if where.created_after is None else f"({where.created_after!r}"
-        found: list[RunSummary] = []
-        examined, skip = 0, 0
-        last: tuple[float, str] | None = after
-        chunk = max(min(limit * 2, 500), 20)
-        while examined < scan_limit:
-            batch = cast(
-                list[tuple[str, float]],
-                self.redis.zrevrangebyscore(
-                    source, high, low, start=skip, num=chunk, withscores=True
-                ),
-            )
-            fresh = [(m, s) for m, s in batch if after is None or (s, m) < after]
-            if not fresh and len(batch) == chunk:  # all ties with the cursor: look further
-                skip += chunk
-                continue
-            checked = self._check(fresh, where, source, others)
-            for (run_id, score), summary in zip(fresh, checked, strict=True):
-                examined += 1
-                last = (score, run_id)
-                if summary is not None:
-                    found.append(summary)
-                    if len(found) == limit:
-                        return RunPage(found, f"{score!r}:{run_id}")
-            if len(batch) < chunk:
-                return RunPage(found, None)
-            high, after, skip = last[0] if last else high, last, 0
-        return RunPage(found, f"{last[0]!r}:{last[1]}" if last else None)
+        found, following = newest_first(
+            self.redis,
+            source,
+            low=low,
+            cursor=cursor,
+            limit=limit,
+            scan_limit=scan_limit,
+            check=lambda batch: self._check(batch, where, source, others),
+        )
+        return RunPage(found, following)
 
     def _check(
         self, batch: list[tuple[str, float]], where: RunFilter, source: str, others: list[str]

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from quorum.shared.listing import parse_cursor
+from quorum.shared.listing import newest_first
 from quorum.shared.models import Usage
 from quorum.shared.scripts import RedisScripts, mapped
 from quorum.shared.state import USAGE_FIELDS, usage_of
@@ -86,33 +86,23 @@ class WorkflowListing(RedisScripts):
         scan_limit: int = 1000,
     ) -> WorkflowPage:
         """Up to `limit` workflows (in `status`, if given), newest first, after `cursor`."""
-        key, after = self.keys.workflow_index(), parse_cursor(cursor)
-        high: Any = "+inf" if after is None else after[0]
-        found: list[WorkflowSummary] = []
-        examined, skip, last = 0, 0, after
-        chunk = max(min(limit * 2, 500), 20)
-        while examined < scan_limit:
-            batch = cast(
-                list[tuple[str, float]],
-                self.redis.zrevrangebyscore(
-                    key, high, "-inf", start=skip, num=chunk, withscores=True
-                ),
-            )
-            fresh = [(m, s) for m, s in batch if after is None or (s, m) < after]
-            if not fresh and len(batch) == chunk:  # all ties with the cursor: look further
-                skip += chunk
-                continue
-            for (workflow_id, score), summary in zip(fresh, self._read(fresh), strict=True):
-                examined += 1
-                last = (score, workflow_id)
-                if summary is not None and (status is None or summary.status == status):
-                    found.append(summary)
-                    if len(found) == limit:
-                        return WorkflowPage(found, f"{score!r}:{workflow_id}")
-            if len(batch) < chunk:
-                return WorkflowPage(found, None)
-            high, after, skip = last[0] if last else high, last, 0
-        return WorkflowPage(found, f"{last[0]!r}:{last[1]}" if last else None)
+
+        def check(batch: list[tuple[str, float]]) -> list[WorkflowSummary | None]:
+            return [
+                s if s is not None and (status is None or s.status == status) else None
+                for s in self._read(batch)
+            ]
+
+        found, following = newest_first(
+            self.redis,
+            self.keys.workflow_index(),
+            low="-inf",
+            cursor=cursor,
+            limit=limit,
+            scan_limit=scan_limit,
+            check=check,
+        )
+        return WorkflowPage(found, following)
 
     def _read(self, batch: list[tuple[str, float]]) -> list[WorkflowSummary | None]:
         """Each candidate's summary; None (and out of the index) where it has expired."""
