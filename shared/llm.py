@@ -5,8 +5,9 @@ Celery job retries with backoff; a permanent one as `PermanentLLMError`. This is
 module that imports `openai`, and `map_error` is the one place its exceptions are translated.
 
 A server on plain HTTP with no proxy configured (the simulator, vLLM, Ollama, llama.cpp on the
-local network) is called over one kept-alive `http.client` connection per worker thread, with
-the request and headers the SDK would send; its errors are raised as the SDK's own exceptions.
+local network) is called over one kept-alive HTTP/1.1 connection per worker thread
+(`shared.http11`), with the request and headers the SDK would send; its errors are raised as
+the SDK's own exceptions.
 The SDK's request through httpx costs several times the CPU of the call itself, and a worker
 makes hundreds of calls a second (figures: docs/benchmarks.md, History). HTTPS servers,
 proxies and a given `http_client` go through the SDK as before.
@@ -33,6 +34,7 @@ from typing import Any
 
 import openai
 
+from quorum.shared import http11
 from quorum.shared.errors import LLMError, PermanentLLMError, TransientLLMError
 from quorum.shared.models import Usage
 from quorum.shared.settings import Dialect, Settings
@@ -171,8 +173,8 @@ def _plain_http(base_url: str | None) -> bool:
 
 
 class _PlainHTTP:
-    """POST /chat/completions as the SDK would, over one kept-alive HTTP/1.1 connection of
-    the standard library's (one per thread: a connection is not thread-safe).
+    """POST /chat/completions as the SDK would, over one kept-alive HTTP/1.1 connection
+    (`shared.http11`, one per thread: a connection is not thread-safe).
 
     It costs a fraction of the CPU of the SDK's `client.post` through httpx, which showed in a
     burst's worker CPU per run and runs per second (docs/benchmarks.md, History)."""
@@ -182,18 +184,20 @@ class _PlainHTTP:
         self._url = f"{client.base_url}chat/completions"
         url = urllib.parse.urlsplit(self._url)
         self._target = url.path + (f"?{url.query}" if url.query else "")
-        self._connection = http.client.HTTPConnection(
-            url.hostname or "localhost", url.port or 80, timeout=timeout_s
+        self._connection = http11.Connection(
+            url.hostname or "localhost", url.port or 80, timeout_s=timeout_s
         )
         headers = {**client.default_headers, **client.auth_headers}
-        self._headers = {k: v for k, v in headers.items() if isinstance(v, str)}
         # What the SDK adds to each request: its retries are off, so each is a first try.
         read = getattr(client.timeout, "read", client.timeout)
-        self._headers |= {
+        headers |= {
             "Content-Type": "application/json",
             "x-stainless-retry-count": "0",
             **({"x-stainless-read-timeout": str(read)} if read is not None else {}),
         }
+        self._head = "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items() if isinstance(value, str)
+        ).encode("latin-1")
 
     def post(self, body: dict[str, Any]) -> Any:
         """The server's JSON reply (its text if it is not JSON); the SDK's exception if the
@@ -220,9 +224,7 @@ class _PlainHTTP:
         while True:
             reused = self._connection.sock is not None
             try:
-                self._connection.request("POST", self._target, body=data, headers=self._headers)
-                reply = self._connection.getresponse()
-                return reply.status, reply.getheaders(), reply.read()
+                return self._connection.post(self._target, self._head, data)
             except Exception as exc:
                 self._connection.close()
                 if not (reused and isinstance(exc, _STALE)):

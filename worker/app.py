@@ -11,6 +11,7 @@ from celery.backends.redis import RedisBackend
 
 from quorum.shared.broker import celery_config
 from quorum.shared.settings import Settings, get_settings
+from quorum.worker.consumer import CONSUMER
 from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["ChordResultBackend", "app", "chord_backend", "create_app"]
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> Celery:
     celery = Celery("quorum", include=jobs)
     celery.conf.imports = settings.import_modules  # where the worker's defined tasks live
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
+    celery.conf.worker_consumer = CONSUMER
     if settings.result_backend.startswith(("redis://", "rediss://")):
         celery.conf.update(chord_backend(settings.result_backend))
     return celery

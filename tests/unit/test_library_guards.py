@@ -42,6 +42,9 @@ from celery.backends import base as celery_backends_base
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.redis import RedisBackend
 from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.consumer.events import Events as EventsStep
+from kombu.asynchronous import Hub
 from kombu.transport import redis as kombu_redis
 from kombu.transport import resolve_transport, virtual
 from kombu.utils.scheduling import cycle_by_name
@@ -51,13 +54,14 @@ from redis.commands.core import Script
 from quorum.shared import broker, llm
 from quorum.shared.settings import Settings
 from quorum.worker import app as worker_app
-from quorum.worker import transport
+from quorum.worker import consumer, transport
 
 BROKER = "quorum/shared/broker.py"
 TRANSPORT = "quorum/worker/transport.py"
 LLM = "quorum/shared/llm.py"
 APP = "quorum/worker/app.py"
 JOBS = "quorum/worker/jobs.py"
+CONSUMER = "quorum/worker/consumer.py"
 STORE = "quorum/shared/scripts.py"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,6 +150,9 @@ OVERRIDES = [
      "(self, message, delivery_tag)", TRANSPORT),
     ("kombu", transport._QoS, kombu_redis.QoS, "ack", "(self, delivery_tag)", TRANSPORT),
     ("kombu", transport._Channel, kombu_redis.Channel, "close", "(self)", TRANSPORT),
+    ("celery", consumer.BatchedEventsConsumer, CeleryConsumer, "on_send_event_buffered",
+     "(self)", CONSUMER),
+    ("celery", consumer.BatchedEventsConsumer, CeleryConsumer, "shutdown", "(self)", CONSUMER),
     ("celery", worker_app.ChordResultBackend, RedisBackend, "add_pending_result",
      "(self, result, weak=False, start_drainer=True)", APP),
     ("celery", worker_app.ChordResultBackend, RedisBackend, "on_task_call",
@@ -289,6 +296,9 @@ CALLS: list[tuple[str, Any, str, tuple[Any, ...], dict[str, Any], str]] = [
     ("kombu", kombu_redis.QoS, "can_consume_max_estimate", (_ANY,), {}, "_Channel._take"),
     ("kombu", cycle_by_name("round_robin"), "rotate", (_ANY, "q"), {}, "_Channel._brpop_read"),
     ("redis", redis.Redis, "parse_response", (_ANY, _ANY, "BRPOP"), {}, "_Channel._brpop_read"),
+    ("kombu", Hub, "call_soon", (_ANY, _ANY), {}, "BatchedEventsConsumer"),
+    ("kombu", Hub, "call_later", (_ANY, 0.05, _ANY), {}, "BatchedEventsConsumer"),
+    ("celery", CeleryConsumer, "_flush_events", (_ANY,), {}, "BatchedEventsConsumer"),
     ("openai", openai.OpenAI, "post", (_ANY, "/chat/completions"),
      {"body": {}, "cast_to": object}, "LLMGateway._post"),
     ("openai", openai.OpenAI, "_make_status_error_from_response", (_ANY, _ANY), {},
@@ -315,7 +325,7 @@ def test_what_we_call_takes_our_arguments(
     kwargs: dict[str, Any],
     caller: str,
 ) -> None:
-    where = f"{caller} ({ {'openai': LLM}.get(library, TRANSPORT) })"
+    where = f"{caller} ({ {'openai': LLM, 'celery': CONSUMER}.get(library, TRANSPORT) })"
     what = f"{owner.__name__}.{name}"
     func = getattr(owner, name, None)
     assert callable(func), _broken(library, f"{what} is gone", where)
@@ -328,6 +338,26 @@ def test_what_we_call_takes_our_arguments(
 
 
 # -- Celery ---------------------------------------------------------------------------------
+
+
+def test_the_event_dispatcher_still_asks_the_consumer_to_flush_its_buffer() -> None:
+    where = f"BatchedEventsConsumer ({CONSUMER})"
+    assert "on_send_event_buffered" in _attributes(EventsStep.start), _broken(
+        "celery", "the Events step no longer hands the dispatcher on_send_event_buffered", where
+    )
+    assert worker_app.app.conf.worker_consumer == consumer.CONSUMER, f"{APP} no longer sets it"
+
+
+def test_a_round_sent_without_declaring_still_goes_to_its_queue() -> None:
+    where = f"_held_round's declare=[] ({JOBS})"
+    sender = worker_app.app.amqp.send_task_message
+    assert "declare" in inspect.signature(sender).parameters, _broken(
+        "celery", "send_task_message no longer takes declare", where
+    )
+    anonymous = inspect.getsource(virtual.Channel.basic_publish)
+    assert "return self._put(routing_key, message, **kwargs)" in anonymous, _broken(
+        "kombu", "a publish to the anonymous exchange no longer goes to its queue's list", where
+    )
 
 
 def test_celery_still_counts_running_jobs_in_active_requests() -> None:

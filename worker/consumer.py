@@ -1,0 +1,54 @@
+"""The worker's consumer: Celery's own, with its task events sent in batches a few ms apart.
+
+Workers send task events (received, started, succeeded) for Flower. Celery buffers them, but
+asks its message loop to flush the buffer after every event: one run of ten jobs made about
+twenty publishes of an event or two each, in the one thread that also takes the jobs in.
+Here the first event buffered schedules one flush `EVENT_FLUSH_S` later, which sends every
+event buffered by then in one publish. Flower sees an event that much later; Celery still
+flushes at once when the buffer holds its limit (24 events).
+
+`celery -A quorum.worker.app worker` uses it (Celery's `worker_consumer` setting, `worker.app`).
+It overrides Celery's `Consumer.on_send_event_buffered` and `shutdown` (the version range is
+pinned in pyproject.toml, and `tests/unit/test_library_guards.py` fails when they change).
+"""
+
+from __future__ import annotations
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.common import ignore_errors
+
+__all__ = ["CONSUMER", "EVENT_FLUSH_S", "BatchedEventsConsumer"]
+
+EVENT_FLUSH_S = 0.05
+"""How long a task event waits in the buffer for others to be sent with it."""
+
+
+class BatchedEventsConsumer(CeleryConsumer):
+    """Celery's consumer, which flushes its buffered task events once per `EVENT_FLUSH_S`."""
+
+    _flush_due = False
+
+    def on_send_event_buffered(self) -> None:
+        """Schedule a flush unless one is due (called from any job's thread)."""
+        if self.hub is not None and not self._flush_due:
+            self._flush_due = True
+            self.hub.call_soon(self._schedule_flush)
+
+    def shutdown(self) -> None:
+        """Send the events still buffered, then shut down as Celery does (which would drop
+        them)."""
+        ignore_errors(self, self._flush_events)
+        super().shutdown()
+
+    def _schedule_flush(self) -> None:
+        # In the message loop's thread, which alone touches the hub's timer.
+        self.hub.call_later(EVENT_FLUSH_S, self._flush_due_events)
+
+    def _flush_due_events(self) -> None:
+        # Cleared first: an event buffered during the flush schedules the next one.
+        self._flush_due = False
+        self._flush_events()
+
+
+CONSUMER = f"{__name__}:{BatchedEventsConsumer.__qualname__}"
+"""The consumer's path, as Celery's `worker_consumer` setting takes it."""
