@@ -156,7 +156,7 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
     """Celery settings for a Quorum worker or producer (docs/architecture.md says why each);
     `transport`: the kombu transport for a Redis broker (the worker's takes jobs in in
     batches, `quorum.worker.transport`)."""
-    routes = {
+    routes: dict[str, dict[str, Any]] = {
         "quorum.task_node": {"queue": settings.task_queue},
         "quorum.vote": {"queue": settings.vote_queue},
         "quorum.tally": {"queue": settings.control_queue},
@@ -183,6 +183,13 @@ def celery_config(settings: Settings, *, transport: str = _TRANSPORT) -> dict[st
             "max_connections": settings.redis_max_connections,
         }
     broker_tls = settings.tls_for(settings.broker) if holds_back(settings.broker) else None
+    if holds_back(settings.broker):
+        # No declaration before each publish: on Redis a job goes to its queue's list
+        # whatever is declared (Celery sends to the anonymous exchange), and kombu's check
+        # of its cache of declarations, a copy of the queue each time, was half the CPU of
+        # sending a voting round (docs/benchmarks.md, History). RabbitMQ drops a message for
+        # a queue not declared: there each publish declares it, as Celery does by default.
+        routes = {name: {**route, "declare": []} for name, route in routes.items()}
     return {
         "broker_url": settings.broker,
         "broker_transport": transport if holds_back(settings.broker) else None,

@@ -106,15 +106,9 @@ def _builder() -> ThreadPoolExecutor:
 
 
 def _held_round(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> HeldBack:
-    """A round's jobs, held back to be sent in one round trip to a Redis broker (any other
-    broker has them sent now). On Redis, kombu's declaration of the vote queue before each
-    publish is CPU alone (half of a round's build, docs/benchmarks.md, History): a job goes
-    to its queue's list whatever is declared, and the workers declared it when they started.
-    Any other broker declares it as usual (RabbitMQ drops a message for a queue not there)."""
-    declare: list[Any] | None = [] if holds_back(_process().settings.broker) else None
     with HeldBack() as held:
         for job in round_jobs(run_id, attempt, round_, plan):
-            job.apply_async(declare=declare)
+            job.apply_async()
     return held
 
 

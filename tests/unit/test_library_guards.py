@@ -349,7 +349,7 @@ def test_the_event_dispatcher_still_asks_the_consumer_to_flush_its_buffer() -> N
 
 
 def test_a_round_sent_without_declaring_still_goes_to_its_queue() -> None:
-    where = f"_held_round's declare=[] ({JOBS})"
+    where = f"celery_config's routes, with declare=[] on Redis ({BROKER})"
     sender = worker_app.app.amqp.send_task_message
     assert "declare" in inspect.signature(sender).parameters, _broken(
         "celery", "send_task_message no longer takes declare", where

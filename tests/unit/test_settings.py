@@ -4,6 +4,7 @@ key."""
 from __future__ import annotations
 
 import pytest
+from celery import Celery
 from pydantic import SecretStr, ValidationError
 
 from quorum.shared.broker import celery_config
@@ -228,3 +229,20 @@ def test_a_worker_shares_one_chord_backend_between_its_threads() -> None:
     assert chord_backend("redis://r:6379/1")["result_backend"].endswith("+redis://r:6379/1")
     store = connect("redis://localhost:6399/0", max_connections=2).connection_pool
     assert store.connection_kwargs["driver_info"] is DRIVER_INFO
+
+
+@pytest.mark.parametrize(
+    ("broker", "declare"),
+    [("redis://broker:6379/0", []), ("amqp://guest@rabbit//", None)],
+)
+def test_jobs_sent_to_a_redis_broker_skip_the_queue_declaration(
+    monkeypatch: pytest.MonkeyPatch, broker: str, declare: list[object] | None
+) -> None:
+    monkeypatch.setenv("QUORUM_BROKER_URL", broker)
+    celery = Celery("routes")
+    celery.conf.update(celery_config(Settings()))
+
+    for name in ("quorum.task_node", "quorum.vote", "quorum.route"):
+        options = celery.amqp.router.route({}, name)
+        assert options["queue"].name in Settings().queues
+        assert options.get("declare") == declare  # what Celery passes on to kombu's publish
