@@ -19,6 +19,7 @@ from quorum.shared.settings import Settings
 
 __all__ = [
     "JOB_NAMES",
+    "Held",
     "HeldBack",
     "RedisChannel",
     "RedisTransport",
@@ -46,6 +47,9 @@ def holds_back(broker_url: str) -> bool:
 
 _held = threading.local()
 
+Held = tuple["RedisChannel", str, dict[str, Any]]
+"""A held message: its channel, its queue's key, and kombu's message."""
+
 
 class HeldBack:
     """The jobs this thread publishes to a Redis broker inside `with HeldBack() as held:`,
@@ -60,7 +64,7 @@ class HeldBack:
     """
 
     def __init__(self) -> None:
-        self._messages: list[tuple[RedisChannel, str, str]] = []
+        self._messages: list[Held] = []
 
     def __enter__(self) -> HeldBack:
         if getattr(_held, "messages", None) is None:
@@ -75,9 +79,20 @@ class HeldBack:
         """LPUSH the held jobs; `StoreError` if Redis fails (the job is retried)."""
         by_channel: dict[RedisChannel, list[tuple[str, str]]] = {}
         for channel, key, message in self._messages:
-            by_channel.setdefault(channel, []).append((key, message))
+            by_channel.setdefault(channel, []).append((key, dumps(message)))
         for channel, messages in by_channel.items():
             channel.push(messages)
+
+    @staticmethod
+    def last() -> Held | None:
+        """The last message held in this thread (by the outermost block), if any."""
+        held = getattr(_held, "messages", None)
+        return held[-1] if held else None
+
+    @staticmethod
+    def hold(message: Held) -> None:
+        """Hold one more message, as if published (inside a block)."""
+        _held.messages.append(message)
 
 
 class RedisChannel(kombu_redis.Channel):
@@ -140,7 +155,7 @@ class RedisChannel(kombu_redis.Channel):
             super()._put(queue, message, **kwargs)
             return
         priority = self._get_message_priority(message, reverse=False)
-        held.append((self, self._q_for_pri(queue, priority), dumps(message)))
+        held.append((self, self._q_for_pri(queue, priority), message))
 
 
 class RedisTransport(kombu_redis.Transport):

@@ -34,6 +34,7 @@ from quorum.shared.settings import Settings, get_settings
 from quorum.shared.store import RunStore
 from quorum.shared.sweep import Sweeper
 from quorum.worker.app import app
+from quorum.worker.copies import send_copies
 
 __all__ = [
     "advance",
@@ -107,8 +108,7 @@ def _builder() -> ThreadPoolExecutor:
 
 def _held_round(run_id: str, attempt: int, round_: int, plan: flow.Plan) -> HeldBack:
     with HeldBack() as held:
-        for job in round_jobs(run_id, attempt, round_, plan):
-            job.apply_async()
+        send_copies(round_jobs(run_id, attempt, round_, plan))
     return held
 
 

@@ -1,21 +1,29 @@
 """The Redis transport's batches, on a real redis-server: the message loop takes the jobs
 waiting in a queue in one round trip, each recorded as unacked so that none is lost if the
-worker dies; a voting round's jobs are sent in one round trip; acks leave Redis in batches."""
+worker dies; a voting round's jobs are sent in one round trip, all but the first copied from
+it; acks leave Redis in batches."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import kombu
 import pytest
 import redis
+from celery import Celery, Signature, signals
 
 from quorum.producer.stack import start_redis
-from quorum.shared.broker import HeldBack
+from quorum.shared.broker import HeldBack, celery_config
 from quorum.shared.errors import StoreError
+from quorum.shared.settings import Settings
+from quorum.worker import copies
+from quorum.worker.copies import send_copies
+from quorum.worker.transport import INTAKE_TRANSPORT
 from quorum.worker.transport import IntakeRedisTransport as RedisTransport
 from tests.integration.conftest import redis_server
 
@@ -237,3 +245,101 @@ def test_a_broker_lost_before_held_jobs_are_sent_is_a_store_error() -> None:
                 held.send()
     finally:
         server.stop()
+
+
+# -- a round's copies (`worker/copies.py`) ----------------------------------------------------
+
+
+def _round_app(url: str) -> tuple[Celery, list[Signature]]:
+    """A Celery app configured as Quorum's, on this module's Redis, and a round of 9 jobs."""
+    app = Celery("copies")
+    app.conf.update(celery_config(Settings(redis_url=url), transport=INTAKE_TRANSPORT))
+
+    @app.task(name="quorum.vote", bind=True)
+    def vote(self: Any, **kwargs: Any) -> None:
+        """Never run."""
+
+    jobs = []
+    for issue in range(3):
+        for index in range(3):
+            kwargs = {"run_id": "r", "attempt": 1, "issue": issue, "index": index}
+            jobs.append(vote.si(**kwargs).set(argsrepr="()", kwargsrepr=repr(kwargs)))
+    return app, jobs
+
+
+def _sent(jobs: list[Signature], count_through_celery: list[int]) -> list[dict[str, Any]]:
+    """The messages `send_copies` holds for `jobs`, their ids blanked out; counts in
+    `count_through_celery` how many Celery built."""
+    built = Signature.apply_async
+
+    def counted(self: Signature, *args: Any, **kwargs: Any) -> Any:
+        count_through_celery.append(1)
+        return built(self, *args, **kwargs)
+
+    with mock.patch.object(Signature, "apply_async", counted), HeldBack() as held:
+        send_copies(jobs)
+    messages = []
+    for _, _, message in held._messages:
+        ids = {message["headers"]["id"]}
+        assert message["properties"]["correlation_id"] in ids
+        assert message["headers"]["root_id"] in ids
+        message = json.loads(json.dumps(message))
+        message["headers"].update(id="-", root_id="-")
+        message["properties"].update(correlation_id="-", delivery_tag="-")
+        messages.append(message)
+    return messages
+
+
+def test_a_rounds_copies_are_the_messages_celery_builds_but_for_their_ids(
+    private_redis: str,
+) -> None:
+    app, jobs = _round_app(private_redis)
+    fast: list[int] = []
+    slow: list[int] = []
+
+    copied = _sent(jobs, fast)
+    with mock.patch.object(copies, "_copyable", lambda job: False):
+        built = _sent(jobs, slow)
+
+    assert (len(fast), len(slow)) == (1, 9)
+    assert copied == built
+    bodies = {m["body"] for m in copied}
+    assert len(bodies) == 9  # each its own arguments
+    app.close()
+
+
+def test_every_job_goes_through_celery_while_anything_listens_to_its_publishes(
+    private_redis: str,
+) -> None:
+    app, jobs = _round_app(private_redis)
+    heard: list[str] = []
+
+    def listen(sender: str, headers: dict[str, Any], **_: Any) -> None:
+        heard.append(headers["id"])
+
+    signals.before_task_publish.connect(listen)
+    try:
+        through: list[int] = []
+        _sent(jobs, through)
+    finally:
+        signals.before_task_publish.disconnect(listen)
+
+    assert len(through) == len(heard) == 9
+    app.close()
+
+
+def test_a_message_the_copy_would_get_wrong_sends_every_job_through_celery(
+    private_redis: str,
+) -> None:
+    app, jobs = _round_app(private_redis)
+    copy = copies._copy
+
+    def drifted(*args: Any) -> dict[str, Any]:  # as if Celery added a field of its own
+        return {**copy(*args), "new": 1}
+
+    through: list[int] = []
+    with mock.patch.object(copies, "_copy", drifted):
+        sent = _sent(jobs, through)
+
+    assert len(through) == 9 and all("new" not in m for m in sent)
+    app.close()
