@@ -1,7 +1,7 @@
 """Celery alone: the shapes of Quorum's jobs with a sleep where the LLM call would be, on a
 worker started like Quorum's (`celery -A quorum.bench.floor worker`: the same Celery config,
-pool and result backend), so the report can show how much of Quorum's overhead is Celery's own
-floor.
+consumer, pool and result backend), so the report can show how much of Quorum's overhead is
+Celery's own floor.
 
 A run is a job that sleeps L, then sends a chord of `votes` jobs that each sleep L, joined by a
 callback: Quorum's task → vote round → tally. Runs go one at a time (`sequential`) for the
@@ -25,6 +25,7 @@ from quorum.shared.broker import celery_config
 from quorum.shared.connection import Client, connect
 from quorum.shared.settings import get_settings
 from quorum.worker.app import chord_backend
+from quorum.worker.consumer import CONSUMER
 from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["app", "floor", "peak_overlap"]
@@ -36,6 +37,7 @@ def _app() -> Celery:
     settings = get_settings()
     celery = Celery("bench-floor")
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
+    celery.conf.worker_consumer = CONSUMER
     celery.conf.update(
         chord_backend(settings.result_backend),
         task_queues=[Queue(QUEUE)],

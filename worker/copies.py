@@ -3,7 +3,7 @@ which Celery builds.
 
 The votes of a round differ only in their arguments and ids: building each through Celery and
 kombu (routing, headers, body, the producer pool, retry policy) cost about 0.13 ms of CPU a
-job, copying one about 0.02 ms (docs/benchmarks.md, History). A copy takes the first message
+job, copying one about 0.03 ms (docs/benchmarks.md, History). A copy takes the first message
 and gives it its own task id (and root id, where the first is its own root), delivery tag,
 arguments and their `repr`. Before copying, the copy of the first message with its own
 arguments and ids must be the first message itself: a Celery or kombu release that builds a
