@@ -36,12 +36,13 @@ def send_copies(jobs: list[Signature]) -> None:
     if held is not None and held[2].get("headers", {}).get("id") != sent.id:
         held = None  # not held: it went out at once
     template = _template(held, first) if held is not None and _copyable(first) else None
-    for job in rest:
-        if template is None or held is None:
+    if held is None or template is None:
+        for job in rest:
             job.apply_async()
-        else:
-            channel, key, _ = held
-            HeldBack.hold((channel, key, _copy(template, job.kwargs, uuid(), uuid())))
+        return
+    channel, key, _ = held
+    for job in rest:
+        HeldBack.hold((channel, key, _copy(template, job.kwargs, uuid(), uuid())))
 
 
 def _copyable(job: Signature) -> bool:
