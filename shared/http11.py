@@ -15,7 +15,7 @@ from __future__ import annotations
 import http.client
 import socket
 
-__all__ = ["Connection", "Reply"]
+__all__ = ["Connection", "Reply", "header_lines"]
 
 MAX_HEAD_BYTES = 65_536
 """The most bytes a reply's status line and headers may take."""
@@ -40,6 +40,8 @@ class Connection:
         self.timeout_s = timeout_s
         self.sock: socket.socket | None = None
         self._buffer = bytearray()
+        named = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+        self._host_line = b"Host: %s:%d\r\n" % (named.encode("idna"), port)
 
     def post(self, target: str, head: bytes, body: bytes) -> Reply:
         """POST `body` to `target`; `head`: the request's header lines, each ending in CRLF,
@@ -48,10 +50,9 @@ class Connection:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._buffer.clear()
-        request = b"POST %s HTTP/1.1\r\nHost: %s:%d\r\n%s%sContent-Length: %d\r\n\r\n" % (
+        request = b"POST %s HTTP/1.1\r\n%s%s%sContent-Length: %d\r\n\r\n" % (
             target.encode(),
-            self.host.encode(),
-            self.port,
+            self._host_line,
             _IDENTITY,
             head,
             len(body),
@@ -159,6 +160,17 @@ class Connection:
         self._buffer.clear()
         self.close()
         return body
+
+
+def header_lines(headers: dict[str, str]) -> bytes:
+    """`headers` as a request's header lines; ValueError for a name or value that would end
+    its line early (CR, LF), as `http.client` refuses them."""
+    lines = []
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0") or not name or ":" in name:
+            raise ValueError(f"an HTTP header that cannot be sent: {name!r}")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 def _length(value: str) -> int:

@@ -195,9 +195,7 @@ class _PlainHTTP:
             "x-stainless-retry-count": "0",
             **({"x-stainless-read-timeout": str(read)} if read is not None else {}),
         }
-        self._head = "".join(
-            f"{name}: {value}\r\n" for name, value in headers.items() if isinstance(value, str)
-        ).encode("latin-1")
+        self._head = http11.header_lines({k: v for k, v in headers.items() if isinstance(v, str)})
 
     def post(self, body: dict[str, Any]) -> Any:
         """The server's JSON reply (its text if it is not JSON); the SDK's exception if the

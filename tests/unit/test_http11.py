@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from quorum.shared.http11 import MAX_HEAD_BYTES, Connection
+from quorum.shared.http11 import MAX_HEAD_BYTES, Connection, header_lines
 
 
 class RawServer:
@@ -176,3 +176,32 @@ def test_a_silent_server_times_out(server: RawServer) -> None:
 
     with pytest.raises(TimeoutError):
         connect(server, timeout_s=0.2).post("/", HEAD, b"x")
+
+
+def test_an_ipv6_host_is_bracketed_in_the_host_header() -> None:
+    try:
+        server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = server.getsockname()[1]
+    got: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            got.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    with server:
+        assert Connection("::1", port, timeout_s=5).post("/", HEAD, b"")[0] == 200
+    thread.join(5)
+    assert b"\r\nHost: [::1]:%d\r\n" % port in got[0]
+
+
+@pytest.mark.parametrize("bad", [{"X-A": "1\r\nX-B: 2"}, {"X-A\n": "1"}, {"": "1"}, {"X:A": "1"}])
+def test_a_header_that_would_end_its_line_early_is_refused(bad: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="cannot be sent"):
+        header_lines(bad)
+    assert header_lines({"Authorization": "Bearer k"}) == b"Authorization: Bearer k\r\n"
