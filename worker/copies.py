@@ -14,7 +14,7 @@ So do they all while anything listens to Celery's publish signals or task-sent e
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import Signature, signals
 from kombu.utils.json import dumps, loads
@@ -23,6 +23,15 @@ from kombu.utils.uuid import uuid
 from quorum.shared.broker import Held, HeldBack
 
 __all__ = ["send_copies"]
+
+
+class _Template(NamedTuple):
+    """The first message of a round, and the positional arguments and Celery's embedded
+    options its body carries beside the keyword arguments (the same for every vote)."""
+
+    message: dict[str, Any]
+    args: list[Any]
+    embed: dict[str, Any]
 
 
 def send_copies(jobs: list[Signature]) -> None:
@@ -52,7 +61,7 @@ def _copyable(job: Signature) -> bool:
     return not listened and not job.app.conf.task_send_sent_event
 
 
-def _template(held: Held, first: Signature) -> dict[str, Any] | None:
+def _template(held: Held, first: Signature) -> _Template | None:
     """The first message, as a template for its copies; None unless its copy with its own
     arguments and ids is the message itself (and its body is base64, as on Redis)."""
     _, _, message = held
@@ -61,30 +70,28 @@ def _template(held: Held, first: Signature) -> dict[str, Any] | None:
         return None
     try:
         args, _, embed = loads(base64.b64decode(message["body"]))
-        template = {**message, "_args": args, "_embed": embed}
+        template = _Template(message, args, embed)
         own = _copy(template, first.kwargs, message["headers"]["id"], properties["delivery_tag"])
     except (KeyError, TypeError, ValueError):
         return None
     return template if own == message else None
 
 
-def _copy(
-    template: dict[str, Any], kwargs: dict[str, Any], task_id: str, tag: str
-) -> dict[str, Any]:
+def _copy(template: _Template, kwargs: dict[str, Any], task_id: str, tag: str) -> dict[str, Any]:
     """The template's message for a job with `kwargs`, with `task_id` and delivery tag `tag`."""
-    headers = template["headers"]
+    first = template.message
+    headers = first["headers"]
     shown = repr(kwargs)
     own = {"id": task_id, "kwargsrepr": shown}
     if headers.get("root_id") == headers.get("id"):  # its own root: no parent job
         own["root_id"] = task_id
-    properties = {**template["properties"], "correlation_id": task_id, "delivery_tag": tag}
+    properties = {**first["properties"], "correlation_id": task_id, "delivery_tag": tag}
     if "kwargsrepr" in properties:
         properties["kwargsrepr"] = shown
-    body = dumps([template["_args"], kwargs, template["_embed"]]).encode()
-    message = {k: v for k, v in template.items() if not k.startswith("_")}
-    message.update(
-        headers={**headers, **own},
-        properties=properties,
-        body=base64.b64encode(body).decode(),
-    )
-    return message
+    body = dumps([template.args, kwargs, template.embed]).encode()
+    return {
+        **first,
+        "headers": {**headers, **own},
+        "properties": properties,
+        "body": base64.b64encode(body).decode(),
+    }
