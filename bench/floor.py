@@ -25,7 +25,7 @@ from quorum.shared.broker import celery_config
 from quorum.shared.connection import Client, connect
 from quorum.shared.settings import get_settings
 from quorum.worker.app import chord_backend
-from quorum.worker.consumer import CONSUMER
+from quorum.worker.consumer import CONSUMER, EVENTS
 from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["app", "floor", "peak_overlap"]
@@ -35,7 +35,7 @@ QUEUE = "bench.floor"
 
 def _app() -> Celery:
     settings = get_settings()
-    celery = Celery("bench-floor")
+    celery = Celery("bench-floor", events=EVENTS)
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
     celery.conf.worker_consumer = CONSUMER
     celery.conf.update(

@@ -150,8 +150,20 @@ def launch(
 ) -> None:
     """Note a voting round's votes in the store, then send its jobs (`prepared`: the round
     built already, `Enqueuer.prepare_round`). A round after the first marks progress: the
-    first comes with the move to `VALIDATING`, which did."""
+    first comes with the move to `VALIDATING`, which did (and planned it, `start_voting`;
+    a redelivered task job plans it here again, which keeps the first plan)."""
     ctx.store.plan_round(run_id, attempt, round_, plan, progress=round_ > 1)
+    _send_round(ctx, run_id, attempt, round_, plan, prepared)
+
+
+def _send_round(
+    ctx: Context,
+    run_id: str,
+    attempt: int,
+    round_: int,
+    plan: Plan,
+    prepared: Callable[[], None] | None,
+) -> None:
     if prepared is None:
         ctx.enqueue.voting_round(run_id, attempt, round_, plan)
     else:
@@ -242,18 +254,12 @@ def task_node(ctx: Context, run_id: str, attempt: int) -> Step:
     if checked.failure is not None or spec.config is None:
         return Step(checks.conclude(ctx, state, attempt, checked, reply.usage, call))
     output = checked.output
-    moved = ctx.store.transition(
-        run_id,
-        TaskStatus.VALIDATING,
-        attempt=attempt,
-        fields={f"output:{attempt}": output},
-        events=[Output(attempt=attempt, worker=ctx.worker, output=output, **call)],
-        usage=reply.usage,
-    )
+    stored = Output(attempt=attempt, worker=ctx.worker, output=output, **call)
+    moved = ctx.store.start_voting(run_id, attempt, output, stored, reply.usage, plan)
     if not moved or ctx.over_budget(state):
         return Step.SKIPPED
     log.info("run %s attempt %d: output valid, voting", run_id, attempt)
-    launch(ctx, run_id, attempt, 1, plan, first_round)
+    _send_round(ctx, run_id, attempt, 1, plan, first_round)
     return Step.VALIDATING
 
 

@@ -24,8 +24,10 @@ An attempt votes in rounds (`shared.voting` says how many votes each draws):
    in the very step that stores it), decides the open issues, and either ends the attempt or
    plans the next round.
 
-Decisions are written once per issue into `decided/{issue}` (`decide`, `record_once.lua`); a
-vote whose issue is decided already is skipped without calling the LLM.
+Decisions are written once per issue into `decided/{issue}`: early, by the vote whose record
+lets `voting.decide_early` decide it (`record_vote.lua`, which mirrors that rule in
+`decide_early.lua`, in the same step), or by a tally or a caller (`decide`, `record_once.lua`).
+A vote whose issue is decided already is skipped without calling the LLM.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from quorum.shared.keys import workflow_of
 from quorum.shared.models import Usage, Vote
 from quorum.shared.scripts import RedisScripts, mapped
 from quorum.shared.state import RunState, usage_counters
+from quorum.shared.voting import EARLY_DECISIONS
 
 __all__ = ["RecordedVote", "RoundContext", "RoundStore", "vote_slot"]
 
@@ -64,6 +67,24 @@ def _decisions(rounds: dict[str, str]) -> dict[int, IssueDecided]:
         for name, event in rounds.items()
         if name.startswith(_DECIDED)
     }
+
+
+_OUTCOMES = [
+    json.dumps({"outcome": d.outcome.value, "reason": d.reason}, separators=(",", ":"))[1:-1]
+    for d in EARLY_DECISIONS
+]
+"""The outcome fields of an `issue_decided` event's JSON for each early decision, in the order
+`lua/decide_early.lua` numbers them."""
+
+
+def _early_args(rule: tuple[str, int, int] | None, cast_: VoteCast, issue: int) -> list[Any]:
+    """`record_vote.lua`'s early-rule arguments: the rule (`voting.early_rule`; none: '')
+    and the pieces of the `issue_decided` event it writes, the same JSON as the event's own."""
+    if rule is None:
+        return ["", 0, 0, "", "", "", ""]
+    event = IssueDecided(attempt=cast_.attempt, worker=cast_.worker, issue=issue, outcome="passed")
+    dumped = event.model_dump_json()
+    return [*rule, dumped[: dumped.index(',"outcome":') + 1], *_OUTCOMES]
 
 
 def _hash(flat: list[str]) -> dict[str, str]:
@@ -118,7 +139,7 @@ class RecordedVote:
     """The votes cast on this vote's issue in the attempt, this one included, if it was new
     (else None): what an early decision counts."""
     decided: bool
-    """Whether the vote's issue was decided already."""
+    """Whether the vote's issue is decided: already, or by this record (`early`)."""
     last_of: int
     """The round this vote is to tally (0: none)."""
     tally: RoundContext | None
@@ -182,6 +203,7 @@ class RoundStore(RedisScripts):
         max_votes: int = 999,
         progress: bool = False,
         bill_now: bool = False,
+        early: tuple[str, int, int] | None = None,
     ) -> RecordedVote:
         """Store a vote with its call's usage and finish it (`finish_vote`), in one round trip;
         the vote that closes its round bills the round's calls to the run in that step, or
@@ -190,12 +212,14 @@ class RoundStore(RedisScripts):
         tally its round, what the tally works with comes back in the same round trip; else
         its issue's votes, read up to `max_votes` (the most the run's config lets an issue
         draw; by default the most any config does). `progress`: mark progress on the sweep's
-        index too."""
+        index too. `early` (`voting.early_rule`): decide the vote's issue early in the same
+        step when its votes allow; `decided` then tells that it is."""
         slot = vote_slot(vote.issue, vote.index)
         counters = usage_counters(usage)
         stored = json.dumps({**vote.model_dump(), "usage": {} if bill_now else dict(counters)})
         keys = self._vote_keys(run_id, attempt)
         args = [slot, stored, event.model_dump_json(), int(bill_now), vote.issue, max_votes]
+        args += _early_args(early, event, vote.issue)
         args += [x for pair in counters for x in pair]
 
         def then(pipe: Any) -> None:
@@ -228,14 +252,22 @@ class RoundStore(RedisScripts):
         """Note the votes a round draws (`plan`: issue → vote indices), before it is sent;
         a round planned already keeps its plan. `progress`: mark progress too, in the same
         round trip."""
-        slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
-        keys = [self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+        keys, args = self._plan_call(run_id, attempt, round_, plan)
 
         def then(pipe: Any) -> None:
             if progress:
                 self._touch(pipe, run_id)
 
-        self._script_then(self._plan, keys, [round_, self.ttl_s, *slots], then)
+        self._script_then(self._plan, keys, args, then)
+
+    def _plan_call(
+        self, run_id: str, attempt: int, round_: int, plan: dict[int, list[int]], status: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of `plan.lua` for a round; with `status`, it plans only
+        while the run is in that status and in `attempt`."""
+        slots = [vote_slot(issue, index) for issue, indices in plan.items() for index in indices]
+        keys = [self.keys.rounds(run_id, attempt), self.keys.run(run_id)]
+        return keys, [round_, self.ttl_s, status, attempt if status else "", *slots]
 
     @mapped
     def finish_vote(

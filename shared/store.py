@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
+import redis
+
 from quorum.shared.connection import (
     CLIENT_OPTIONS,
     REDIS_ERRORS,
@@ -278,6 +280,46 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
             pipe.execute()
         if webhook:
             self.send_webhook(run_id)
+
+    @mapped
+    def start_voting(
+        self,
+        run_id: str,
+        attempt: int,
+        output: Any,
+        event: Event,
+        usage: Usage,
+        plan: dict[int, list[int]],
+    ) -> bool:
+        """Move the run from RUNNING to VALIDATING in `attempt` by compare-and-set, storing
+        the attempt's output with `event`; bill the call, mark progress, and plan the first
+        voting round (`plan_round`) if the run moved: one round trip. Returns whether it moved.
+
+        After Redis lost its scripts (a restart), the pipeline goes again with them loaded and
+        without its bill: a move made by the first try is then found made, in this attempt.
+        """
+        status = TaskStatus.VALIDATING
+        fields = {f"output:{attempt}": output}
+        keys, args = self._transition_call(run_id, status, attempt, [event], fields)
+        plan_keys, plan_args = self._plan_call(run_id, attempt, 1, plan, status.value)
+
+        def send(first: bool) -> list[Any]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._transition.sha, len(keys), *keys, *args)
+                if first:
+                    self._bill(pipe, run_id, usage)
+                    self._touch(pipe, run_id)
+                pipe.evalsha(self._plan.sha, len(plan_keys), *plan_keys, *plan_args)
+                return cast(list[Any], pipe.execute())
+
+        try:
+            (moved, *_), *_ = send(True)
+            return bool(moved)
+        except redis.exceptions.NoScriptError:
+            for script in (self._transition, self._plan):
+                self.redis.script_load(script.script)
+        (moved, now, at), *_ = send(False)
+        return bool(moved) or (now, at) == (status.value, str(attempt))
 
     @mapped
     def begin_attempt(

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from quorum.shared.models import KAheadVotingValidationConfig, ValidationConfig
 
 __all__ = [
+    "EARLY_DECISIONS",
     "Decision",
     "Outcome",
     "Tally",
     "decide_after_round",
     "decide_early",
+    "early_rule",
     "first_round_size",
     "next_round_size",
     "theoretical_accuracy",
@@ -51,6 +53,8 @@ class Decision:
 
 PASSED = Decision(Outcome.PASSED)
 FAILED = Decision(Outcome.FAILED)
+EARLY_DECISIONS = (PASSED, FAILED, Decision(Outcome.FAILED, VALIDATOR_UNAVAILABLE))
+"""What `decide_early` can decide, in the order `lua/decide_early.lua` numbers them (1 to 3)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,13 @@ def decide_early(config: ValidationConfig, tally: Tally, planned: int) -> Decisi
         unavailable = tally.margin + pending + tally.errors >= k
         return Decision(Outcome.FAILED, VALIDATOR_UNAVAILABLE) if unavailable else FAILED
     return None
+
+
+def early_rule(config: ValidationConfig) -> tuple[str, int, int]:
+    """`decide_early`'s rule for an issue of `config`, as `lua/decide_early.lua` takes it (a
+    vote's record decides its issue in the same step): the mode (`k` K-ahead, `t` the others),
+    the lead required, and the votes planned."""
+    return ("k" if _k_ahead(config) else "t", config.required_ahead, config.count)
 
 
 def decide_after_round(config: ValidationConfig, tally: Tally) -> Decision | None:

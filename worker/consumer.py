@@ -4,23 +4,55 @@ Workers send task events (received, started, succeeded) for Flower. Celery buffe
 asks its message loop to flush the buffer after every event: one run of ten jobs made about
 twenty publishes of an event or two each, in the one thread that also takes the jobs in.
 Here the first event buffered schedules one flush `EVENT_FLUSH_S` later, which sends every
-event buffered by then in one publish. Flower sees an event that much later; Celery still
-flushes at once when the buffer holds its limit (24 events).
+event buffered by then in one publish. Flower sees an event that much later. The buffer is
+flushed at once only when it holds `EVENT_BUFFER_LIMIT` events: Celery's own limit, 24, made
+two or three publishes of a run of ten jobs (three events each), each about as costly as a
+job's store round trip.
 
-`celery -A quorum.worker.app worker` uses it (Celery's `worker_consumer` setting, `worker.app`).
-It overrides Celery's `Consumer.on_send_event_buffered` and `shutdown` (the version range is
-pinned in pyproject.toml, and `tests/unit/test_library_guards.py` fails when they change).
+`celery -A quorum.worker.app worker` uses it (Celery's `worker_consumer` setting and the app's
+`events` class, `worker.app`). It overrides Celery's `Consumer.on_send_event_buffered` and
+`shutdown`, and the default of `EventDispatcher`'s `buffer_limit` (the version range is pinned
+in pyproject.toml, and `tests/unit/test_library_guards.py` fails when they change).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.common import ignore_errors
 
-__all__ = ["CONSUMER", "EVENT_FLUSH_S", "BatchedEventsConsumer"]
+__all__ = [
+    "CONSUMER",
+    "EVENTS",
+    "EVENT_BUFFER_LIMIT",
+    "EVENT_FLUSH_S",
+    "BatchedDispatcher",
+    "BatchedEvents",
+    "BatchedEventsConsumer",
+]
 
 EVENT_FLUSH_S = 0.05
 """How long a task event waits in the buffer for others to be sent with it."""
+
+EVENT_BUFFER_LIMIT = 500
+"""Task events buffered at most: past it they are sent at once, without waiting for the flush
+(a message loop too busy to flush on time)."""
+
+
+class BatchedDispatcher(EventDispatcher):
+    """Celery's event dispatcher, whose buffer holds up to `EVENT_BUFFER_LIMIT` events."""
+
+    def __init__(self, *args: Any, buffer_limit: int = EVENT_BUFFER_LIMIT, **kwargs: Any) -> None:
+        super().__init__(*args, buffer_limit=buffer_limit, **kwargs)
+
+
+class BatchedEvents(Events):
+    """The app's events, whose dispatcher is `BatchedDispatcher`."""
+
+    dispatcher_cls = f"{__name__}:{BatchedDispatcher.__qualname__}"
 
 
 class BatchedEventsConsumer(CeleryConsumer):
@@ -52,3 +84,6 @@ class BatchedEventsConsumer(CeleryConsumer):
 
 CONSUMER = f"{__name__}:{BatchedEventsConsumer.__qualname__}"
 """The consumer's path, as Celery's `worker_consumer` setting takes it."""
+
+EVENTS = f"{__name__}:{BatchedEvents.__qualname__}"
+"""The events class's path, as `Celery(events=…)` takes it."""

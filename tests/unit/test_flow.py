@@ -24,6 +24,7 @@ from quorum.shared.models import (
     ThresholdVotingValidationConfig,
     Usage,
 )
+from quorum.shared.prompts import VOTE_SCHEMA
 from quorum.shared.store import RunStore
 from tests.unit.events import event
 
@@ -612,6 +613,30 @@ def test_parse_output(content: str, output: Any, error: str | None) -> None:
         assert problem is None
     else:
         assert problem is not None and error in problem
+
+
+@pytest.mark.parametrize(
+    ("content", "max_bytes"),
+    [
+        ('{"is_valid": true, "reasoning": "fine"}', None),
+        ('{"is_valid": false, "reasoning": "no \\u00e9t\\u00e9"}', None),
+        ('{"reasoning": "fine", "is_valid": true}', None),
+        ('{"is_valid": true, "reasoning": "fine"}', 10),  # over the size limit
+        ('{"is_valid": 1, "reasoning": "fine"}', None),
+        ('{"is_valid": true}', None),
+        ('{"is_valid": true, "reasoning": "fine", "extra": 1}', None),
+        ('{"is_valid": true, "reasoning": ["fine"]}', None),
+        ('{"is_valid": true, "reasoning": "\\ud800"}', None),  # a lone surrogate
+        ('{"is_valid": null, "reasoning": "fine"}', None),
+        ('[true, "fine"]', None),
+        ("yes", None),
+        ("[" * 5000, None),
+    ],
+)
+def test_a_vote_is_parsed_as_parse_output_would(content: str, max_bytes: int | None) -> None:
+    """`parse_vote`'s shortcut for a well-formed answer agrees with `parse_output`."""
+    expected = flow.parse_output(content, VOTE_SCHEMA, max_bytes=max_bytes)
+    assert ballot.parse_vote(content, max_bytes=max_bytes) == expected
 
 
 @pytest.mark.parametrize("retries", range(10))

@@ -41,6 +41,7 @@ from celery.app.backends import by_url
 from celery.backends import base as celery_backends_base
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.redis import RedisBackend
+from celery.events.dispatcher import EventDispatcher
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.events import Events as EventsStep
@@ -346,6 +347,19 @@ def test_the_event_dispatcher_still_asks_the_consumer_to_flush_its_buffer() -> N
         "celery", "the Events step no longer hands the dispatcher on_send_event_buffered", where
     )
     assert worker_app.app.conf.worker_consumer == consumer.CONSUMER, f"{APP} no longer sets it"
+
+
+def test_the_workers_event_buffer_still_holds_our_limit() -> None:
+    where = f"BatchedDispatcher ({CONSUMER})"
+    limit = inspect.signature(EventDispatcher.__init__).parameters.get("buffer_limit")
+    assert limit is not None, _broken("celery", "EventDispatcher takes no buffer_limit", where)
+    passed = {n.arg for n in ast.walk(_tree(EventsStep.start)) if isinstance(n, ast.keyword)}
+    assert "buffer_group" in passed, _broken("celery", "the Events step changed", where)
+    assert "buffer_limit" not in passed, _broken(
+        "celery", "the Events step now sets the buffer limit itself", where
+    )
+    dispatcher = worker_app.app.events.Dispatcher(enabled=False)
+    assert dispatcher.buffer_limit == consumer.EVENT_BUFFER_LIMIT, f"{APP} no longer sets it"
 
 
 def test_a_round_sent_without_declaring_still_goes_to_its_queue() -> None:

@@ -13,12 +13,14 @@ from redis import exceptions as redis_errors
 
 from quorum.shared.connection import connect
 from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
+from quorum.shared.events import IssueDecided
 from quorum.shared.keys import Keys
 from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationConfig, Usage, Vote
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RecordedVote
-from quorum.shared.scripts import LIVE_MARGIN_S
+from quorum.shared.scripts import LIVE_MARGIN_S, lua
 from quorum.shared.store import RunStore
+from quorum.shared.voting import VALIDATOR_UNAVAILABLE, early_rule
 from tests.unit.events import event
 
 SPEC = RunSpec(
@@ -246,6 +248,56 @@ def test_transition_of_an_unknown_run_creates_nothing(
 # -- votes, decisions, failures -----------------------------------------------------------
 
 
+def test_start_voting_moves_the_run_bills_its_call_and_plans_the_first_round(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    used = Usage(prompt_tokens=5, completion_tokens=2)
+    output = event("output", 1, "w", output={"x": 1})
+    assert store.start_voting("r1", 1, {"x": 1}, output, used, {0: [0, 1], 1: [0]})
+    state = store.load("r1")
+    assert (state.status, state.outputs, state.usage.total_tokens) == (
+        TaskStatus.VALIDATING,
+        {1: {"x": 1}},
+        7,
+    )
+    rounds = redis.hgetall("quorum:run:{r1}:rounds:1")
+    assert rounds == {"out/1": "3", "0:0": "1", "0:1": "1", "1:0": "1"}
+    assert not store.start_voting("r1", 1, {"x": 2}, output, used, {0: [5]})  # moved already
+    assert redis.hgetall("quorum:run:{r1}:rounds:1") == rounds  # nor planned again
+    assert types(store, "r1").count("output") == 1
+    assert_every_key_has_a_ttl(redis)
+
+
+def test_start_voting_plans_nothing_for_a_run_that_did_not_move(
+    store: RunStore, redis: fakeredis.FakeRedis
+) -> None:
+    started(store)
+    assert store.cancel("r1")
+    output = event("output", 1, "w", output={"x": 1})
+    assert not store.start_voting("r1", 1, {"x": 1}, output, Usage(), {0: [0]})
+    assert not redis.exists("quorum:run:{r1}:rounds:1")
+    assert store.load("r1").status is TaskStatus.CANCELLED
+
+
+@pytest.mark.parametrize("kept", [[], ["transition"]], ids=["none", "transition only"])
+def test_start_voting_after_redis_lost_its_scripts_moves_once_and_bills_once(
+    store: RunStore, redis: fakeredis.FakeRedis, kept: list[str]
+) -> None:
+    """A restarted Redis has no scripts: the first try fails, wholly or after the move."""
+    started(store)
+    redis.script_flush()
+    for name in kept:
+        redis.script_load(lua(name))
+    used = Usage(prompt_tokens=5, completion_tokens=2)
+    output = event("output", 1, "w", output={"x": 1})
+    assert store.start_voting("r1", 1, {"x": 1}, output, used, {0: [0]})
+    state = store.load("r1")
+    assert (state.status, state.usage.total_tokens) == (TaskStatus.VALIDATING, 7)
+    assert redis.hget("quorum:run:{r1}:rounds:1", "out/1") == "1"
+    assert types(store, "r1").count("output") == 1
+
+
 def test_record_vote_is_idempotent_but_bills_every_call(
     store: RunStore, redis: fakeredis.FakeRedis
 ) -> None:
@@ -284,6 +336,57 @@ def test_a_vote_reads_back_its_issues_votes_and_decision_only(store: RunStore) -
     second = Vote(issue=0, index=1, is_valid=True, reasoning="")
     recorded = store.record_vote("r1", 1, second, event("vote", 1, ""), Usage(), max_votes=3)
     assert (recorded.votes, recorded.decided) == ([first, second], False)
+
+
+@pytest.mark.parametrize(
+    ("k", "verdicts", "outcome", "reason"),
+    [
+        (1, [True, True], "passed", ""),
+        (1, [False, False], "failed", ""),
+        (2, [None, None], "failed", VALIDATOR_UNAVAILABLE),
+    ],
+    ids=["passed", "failed", "unavailable"],
+)
+def test_a_vote_that_settles_its_issue_decides_it_in_the_same_step(
+    store: RunStore,
+    redis: fakeredis.FakeRedis,
+    k: int,
+    verdicts: list[bool | None],
+    outcome: str,
+    reason: str,
+) -> None:
+    """Threshold 3: two votes alike (or, with k = 2, two error votes) settle the issue, and
+    the second one's record writes the decision with the event the Python rule would have."""
+    config = ThresholdVotingValidationConfig(issues=["a", "b"], count=3, required_ahead=k)
+    started(store)
+    store.plan_round("r1", 1, 1, {0: [0, 1, 2], 1: [0, 1, 2]})
+    first, second = (
+        Vote(issue=0, index=i, is_valid=v, reasoning="") for i, v in enumerate(verdicts)
+    )
+    rule = early_rule(config)
+    cast = event("vote", 1, "w7", issue=0, index=0)
+    assert not store.record_vote("r1", 1, first, cast, Usage(), max_votes=3, early=rule).decided
+    assert store.decisions("r1", 1) == {}
+    recorded = store.record_vote("r1", 1, second, cast, Usage(), max_votes=3, early=rule)
+    assert (recorded.votes, recorded.decided) == ([first, second], True)
+    decided = store.decisions("r1", 1)[0]
+    expected = IssueDecided(
+        ts=decided.ts,
+        attempt=1,
+        worker="w7",
+        issue=0,
+        outcome=outcome,
+        reason=reason,
+        passing=verdicts.count(True),
+        failing=verdicts.count(False),
+        errors=verdicts.count(None),
+    )
+    assert redis.hget("quorum:run:{r1}:rounds:1", "decided/0") == expected.model_dump_json()
+    assert store.events("r1")[-1] == expected
+    assert types(store, "r1").count("issue_decided") == 1
+    third = Vote(issue=0, index=2, is_valid=True, reasoning="")
+    assert store.record_vote("r1", 1, third, cast, Usage(), max_votes=3, early=rule).decided
+    assert types(store, "r1").count("issue_decided") == 1  # decided once
 
 
 def test_a_run_with_a_budget_bills_each_vote_at_once(store: RunStore) -> None:

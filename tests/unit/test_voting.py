@@ -3,6 +3,7 @@ error votes."""
 
 from __future__ import annotations
 
+import fakeredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,8 +12,11 @@ from quorum.shared.models import (
     KAheadVotingValidationConfig,
     SingleShotValidationConfig,
     ThresholdVotingValidationConfig,
+    ValidationConfig,
 )
+from quorum.shared.scripts import lua
 from quorum.shared.voting import (
+    EARLY_DECISIONS,
     NO_CONSENSUS,
     VALIDATOR_UNAVAILABLE,
     Decision,
@@ -20,6 +24,7 @@ from quorum.shared.voting import (
     Tally,
     decide_after_round,
     decide_early,
+    early_rule,
     first_round_size,
     next_round_size,
     theoretical_accuracy,
@@ -326,3 +331,35 @@ def test_k_ahead_rounds_never_exceed_max_votes_and_always_end(data: st.DataObjec
             break
         size = next_round_size(config, counted)
         assert size >= 1
+
+
+# -- the early rule in Lua (`record_vote.lua` decides with it) ----------------------------
+
+_LUA_EARLY = (
+    lua("decide_early")
+    + """
+return decide_early(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+                    tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+"""
+)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [single(), threshold(3, 1), threshold(5, 3), threshold(3, 3), k_ahead(5, 3), k_ahead(1, 2)],
+    ids=["single", "threshold-3-1", "threshold-5-3", "threshold-3-3", "k-ahead-5-3", "k-ahead-1-2"],
+)
+def test_the_lua_early_rule_decides_as_decide_early_on_every_tally(
+    config: ValidationConfig,
+) -> None:
+    """Every tally up to the config's most votes: the Lua mirror and the Python rule agree."""
+    run = fakeredis.FakeRedis().register_script(_LUA_EARLY)
+    most = config.max_votes
+    for total in range(most + 1):
+        for passing in range(total + 1):
+            for failing in range(total - passing + 1):
+                votes = tally(passing, failing, total - passing - failing)
+                expected = decide_early(config, votes, planned=config.count)
+                number = run(args=[*early_rule(config), passing, failing, votes.errors])
+                got = EARLY_DECISIONS[number - 1] if number else None
+                assert got == expected, (votes, got, expected)
