@@ -8,12 +8,14 @@ claim protocol is `shared.rounds`'). A tally decides each open issue by the conf
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections import defaultdict
 from typing import Any
 
+from quorum.shared import budget
 from quorum.shared.context import Context
 from quorum.shared.errors import RoundIncompleteError, TransientLLMError
 from quorum.shared.events import (
@@ -25,11 +27,12 @@ from quorum.shared.events import (
     VoteSkipped,
 )
 from quorum.shared.flow import Plan, Step, gone, launch, parse_output
-from quorum.shared.models import TaskStatus, Usage, Vote
+from quorum.shared.models import RunSpec, TaskStatus, Usage, Vote
 from quorum.shared.payload import payload_problem
 from quorum.shared.prompts import VOTE_SCHEMA, FailedAttempt, render_task_prompt, validator_messages
 from quorum.shared.responses import result_field
 from quorum.shared.rounds import RoundContext, vote_slot
+from quorum.shared.sandbox import Limits
 from quorum.shared.state import RunState
 from quorum.shared.voting import (
     Tally,
@@ -54,6 +57,26 @@ def _vote_skip_reason(state: RunState | None, attempt: int, decided: bool) -> st
     if state.attempt != attempt or state.status is not TaskStatus.VALIDATING:
         return "attempt stale"
     return "issue decided" if decided else None
+
+
+_CACHED_SPEC_CHARS = 65_536
+"""The largest stored spec whose rendered task prompt a worker keeps for the run's other
+votes (`_task_prompt`)."""
+
+
+def _task_prompt(state: RunState, limits: Limits) -> str:
+    """The run's task prompt, which each of its votes shows the validator: rendered once per
+    run in a worker process (the spec never changes), unless the spec is large."""
+    spec = state.spec
+    if not state.spec_json or len(state.spec_json) > _CACHED_SPEC_CHARS:
+        return render_task_prompt(spec.template, spec.kwargs, limits)
+    return _rendered(state.spec_json, limits)
+
+
+@functools.lru_cache(maxsize=64)
+def _rendered(spec_json: str, limits: Limits) -> str:
+    spec = RunSpec.model_validate_json(spec_json)
+    return render_task_prompt(spec.template, spec.kwargs, limits)
 
 
 def parse_vote(content: str, *, max_bytes: int | None = None) -> tuple[Any, str | None]:
@@ -91,7 +114,7 @@ def vote(ctx: Context, run_id: str, attempt: int, issue: int, index: int) -> dic
         _finish(ctx, run_id, attempt, issue, index, skip)
         return {"issue": issue, "index": index, "skipped": reason}
     spec = state.spec
-    prompt = render_task_prompt(spec.template, spec.kwargs, ctx.template_limits)
+    prompt = _task_prompt(state, ctx.template_limits)
     messages = validator_messages(prompt, state.outputs[attempt], spec.voting.issues[issue])
     reply = ctx.call(
         state,
@@ -140,7 +163,7 @@ def _store_vote(
     # A run with a budget bills each vote as it ends, so that the next call's check sees it;
     # the others bill a round's votes together when it closes (two counters fewer per vote).
     spec = state.spec
-    bill_now = spec.max_tokens is not None or spec.max_cost is not None
+    bill_now = budget.limited(spec)
     config = spec.voting
     # The record decides the issue early in its own step; a run with a budget checks it first.
     early = None if bill_now else early_rule(config)

@@ -15,15 +15,20 @@ from collections.abc import Mapping, Sequence
 from quorum.shared.models import RunSpec, Usage
 from quorum.shared.settings import Price
 
-__all__ = ["estimate", "exceeded", "priced"]
+__all__ = ["estimate", "exceeded", "limited", "priced"]
 
 _CHARS_PER_TOKEN = 4
+
+
+def limited(spec: RunSpec) -> bool:
+    """Whether the run has a budget (`max_tokens` or `max_cost`)."""
+    return spec.max_tokens is not None or spec.max_cost is not None
 
 
 def priced(usage: Usage, price: Price | None) -> Usage:
     """`usage` with its cost filled in from the model's price (0 without one)."""
     if price is None:
-        return usage.model_copy(update={"cost_usd": 0.0})
+        return usage if usage.cost_usd == 0.0 else usage.model_copy(update={"cost_usd": 0.0})
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     reasoning = min(usage.reasoning_tokens, usage.completion_tokens)
     cost = (

@@ -100,11 +100,12 @@ class Context:
         over the budget.
         """
         price = self.prices.get(model)
-        spent = self._spent(state.run_id) if workflow_of(state.run_id) else state.usage
-        over = budget.exceeded(state.spec, spent, budget.estimate(messages, price))
-        if over is not None:
-            fail_run(self, state.run_id, over, [over], code="budget_exceeded")
-            return None
+        if budget.limited(state.spec):
+            spent = self._spent(state.run_id) if workflow_of(state.run_id) else state.usage
+            over = budget.exceeded(state.spec, spent, budget.estimate(messages, price))
+            if over is not None:
+                fail_run(self, state.run_id, over, [over], code="budget_exceeded")
+                return None
         reply = self.llm.complete_json(model=model, messages=messages, **kw)
         usage = budget.priced(reply.usage, price)
         return Completion(
@@ -133,7 +134,7 @@ class Context:
 
     def over_budget(self, state: RunState) -> bool:
         """End the run FAILED (`budget_exceeded`) if what it has spent is over its budget."""
-        if state.spec.max_tokens is None and state.spec.max_cost is None:
+        if not budget.limited(state.spec):
             return False
         over = budget.exceeded(state.spec, self._spent(state.run_id))
         if over is not None:

@@ -66,6 +66,8 @@ class RunState:
     updated_at: float = 0.0
     outputs: dict[int, Any] = field(default_factory=dict)
     failures: dict[int, FailedAttempt] = field(default_factory=dict)
+    spec_json: str = ""
+    """The spec as stored: what a vote's cached task prompt is keyed by (`ballot`)."""
 
     @classmethod
     def parse(cls, run_id: str, raw: dict[str, str]) -> RunState:
@@ -95,4 +97,5 @@ class RunState:
             updated_at=float(raw.get("updated_at", 0)),
             outputs=outputs,
             failures=failures,
+            spec_json=raw["spec"],
         )

@@ -245,6 +245,27 @@ def test_vote_asks_the_validator_with_one_issue_and_no_feedback(store: RunStore)
     assert types(store)[-1] == "vote"
 
 
+def test_a_runs_votes_render_its_task_prompt_once_per_process(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    llm = FakeLLM()
+    ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
+    renders: list[str] = []
+
+    def render(template: str, kwargs: dict[str, Any], limits: Any) -> str:
+        renders.append(template)
+        return f"rendered {len(renders)}"
+
+    monkeypatch.setattr(ballot, "render_task_prompt", render)
+    ballot._rendered.cache_clear()  # other tests' runs have the same spec
+    request.addfinalizer(ballot._rendered.cache_clear)  # nor keep this test's fake render
+    llm.verdicts += [verdict(True, "ok")] * 3
+    for issue, index in [(0, 0), (1, 0), (0, 1)]:
+        ballot.vote(ctx, RUN, 1, issue, index)
+    assert len(renders) == 1
+    assert all("rendered 1" in prompt for prompt in llm.prompts("quorum_vote"))
+
+
 def test_vote_skips_without_calling_the_llm_when_the_run_is_terminal(store: RunStore) -> None:
     llm = FakeLLM()
     ctx = validating(store, ThresholdVotingValidationConfig(issues=ISSUES), llm)
