@@ -19,7 +19,8 @@ simulator:
 more rounds fit in the same time: that shape is the noisiest.
 
 Where py-ai-toolkit is installed, each round also measures the reference (its `run_task` in
-one process) one run at a time, for the ratios of the one-worker figures to it.
+one process) one run at a time, for the ratios of the one-worker figures to it: of the
+medians, and in brackets the median of each round's ratio to that round's reference.
 
 Every run is Threshold voting, 3 issues × 3 votes, all passing, as in `quorum bench`. The base
 side runs from a git worktree of BASE_COMMIT with this environment's packages; its workers
@@ -260,9 +261,16 @@ def measure_reference(base_url: str, sim: SimulatorControl) -> dict[str, float]:
     return figures
 
 
+def _by_round(side: list[dict[str, float]], ref: list[dict[str, float]], key: str) -> float:
+    """The median over rounds of a side's figure divided by the reference's of the same
+    round: the host's drift between rounds falls on both."""
+    return statistics.median(s[key] / r[key] for s, r in zip(side, ref, strict=True) if r[key])
+
+
 def _table(results: dict[str, list[dict[str, float]]]) -> str:
     """Base and head side by side (every round, and the ratio of medians); the reference's
-    figures, where measured, and each side's ratio to them."""
+    figures, where measured, and each side's ratio to them: of the medians, and in brackets
+    the median of each round's ratio."""
     names = [n for n in results if n != "reference"]
     ref = results.get("reference") or []
     keys = list(results[names[0]][0])
@@ -277,7 +285,10 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
         if ref and key in ref[0]:
             mine = statistics.median(r[key] for r in ref)
             shown = ", ".join(f"{r[key]:.1f}" for r in ref)
-            each = " | ".join(f"{m / mine:.2f}×" if mine else "–" for m in medians)
+            each = " | ".join(
+                f"{m / mine:.2f}× ({_by_round(results[name], ref, key):.2f}×)" if mine else "–"
+                for name, m in zip(names, medians, strict=True)
+            )
             refs.append(f"| {key} | {shown} | {each} |")
     if refs:
         rows += ["", "| figure | reference | " + " | ".join(f"{n} ÷ reference" for n in names)]

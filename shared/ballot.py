@@ -27,13 +27,13 @@ from quorum.shared.events import (
     VoteSkipped,
 )
 from quorum.shared.flow import Plan, Step, gone, launch, parse_output
-from quorum.shared.models import RunSpec, TaskStatus, Usage, Vote
+from quorum.shared.models import TaskStatus, Usage, Vote
 from quorum.shared.payload import payload_problem
 from quorum.shared.prompts import VOTE_SCHEMA, FailedAttempt, render_task_prompt, validator_messages
 from quorum.shared.responses import result_field
 from quorum.shared.rounds import RoundContext, vote_slot
 from quorum.shared.sandbox import Limits
-from quorum.shared.state import RunState
+from quorum.shared.state import SHARED_SPEC_CHARS, RunState, shared_spec
 from quorum.shared.voting import (
     Tally,
     decide_after_round,
@@ -59,23 +59,18 @@ def _vote_skip_reason(state: RunState | None, attempt: int, decided: bool) -> st
     return "issue decided" if decided else None
 
 
-_CACHED_SPEC_CHARS = 65_536
-"""The largest stored spec whose rendered task prompt a worker keeps for the run's other
-votes (`_task_prompt`)."""
-
-
 def _task_prompt(state: RunState, limits: Limits) -> str:
     """The run's task prompt, which each of its votes shows the validator: rendered once per
     run in a worker process (the spec never changes), unless the spec is large."""
     spec = state.spec
-    if not state.spec_json or len(state.spec_json) > _CACHED_SPEC_CHARS:
+    if not state.spec_json or len(state.spec_json) > SHARED_SPEC_CHARS:
         return render_task_prompt(spec.template, spec.kwargs, limits)
     return _rendered(state.spec_json, limits)
 
 
 @functools.lru_cache(maxsize=64)
 def _rendered(spec_json: str, limits: Limits) -> str:
-    spec = RunSpec.model_validate_json(spec_json)
+    spec = shared_spec(spec_json)
     return render_task_prompt(spec.template, spec.kwargs, limits)
 
 

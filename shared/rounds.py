@@ -177,7 +177,7 @@ class RoundStore(RedisScripts):
             pipe.hmget(self.keys.rounds(run_id, attempt), fields)
             raw, (decided, stored) = pipe.execute()
         return (
-            RunState.parse(run_id, raw) if raw else None,
+            RunState.parse(run_id, raw, shared=True) if raw else None,
             decided is not None,
             Vote.model_validate_json(stored) if stored and stored != _SKIPPED else None,
             stored is not None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,13 +10,31 @@ from typing import Any
 from quorum.shared.models import RunSpec, TaskStatus, Usage
 from quorum.shared.prompts import FailedAttempt
 
-__all__ = ["USAGE_FIELDS", "RunState", "usage_counters", "usage_of"]
+__all__ = [
+    "SHARED_SPEC_CHARS",
+    "USAGE_FIELDS",
+    "RunState",
+    "shared_spec",
+    "usage_counters",
+    "usage_of",
+]
 
 TOKEN_FIELDS = tuple(n for n in Usage.model_fields if n not in ("cost_usd", "total_tokens"))
 """The token counts kept as counters of their own. The total is the prompt's and the
 completion's tokens, plus `usage:extra_tokens` when a provider counts more (never, for
 OpenAI's): one counter fewer to add to per call."""
 NANO = 1_000_000_000  # cost is summed in Redis as integer nano-dollars, exactly
+
+SHARED_SPEC_CHARS = 65_536
+"""The largest stored spec a worker process parses once for every job of its run that only
+reads it (`shared_spec`): the run's votes. Larger ones are parsed by each job."""
+
+
+@functools.lru_cache(maxsize=64)
+def shared_spec(spec_json: str) -> RunSpec:
+    """The spec stored as `spec_json`, parsed once per process: one object for every vote of
+    the run (a spec never changes, and votes only read it)."""
+    return RunSpec.model_validate_json(spec_json)
 
 
 def usage_counters(usage: Usage | None) -> list[tuple[str, int]]:
@@ -70,8 +89,14 @@ class RunState:
     """The spec as stored: what a vote's cached task prompt is keyed by (`ballot`)."""
 
     @classmethod
-    def parse(cls, run_id: str, raw: dict[str, str]) -> RunState:
-        """Build from the fields of the run's hash."""
+    def parse(cls, run_id: str, raw: dict[str, str], *, shared: bool = False) -> RunState:
+        """Build from the fields of the run's hash; `shared`: with the process's one object
+        for its spec (`shared_spec`), for a job that only reads it."""
+        stored = raw["spec"]
+        if shared and len(stored) <= SHARED_SPEC_CHARS:
+            spec = shared_spec(stored)
+        else:
+            spec = RunSpec.model_validate_json(stored)
         outputs: dict[int, Any] = {}
         failures: dict[int, FailedAttempt] = {}
         for name, value in raw.items():
@@ -86,7 +111,7 @@ class RunState:
             run_id=run_id,
             status=TaskStatus(raw["status"]),
             attempt=int(raw.get("attempt", 0)),
-            spec=RunSpec.model_validate_json(raw["spec"]),
+            spec=spec,
             result=json.loads(raw["result"]) if "result" in raw else None,
             error=raw.get("error", ""),
             code=raw.get("code", ""),
@@ -97,5 +122,5 @@ class RunState:
             updated_at=float(raw.get("updated_at", 0)),
             outputs=outputs,
             failures=failures,
-            spec_json=raw["spec"],
+            spec_json=stored,
         )

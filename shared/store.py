@@ -193,17 +193,24 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
 
         Blocks on the run's done list, which its final transition pushes to: one wake-up
         however many events the run appends. BLMOVE puts the entry back where it took it
-        from, so every waiter on the run wakes. Between blocks (5 s at most) the status is
-        read as well, which also ends the wait for a run that has no done list.
+        from, so every waiter on the run wakes. The run is read in the same round trip, once
+        the block ends (5 s at most), which also ends the wait for a run that has no done list.
         """
         done, run = self.keys.done(run_id), self.keys.run(run_id)
+        raw: dict[str, str] | None = None
         for block_ms in _blocks(timeout_s):
             seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
-            if self.redis.blmove(done, done, seconds, "RIGHT", "LEFT"):
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
+                pipe.hgetall(run)
+                moved, raw = pipe.execute()
+            if moved or _ended(raw.get("status")):
                 break
-            if _ended(self.redis.hget(run, "status")):
-                break
-        return self.load(run_id)
+        if raw is None:  # no time to wait at all
+            return self.load(run_id)
+        if not raw:
+            raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
+        return _parsed(run_id, raw)
 
     @property
     def asyncio_options(self) -> dict[str, Any]:

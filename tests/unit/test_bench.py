@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from quorum.bench.commands import Counted, origin_of, parse_line, section, target
+from quorum.bench.compare import _table
 from quorum.bench.floor import peak_overlap
 from quorum.bench.progress import Ticker, follow, workload_progress
 from quorum.bench.report import HISTORY, headline, with_history
@@ -254,3 +255,16 @@ def test_command_count_per_run_and_its_row_in_the_targets() -> None:
     what, shown, met = target([record]) or ("", "", False)
     assert "≤ 150" in what and shown == "150" and met
     assert "| store | 100.0 |" in "\n".join(section([record]))
+
+
+def test_a_comparison_gives_each_sides_ratio_to_the_reference_also_round_by_round() -> None:
+    """The ratio of the medians, and in brackets the median of each round's ratio to that
+    round's reference (a drift of the host between rounds falls on both)."""
+    results = {
+        "base": [{"cpu": 10.0}, {"cpu": 30.0}, {"cpu": 12.0}],
+        "head": [{"cpu": 5.0}, {"cpu": 15.0}, {"cpu": 6.0}],
+        "reference": [{"cpu": 20.0}, {"cpu": 30.0}, {"cpu": 40.0}],
+    }
+    table = _table(results)
+    assert "| cpu | 10.0, 30.0, 12.0 | 5.0, 15.0, 6.0 | 0.50× |" in table
+    assert "| cpu | 20.0, 30.0, 40.0 | 0.40× (0.50×) | 0.20× (0.25×) |" in table

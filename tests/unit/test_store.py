@@ -19,6 +19,7 @@ from quorum.shared.models import RunSpec, TaskStatus, ThresholdVotingValidationC
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RecordedVote
 from quorum.shared.scripts import LIVE_MARGIN_S, lua
+from quorum.shared.state import SHARED_SPEC_CHARS
 from quorum.shared.store import RunStore
 from quorum.shared.voting import VALIDATOR_UNAVAILABLE, early_rule
 from tests.unit.events import event
@@ -296,6 +297,21 @@ def test_start_voting_after_redis_lost_its_scripts_moves_once_and_bills_once(
     assert (state.status, state.usage.total_tokens) == (TaskStatus.VALIDATING, 7)
     assert redis.hget("quorum:run:{r1}:rounds:1", "out/1") == "1"
     assert types(store, "r1").count("output") == 1
+
+
+def test_a_runs_votes_share_one_parsed_spec_unless_it_is_large(store: RunStore) -> None:
+    started(store)
+    first, *_ = store.vote_context("r1", 1, 0, 0)
+    again, *_ = store.vote_context("r1", 1, 0, 1)
+    assert first is not None and again is not None
+    assert first.spec is again.spec and first.spec == SPEC
+    assert store.load("r1").spec is not first.spec  # a step that may change it gets its own
+    large = SPEC.model_copy(update={"kwargs": {"message": "x" * SHARED_SPEC_CHARS}})
+    store.create("r2", large)
+    one, *_ = store.vote_context("r2", 1, 0, 0)
+    two, *_ = store.vote_context("r2", 1, 0, 1)
+    assert one is not None and two is not None
+    assert one.spec is not two.spec and one.spec == two.spec == large
 
 
 def test_record_vote_is_idempotent_but_bills_every_call(
@@ -658,6 +674,7 @@ def test_wait_wakes_when_the_run_ends(store: RunStore) -> None:
 def test_wait_returns_the_live_run_when_the_timeout_runs_out(store: RunStore) -> None:
     started(store)
     assert store.wait("r1", timeout_s=0.2).status is TaskStatus.RUNNING
+    assert store.wait("r1", timeout_s=0).status is TaskStatus.RUNNING  # no time to block
 
 
 def test_wait_ends_for_a_run_that_ended_without_a_done_list(
