@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from quorum.shared.errors import RunUnreadableError
 from quorum.shared.models import RunSpec, TaskStatus, Usage
 from quorum.shared.prompts import FailedAttempt
 
@@ -14,6 +15,7 @@ __all__ = [
     "SHARED_SPEC_CHARS",
     "USAGE_FIELDS",
     "RunState",
+    "read_state",
     "shared_spec",
     "usage_counters",
     "usage_of",
@@ -124,3 +126,14 @@ class RunState:
             failures=failures,
             spec_json=stored,
         )
+
+
+def read_state(run_id: str, raw: dict[str, str]) -> RunState:
+    """The run from its hash; `RunUnreadableError` if what is stored does not parse."""
+    try:
+        return RunState.parse(run_id, raw)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise RunUnreadableError(
+            f"run {run_id!r} is stored but cannot be read back: {type(exc).__name__}: "
+            f"{str(exc)[:300]}"
+        ) from exc

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis
 
 from quorum.shared.connection import (
-    CLIENT_OPTIONS,
-    REDIS_ERRORS,
     Client,
-    asyncio_client,
     connect,
 )
 from quorum.shared.creation import CreationStore
 from quorum.shared.deliveries import DeliveryStore, lease_s
-from quorum.shared.errors import RunNotFoundError, RunUnreadableError, StoreError
+from quorum.shared.errors import RunNotFoundError
 from quorum.shared.events import (
-    TERMINAL_EVENTS,
     AttemptStarted,
     Cancelled,
     Event,
@@ -44,44 +40,13 @@ from quorum.shared.prompts import FailedAttempt
 from quorum.shared.rounds import RoundStore
 from quorum.shared.scripts import mapped
 from quorum.shared.settings import Settings
-from quorum.shared.state import USAGE_FIELDS, RunState, usage_of
+from quorum.shared.state import USAGE_FIELDS, RunState, read_state, usage_of
+from quorum.shared.waiting import WaitStore
 
 __all__ = ["RunStore"]
 
 
-def _blocks(timeout_s: float | None) -> Iterator[int]:
-    """Successive blocking-read times (ms) until `timeout_s` runs out; endless without one."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return
-        yield 5000 if left is None else max(1, min(int(left * 1000), 5000))
-
-
-def _ended(status: Any) -> bool:
-    """Whether a run with this status field (a str, or None) has nothing more to wait for
-    (or is gone)."""
-    return status is None or TaskStatus(status).terminal
-
-
-def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
-    """The entries of a one-stream XREAD reply."""
-    return [entry for _, entries in reply or [] for entry in entries]
-
-
-def _parsed(run_id: str, raw: dict[str, str]) -> RunState:
-    """The run from its hash; `RunUnreadableError` if what is stored does not parse."""
-    try:
-        return RunState.parse(run_id, raw)
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise RunUnreadableError(
-            f"run {run_id!r} is stored but cannot be read back: {type(exc).__name__}: "
-            f"{str(exc)[:300]}"
-        ) from exc
-
-
-class RunStore(RoundStore, CreationStore, DeliveryStore):
+class RunStore(RoundStore, CreationStore, DeliveryStore, WaitStore):
     """Reads and writes runs; the only code that talks to Redis about them."""
 
     def __init__(
@@ -138,7 +103,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
         raw = cast(dict[str, str], self.redis.hgetall(self.keys.run(run_id)))
         if not raw:
             raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
-        return _parsed(run_id, raw)
+        return read_state(run_id, raw)
 
     @mapped
     def status(self, run_id: str) -> TaskStatus:
@@ -171,72 +136,6 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
     def list_runs(self, where: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
         """A page of the runs that match `where`, newest first (`shared.listing`)."""
         return self.index.page(where, limit=limit, cursor=cursor)
-
-    @mapped
-    def watch(self, run_id: str, *, timeout_s: float | None) -> Iterator[Event | OtherEvent]:
-        """Yield the run's events as they arrive, from the first, until a terminal one.
-
-        Blocks on the event stream (XREAD BLOCK); stops silently when `timeout_s` runs out.
-        """
-        key, last_id = self.keys.events(run_id), "0-0"
-        for block_ms in _blocks(timeout_s):
-            for entry_id, fields in _entries(self.redis.xread({key: last_id}, block=block_ms)):
-                last_id = entry_id
-                event = parse_event(fields["event"])
-                yield event
-                if event.type in TERMINAL_EVENTS:
-                    return
-
-    @mapped
-    def wait(self, run_id: str, *, timeout_s: float | None) -> RunState:
-        """The run once it is terminal, or as it is when `timeout_s` runs out.
-
-        Blocks on the run's done list, which its final transition pushes to: one wake-up
-        however many events the run appends. BLMOVE puts the entry back where it took it
-        from, so every waiter on the run wakes. The run is read in the same round trip, once
-        the block ends (5 s at most), which also ends the wait for a run that has no done list.
-        """
-        done, run = self.keys.done(run_id), self.keys.run(run_id)
-        raw: dict[str, str] | None = None
-        for block_ms in _blocks(timeout_s):
-            seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
-                pipe.hgetall(run)
-                moved, raw = pipe.execute()
-            if moved or _ended(raw.get("status")):
-                break
-        if raw is None:  # no time to wait at all
-            return self.load(run_id)
-        if not raw:
-            raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
-        return _parsed(run_id, raw)
-
-    @property
-    def asyncio_options(self) -> dict[str, Any]:
-        """The options of an asyncio client on this store's Redis (`url`): the same as its
-        own connections'."""
-        return {**CLIENT_OPTIONS, **(self.tls or {})}
-
-    async def wait_async(self, run_id: str, *, timeout_s: float | None) -> RunState:
-        """`wait` for asyncio code, on a connection of its own."""
-        if self.url is None:
-            raise StoreError("this store has no URL to open an asyncio connection with")
-        done, run = self.keys.done(run_id), self.keys.run(run_id)
-        try:
-            async with asyncio_client(self.url, options=self.asyncio_options) as client:
-                for block_ms in _blocks(timeout_s):
-                    seconds: Any = block_ms / 1000  # fractional: redis-py's hint says int
-                    if await client.blmove(done, done, seconds, "RIGHT", "LEFT"):
-                        break
-                    if _ended(await client.hget(run, "status")):
-                        break
-                raw = cast(dict[str, str], await client.hgetall(run))
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from exc
-        if not raw:
-            raise RunNotFoundError(f"no run {run_id!r} (unknown id, or expired)")
-        return _parsed(run_id, raw)
 
     def cancel(self, run_id: str, *, worker: str = "") -> bool:
         """End the run as CANCELLED unless it is already terminal; True if it was cancelled."""
@@ -346,7 +245,7 @@ class RunStore(RoundStore, CreationStore, DeliveryStore):
             self._touch(pipe, run_id)
 
         (done, *_), raw, _ = self._script_then(self._transition, keys, args, then)
-        return bool(done), _parsed(run_id, raw) if raw else None
+        return bool(done), read_state(run_id, raw) if raw else None
 
     def _transition_call(
         self,
