@@ -25,7 +25,7 @@ from quorum.shared.broker import celery_config
 from quorum.shared.connection import Client, connect
 from quorum.shared.settings import get_settings
 from quorum.worker.app import chord_backend
-from quorum.worker.consumer import CONSUMER, EVENTS
+from quorum.worker.consumer import batch_events
 from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["app", "floor", "peak_overlap"]
@@ -35,9 +35,9 @@ QUEUE = "bench.floor"
 
 def _app() -> Celery:
     settings = get_settings()
-    celery = Celery("bench-floor", events=EVENTS)
+    celery = Celery("bench-floor")
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
-    celery.conf.worker_consumer = CONSUMER
+    batch_events(celery)
     celery.conf.update(
         chord_backend(settings.result_backend),
         task_queues=[Queue(QUEUE)],

@@ -11,7 +11,7 @@ from celery.backends.redis import RedisBackend
 
 from quorum.shared.broker import celery_config
 from quorum.shared.settings import Settings, get_settings
-from quorum.worker.consumer import CONSUMER, EVENTS
+from quorum.worker.consumer import batch_events
 from quorum.worker.transport import INTAKE_TRANSPORT
 
 __all__ = ["ChordResultBackend", "app", "chord_backend", "create_app"]
@@ -62,10 +62,10 @@ def chord_backend(redis_url: str) -> dict[str, Any]:
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured for Quorum's jobs."""
     jobs = ["quorum.worker.jobs", "quorum.worker.definitions", "quorum.worker.submit"]
-    celery = Celery("quorum", include=jobs, events=EVENTS)
+    celery = Celery("quorum", include=jobs)
     celery.conf.imports = settings.import_modules  # where the worker's defined tasks live
     celery.conf.update(celery_config(settings, transport=INTAKE_TRANSPORT))
-    celery.conf.worker_consumer = CONSUMER
+    batch_events(celery)
     if settings.result_backend.startswith(("redis://", "rediss://")):
         celery.conf.update(chord_backend(settings.result_backend))
     return celery

@@ -9,16 +9,18 @@ flushed at once only when it holds `EVENT_BUFFER_LIMIT` events: Celery's own lim
 two or three publishes of a run of ten jobs (three events each), each about as costly as a
 job's store round trip.
 
-`celery -A quorum.worker.app worker` uses it (Celery's `worker_consumer` setting and the app's
-`events` class, `worker.app`). It overrides Celery's `Consumer.on_send_event_buffered` and
-`shutdown`, and the default of `EventDispatcher`'s `buffer_limit` (the version range is pinned
-in pyproject.toml, and `tests/unit/test_library_guards.py` fails when they change).
+`celery -A quorum.worker.app worker` uses it (`batch_events`: Celery's `worker_consumer`
+setting and the app's `events` class, `worker.app`). It overrides Celery's
+`Consumer.on_send_event_buffered` and `shutdown`, and the default of `EventDispatcher`'s
+`buffer_limit` (the version range is pinned in pyproject.toml, and
+`tests/unit/test_library_guards.py` fails when they change).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -32,6 +34,7 @@ __all__ = [
     "BatchedDispatcher",
     "BatchedEvents",
     "BatchedEventsConsumer",
+    "batch_events",
 ]
 
 EVENT_FLUSH_S = 0.05
@@ -87,3 +90,10 @@ CONSUMER = f"{__name__}:{BatchedEventsConsumer.__qualname__}"
 
 EVENTS = f"{__name__}:{BatchedEvents.__qualname__}"
 """The events class's path, as `Celery(events=…)` takes it."""
+
+
+def batch_events(app: Celery) -> None:
+    """Make `app`'s workers send their task events in batches: its consumer and its events
+    class (set before anything reads `app.events`)."""
+    app.events_cls = EVENTS
+    app.conf.worker_consumer = CONSUMER
