@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from quorum.producer.spec import build_spec
+from quorum.producer.spec import build_spec, template_limits
 from quorum.shared import workflows
 from quorum.shared.definitions import defined, unknown_task
 from quorum.shared.errors import (
@@ -23,6 +23,7 @@ from quorum.shared.errors import (
 from quorum.shared.graph import Graph, NodeDoc, check, parse_document
 from quorum.shared.keys import workflow_of
 from quorum.shared.options import llm_options
+from quorum.shared.payload import payload_problem
 from quorum.shared.settings import Settings
 from quorum.shared.webhooks import check_callback_url
 from quorum.shared.wfevents import OtherWorkflowEvent, WorkflowEvent
@@ -45,6 +46,9 @@ def prepare(raw: Any, settings: Settings, client: TaskClient | None = None) -> G
     task's spec from this process's code or the registry, the default models); its graph.
 
     Raises an `InvalidRequestError` naming the problem; nothing is written."""
+    problem = _payload_problem(raw, settings.max_nesting_depth)
+    if problem is not None:
+        raise InvalidRequestError(problem)
     try:
         size = len(json.dumps(raw, allow_nan=False).encode())
     except (TypeError, ValueError) as exc:
@@ -62,7 +66,30 @@ def prepare(raw: Any, settings: Settings, client: TaskClient | None = None) -> G
             nodes[name] = _filled(node, settings, client)
         except InvalidRequestError as exc:
             raise type(exc)(f"node {name!r}: {exc}") from None
-    return check(doc.model_copy(update={"nodes": nodes}))
+    return check(doc.model_copy(update={"nodes": nodes}), template_limits(settings))
+
+
+def _payload_problem(raw: Any, max_depth: int) -> str | None:
+    """Where the document nests deeper than a run's fields may, or holds text that cannot be
+    encoded: each field of the document and of its nodes is held to `max_depth` as a run's
+    is, and every name must encode. None if nowhere (or if the document is no object:
+    `parse_document` names that)."""
+    parts: list[tuple[str, Any]] = []
+    if isinstance(raw, dict):
+        parts.append(("the workflow's field names", list(raw)))
+        parts += [(key, value) for key, value in raw.items() if key != "nodes"]
+        nodes = raw.get("nodes")
+        if isinstance(nodes, dict):
+            parts.append(("the node names", list(nodes)))
+            for name, node in nodes.items():
+                fields = node if isinstance(node, dict) else {}
+                parts.append((f"node {name!r}'s field names", list(fields)))
+                parts += [(f"nodes.{name}.{key}", value) for key, value in fields.items()]
+    for what, value in parts:
+        problem = payload_problem(value, what=what, max_depth=max_depth)
+        if problem is not None:
+            return problem
+    return None
 
 
 def _filled(node: NodeDoc, settings: Settings, client: TaskClient | None) -> NodeDoc:

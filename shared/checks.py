@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from pydantic import ValidationError
 
@@ -32,6 +32,7 @@ from quorum.shared.events import CheckFailed, Output, Succeeded
 from quorum.shared.models import RunSpec, TaskStatus, Usage
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.responses import result_field, unwrap
+from quorum.shared.sandbox import unsafe_attributes
 
 if TYPE_CHECKING:
     from quorum.shared.context import Context
@@ -84,13 +85,9 @@ def compile_check(expr: str) -> Any:
         compiled = _ENV.compile_expression(expr, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise InvalidRequestError(f"check {expr!r} does not compile: {exc.message}") from exc
-    names = [n.attr for n in tree.find_all(nodes.Getattr)]
-    names += [
-        n.arg.value
-        for n in tree.find_all(nodes.Getitem)
-        if isinstance(n.arg, nodes.Const) and isinstance(n.arg.value, str)
-    ]
-    if any(name.startswith("_") for name in names):
+    except RecursionError:
+        raise InvalidRequestError(f"check {expr[:40]!r}… is nested too deeply") from None
+    if unsafe_attributes(tree):
         raise InvalidRequestError(f"check {expr!r} accesses unsafe attributes (sandbox)")
     return compiled
 

@@ -22,12 +22,11 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
-from jinja2 import TemplateSyntaxError, meta
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from quorum.shared.errors import InvalidRequestError, TemplateError, UnknownTaskError
+from quorum.shared.errors import InvalidRequestError, UnknownTaskError
 from quorum.shared.models import ExpressionCheck, ValidationConfig
+from quorum.shared.prompts import template_variables
 from quorum.shared.responses import ResponseType, response_type
 
 if TYPE_CHECKING:
@@ -40,25 +39,15 @@ __all__ = [
     "defined",
     "definitions",
     "expression_checks",
-    "template_variables",
     "unknown_task",
 ]
 
 _CONFIG: TypeAdapter[Any] = TypeAdapter(ValidationConfig | None)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
-_ENV = SandboxedEnvironment()
 
 Validator = Callable[[Any], Any]
 """A Python check: rejects the parsed output by raising `ValueError` / `AssertionError`;
 a value it returns (not None) replaces the output."""
-
-
-def template_variables(template: str) -> frozenset[str]:
-    """The variables a template needs; `TemplateError` if it does not parse."""
-    try:
-        return frozenset(meta.find_undeclared_variables(_ENV.parse(template)))
-    except TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
 
 
 def _source(code: Any) -> str:

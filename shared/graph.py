@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quorum.shared.checks import compile_check
-from quorum.shared.definitions import template_variables
 from quorum.shared.errors import InvalidRequestError, TemplateError
-from quorum.shared.models import ValidationConfig
+from quorum.shared.models import MAX_EXPRESSION_CHARS, ValidationConfig
+from quorum.shared.prompts import Limits, template_variables
 
 __all__ = [
     "MAX_MAP_ITEMS",
@@ -46,6 +46,7 @@ MAX_NODES = 100
 """Nodes per workflow. Each scheduling step reads every node's counters (one hash of ~8
 fields a node) and the end of the workflow reads every node's runs: 100 nodes keep a step
 well under a millisecond of Redis time, and graphs written by hand stay far below it."""
+_LIMITS = Limits()
 
 MAX_MAP_ITEMS = 1000
 """Items per map node. A map's output, the list of its items' outputs, becomes one kwarg of
@@ -78,7 +79,12 @@ class NodeDoc(BaseModel):
     validator_model: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     after: list[str] = Field(default_factory=list, description="Nodes to wait for, no data.")
-    skip_if: str | None = Field(None, description="Sandboxed Jinja expression over kwargs.")
+    skip_if: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_EXPRESSION_CHARS,
+        description="Sandboxed Jinja expression over kwargs.",
+    )
     allow_failed_inputs: bool = Field(False, description="Run even if an upstream failed.")
     map: MapDoc | None = None
     defined: dict[str, Any] | None = Field(
@@ -275,10 +281,10 @@ def _check_map(doc: WorkflowDoc, name: str, node: NodeDoc) -> Ref:
     return over
 
 
-def _check_expressions(name: str, node: NodeDoc, given: set[str]) -> None:
+def _check_expressions(name: str, node: NodeDoc, given: set[str], limits: Limits) -> None:
     """The template's variables are covered; the template and `skip_if` compile."""
     try:
-        missing = sorted(template_variables(node.template) - given) if node.template else []
+        missing = sorted(template_variables(node.template, limits) - given) if node.template else []
     except TemplateError as exc:
         raise InvalidRequestError(f"node {name!r}: {exc}") from None
     try:
@@ -292,7 +298,7 @@ def _check_expressions(name: str, node: NodeDoc, given: set[str]) -> None:
         )
 
 
-def _check_node(doc: WorkflowDoc, name: str, node: NodeDoc) -> tuple[str, ...]:
+def _check_node(doc: WorkflowDoc, name: str, node: NodeDoc, limits: Limits) -> tuple[str, ...]:
     """Check one node; return the nodes it waits for."""
     _check_spec(name, node)
     refs = [(f"node {name!r} kwarg {k!r}", r) for k, v in node.kwargs.items() for r in refs_in(v)]
@@ -302,7 +308,7 @@ def _check_node(doc: WorkflowDoc, name: str, node: NodeDoc) -> tuple[str, ...]:
         given.add(node.map.item)
     for where, ref in refs:
         _check_ref(doc, where, ref)
-    _check_expressions(name, node, given)
+    _check_expressions(name, node, given, limits)
     for other in node.after:
         if other not in doc.nodes:
             raise InvalidRequestError(f"node {name!r}: after names an unknown node {other!r}")
@@ -312,8 +318,9 @@ def _check_node(doc: WorkflowDoc, name: str, node: NodeDoc) -> tuple[str, ...]:
     return tuple(waits)
 
 
-def check(doc: WorkflowDoc) -> Graph:
-    """The document's graph, or an `InvalidRequestError` naming why it cannot run."""
+def check(doc: WorkflowDoc, limits: Limits = _LIMITS) -> Graph:
+    """The document's graph, or an `InvalidRequestError` naming why it cannot run; its
+    templates compile within `limits`."""
     if len(doc.nodes) > MAX_NODES:
         raise InvalidRequestError(
             f"workflow has {len(doc.nodes)} nodes, over the limit of {MAX_NODES}"
@@ -321,7 +328,7 @@ def check(doc: WorkflowDoc) -> Graph:
     for name in doc.nodes:
         if not name or "." in name or "#" in name or "/" in name:
             raise InvalidRequestError(f"node name {name!r} must be non-empty, without . # /")
-    upstream = {name: _check_node(doc, name, node) for name, node in doc.nodes.items()}
+    upstream = {name: _check_node(doc, name, node, limits) for name, node in doc.nodes.items()}
     dependents: dict[str, list[str]] = {name: [] for name in doc.nodes}
     for name, ups in upstream.items():
         for up in ups:

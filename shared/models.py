@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 __all__ = [
+    "MAX_EXPRESSION_CHARS",
     "VOTE_FREE_RETRIES",
     "ExpressionCheck",
     "KAheadVotingValidationConfig",
@@ -181,6 +182,8 @@ class Usage(BaseModel):
 
 VOTE_FREE_RETRIES = 3
 """Retries of a run without a config (`config=None`) whose cheap checks fail."""
+MAX_EXPRESSION_CHARS = 4000
+"""Longest sandboxed expression a producer may send: a check's, or a workflow node's `skip_if`."""
 
 
 class ExpressionCheck(BaseModel):
@@ -189,7 +192,9 @@ class ExpressionCheck(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    expr: str = Field(min_length=1, max_length=4000, description="Jinja expression.")
+    expr: str = Field(
+        min_length=1, max_length=MAX_EXPRESSION_CHARS, description="Jinja expression."
+    )
     message: str = Field(min_length=1, max_length=4000, description="Feedback when false.")
 
 

@@ -9,17 +9,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SecurityError
 
 from quorum.shared.errors import TemplateError
-from quorum.shared.sandbox import (
-    Limits,
-    compile_template,
-    parse_template,
-    render,
-    undeclared_variables,
-)
+from quorum.shared.sandbox import Compiled, Limits, compile_template, render
 
 __all__ = [
     "VOTE_SCHEMA",
@@ -29,6 +23,7 @@ __all__ = [
     "feedback_section",
     "render_task_prompt",
     "task_messages",
+    "template_variables",
     "validator_messages",
 ]
 
@@ -48,16 +43,6 @@ _VALIDATOR_SYSTEM = (
 )
 
 
-def _unsafe_attributes(tree: nodes.Template) -> list[str]:
-    names = [n.attr for n in tree.find_all(nodes.Getattr)]
-    names += [
-        n.arg.value
-        for n in tree.find_all(nodes.Getitem)
-        if isinstance(n.arg, nodes.Const) and isinstance(n.arg.value, str)
-    ]
-    return sorted({name for name in names if name.startswith("_")})
-
-
 def check_template(template: str, kwargs: Mapping[str, Any], limits: Limits = _LIMITS) -> str:
     """Refuse a template that will not render safely with `kwargs`; return the rendered text.
 
@@ -65,13 +50,21 @@ def check_template(template: str, kwargs: Mapping[str, Any], limits: Limits = _L
     an attempt to reach outside the sandbox, or a template over its `limits` (time to compile
     or render, size of what it builds or renders).
     """
-    unsafe, variables = _template_facts(template, limits)
-    if unsafe:
-        raise TemplateError(f"template accesses unsafe attributes (sandbox): {', '.join(unsafe)}")
-    missing = sorted(variables - set(kwargs))
+    compiled = _compiled(template, limits)
+    if compiled.unsafe:
+        unsafe = ", ".join(compiled.unsafe)
+        raise TemplateError(f"template accesses unsafe attributes (sandbox): {unsafe}")
+    missing = sorted(compiled.variables - set(kwargs))
     if missing:
         raise TemplateError(f"template variables missing from kwargs: {', '.join(missing)}")
-    return render_task_prompt(template, kwargs, limits)
+    with _as_template_errors():
+        return render(compiled.template, kwargs, limits)
+
+
+def template_variables(template: str, limits: Limits = _LIMITS) -> frozenset[str]:
+    """The variables a template needs; `TemplateError` if it does not compile in the
+    sandbox within `limits`."""
+    return _compiled(template, limits).variables
 
 
 @contextmanager
@@ -96,16 +89,7 @@ def _as_template_errors() -> Iterator[None]:
 
 
 @lru_cache(maxsize=512)
-def _template_facts(template: str, limits: Limits) -> tuple[tuple[str, ...], frozenset[str]]:
-    """A template's unsafe attribute names and the variables it needs, parsed once."""
-    with _as_template_errors():
-        tree = parse_template(template, limits)
-        variables = undeclared_variables(tree, limits)
-    return tuple(_unsafe_attributes(tree)), variables
-
-
-@lru_cache(maxsize=512)
-def _compiled(template: str, limits: Limits) -> Template:
+def _compiled(template: str, limits: Limits) -> Compiled:
     with _as_template_errors():
         return compile_template(template, limits)
 
@@ -116,7 +100,7 @@ def render_task_prompt(template: str, kwargs: Mapping[str, Any], limits: Limits 
     Raises `TemplateError` when it fails, or goes over `limits`.
     """
     with _as_template_errors():
-        return render(_compiled(template, limits), kwargs, limits)
+        return render(_compiled(template, limits).template, kwargs, limits)
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,22 @@ nested loops run for seconds. Here every template compiles and renders under a `
   compile time; the others cost time and space linear in their input.
 - **A cap on what it renders**: output past `max_chars` characters stops the render, and so
   does a value past it handed to a macro or a namespace.
-- **A time bound**: compiling and rendering each stop after `timeout_s`. Rendering looks at
-  the clock in every intercepted operation, call and filter, for every output chunk, and
-  every `_EVERY` items of every `{% for %}` loop (their items go through a filter added when
-  the template compiles): no loop escapes it, and the cost is a few microseconds a render.
-  Compiling (Jinja's lexer, parser and code generator, in Python) runs under a trace
-  function that looks at the clock every `_EVERY` calls, and Python source generated from a
-  template is refused over `MAX_SOURCE_CHARS` (Python's own compiler, in C, cannot be
-  interrupted: about 0.7 s per MB).
+- **A time bound**: compiling (parse, variables and code on one clock) and rendering each
+  stop after `timeout_s`. Rendering looks at the clock in every intercepted operation, call
+  and filter, for every output chunk, and every `_EVERY` items of every `{% for %}` loop
+  (their items go through a filter added when the template compiles): no loop escapes it,
+  for a few microseconds a render. Compiling (Jinja's lexer, parser and code generator, in
+  Python) runs under a trace function that looks every `_EVERY` calls in Jinja's own code;
+  Python source generated from a template is refused over `MAX_SOURCE_CHARS` (Python's own
+  compiler, in C, cannot be interrupted: about 0.7 s per MB).
 
 Each refusal is a `TemplateError` that names the limit.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 import sys
 import time
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+import jinja2
 from jinja2 import StrictUndefined, Template, meta, nodes, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -47,11 +50,11 @@ from quorum.shared.errors import TemplateError
 __all__ = [
     "MAX_INT_BITS",
     "MAX_SOURCE_CHARS",
+    "Compiled",
     "Limits",
     "compile_template",
-    "parse_template",
     "render",
-    "undeclared_variables",
+    "unsafe_attributes",
 ]
 
 MAX_INT_BITS = 4096
@@ -59,7 +62,9 @@ MAX_INT_BITS = 4096
 MAX_SOURCE_CHARS = 300_000
 """Largest Python source a template may compile to (about 0.2 s of Python's compiler)."""
 _CODE = "<template>"
-_EVERY = 32  # trace events between two looks at the clock (a few microseconds)
+_EVERY = 32  # calls between two looks at the clock (a few microseconds)
+_RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_JINJA = os.path.dirname(jinja2.__file__) + os.sep
 _WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
 _BRACED = re.compile(r"\{[^{}]*\}")
 _NUMBER = re.compile(r"\d+")
@@ -315,23 +320,21 @@ ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trail
 
 
 def _tracer(budget: _Budget) -> Callable[[FrameType, str, Any], Any]:
-    """A trace function that stops compiling at the budget's deadline, looking at the clock
-    every `_EVERY` events: calls, and lines of a template's own code."""
-    events = 0
+    """A trace function that looks at the budget's clock at the first call into a plain
+    function of Jinja's after every `_EVERY` calls. Only there: the garbage collector runs
+    other code mid-compile (finalizers, generators it closes), where Python drops an error
+    raised, and the trace function with it (a socket's finalizer once did: the compile ran on
+    unbounded)."""
+    calls = 0
 
-    def line(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal events
-        events += 1
-        if not events % _EVERY:
+    def call(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal calls
+        calls += 1
+        code = frame.f_code
+        plain = not code.co_flags & _RESUMABLE
+        if calls >= _EVERY and plain and code.co_filename.startswith(_JINJA):
+            calls = 0
             budget.tick()
-        return line
-
-    def call(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal events
-        events += 1
-        if not events % _EVERY:
-            budget.tick()
-        return line if frame.f_code.co_filename == _CODE else None
 
     return call
 
@@ -345,31 +348,42 @@ def _bounded(limits: Limits, what: str, *, traced: bool) -> Iterator[_Budget]:
         sys.settrace(_tracer(budget))
     try:
         yield budget
+        if traced:  # finished, perhaps untraced since: past the deadline is refused all the same
+            budget.tick()
     finally:
         if traced:
             sys.settrace(previous)
         _BUDGET.reset(token)
 
 
-def parse_template(source: str, limits: Limits) -> nodes.Template:
-    """Parse `source` within `limits`' time (its Jinja errors are the caller's to map)."""
-    with _bounded(limits, "compile", traced=True):
-        return ENV.parse(source)
+@dataclass(frozen=True)
+class Compiled:
+    """A template compiled in the sandbox, with what its parse showed: the variables it needs
+    and the attribute names it reaches for that start with `_` (the sandbox refuses them)."""
+
+    template: Template
+    variables: frozenset[str]
+    unsafe: tuple[str, ...]
 
 
-def undeclared_variables(tree: nodes.Template, limits: Limits) -> frozenset[str]:
-    """The variables a parsed template needs, found within `limits`' time."""
-    with _bounded(limits, "compile", traced=True):
-        return frozenset(meta.find_undeclared_variables(tree))
+def unsafe_attributes(tree: nodes.Node) -> tuple[str, ...]:
+    """The attribute and item names starting with `_` that a parsed template reaches for."""
+    names = [n.attr for n in tree.find_all(nodes.Getattr)]
+    names += [
+        n.arg.value
+        for n in tree.find_all(nodes.Getitem)
+        if isinstance(n.arg, nodes.Const) and isinstance(n.arg.value, str)
+    ]
+    return tuple(sorted({name for name in names if name.startswith("_")}))
 
 
-def compile_template(source: str, limits: Limits) -> Template:
-    """Compile `source` in the bounded sandbox within `limits`' time.
-
-    Raises `TemplateError` (its Jinja errors are the caller's to map, as they come).
-    """
+def compile_template(source: str, limits: Limits) -> Compiled:
+    """Compile `source` in the bounded sandbox within `limits`' time. Raises `TemplateError`
+    (its Jinja errors are the caller's to map, as they come)."""
     with _bounded(limits, "compile", traced=True):
         tree = ENV.parse(source)
+        variables = frozenset(meta.find_undeclared_variables(tree))
+        unsafe = unsafe_attributes(tree)
         _count_loop_items(tree)
         code = ENV.compile(tree, filename=_CODE, raw=True)
     if len(code) > MAX_SOURCE_CHARS:
@@ -377,9 +391,10 @@ def compile_template(source: str, limits: Limits) -> Template:
             f"template is too complex: it compiles to {len(code)} characters of code, over "
             f"the limit of {MAX_SOURCE_CHARS}"
         )
-    return ENV.template_class.from_code(
+    template = ENV.template_class.from_code(
         ENV, compile(code, _CODE, "exec"), ENV.make_globals(None), None
     )
+    return Compiled(template, variables, unsafe)
 
 
 def render(template: Template, kwargs: Mapping[str, Any], limits: Limits) -> str:

@@ -153,11 +153,48 @@ def test_a_lone_surrogate_is_422_naming_the_field(stack, scope, change, where):
         ({"kwargs": {"message": nested(256), "sim": ""}}, "nested"),
         ({"metadata": nested(256)}, "nested"),
         ({"response_schema": nested_properties(100)}, "nested deeper than 64"),
+        ({"checks": [{"expr": "(" * 1900 + "1" + ")" * 1900, "message": "m"}]}, "too deeply"),
+        ({"checks": [{"expr": "not " * 999 + "1", "message": "m"}]}, "too deeply"),
     ],
-    ids=["unknown filter", "huge power", "deep parens", "deep kwargs", "deep metadata", "schema"],
+    ids=[
+        "unknown filter",
+        "huge power",
+        "deep parens",
+        "deep kwargs",
+        "deep metadata",
+        "schema",
+        "deep check",
+        "long not-chain check",
+    ],
 )
 def test_a_template_or_nesting_that_made_a_500_is_422(stack, scope, change, match):
     stack.refused(body(scope, **change), 422, match, within_s=2)
+
+
+NODE = {"template": "Say {{ message }}", "response_schema": SCHEMA, "kwargs": {"message": "hi"}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"nodes": {"a": {**NODE, "kwargs": {"message": LONE}}}}, "nodes.a.kwargs.message"),
+        ({"nodes": {"a": NODE}, "metadata": {"m": LONE}}, "metadata.m holds a lone surrogate"),
+        ({"nodes": {LONE: NODE}}, "the node names[0] holds a lone surrogate"),
+        ({"nodes": {"a": {**NODE, "kwargs": {"message": nested(256)}}}}, "nested deeper than 64"),
+        ({"nodes": {"a": NODE}, "metadata": nested(256)}, "nested deeper than 64"),
+        ({"nodes": {"a": {**NODE, "skip_if": "(" * 1900 + "1" + ")" * 1900}}}, "too deeply"),
+        ({"nodes": {"a": {**NODE, "template": "{{ " + "(" * 3000 + " }}"}}}, "too deeply"),
+    ],
+    ids=["kwargs", "metadata", "node name", "deep kwargs", "deep metadata", "skip_if", "template"],
+)
+def test_a_workflow_holding_what_a_run_refuses_is_422(stack, doc, match):
+    before = set(stack.db.scan_iter("quorum:wf*"))
+    started = time.monotonic()
+    reply = http("POST", f"{stack.api}/v1/workflows", {"name": "w", **doc}, token=TOKEN)
+    assert reply.status == 422, reply
+    assert match in reply.json()["detail"]
+    assert time.monotonic() - started < 2
+    assert set(stack.db.scan_iter("quorum:wf*")) == before
 
 
 # -- 2. a failed submit leaves its idempotency key free ---------------------------------------

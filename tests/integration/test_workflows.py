@@ -235,6 +235,12 @@ REFUSALS = {
     ),
     "too many nodes": ({f"n{i}": _inline("go") for i in range(101)}, "over the limit of 100"),
     "bad skip_if": ({"a": {**_inline("go"), "skip_if": "x ==="}}, "skip_if"),
+    "deep skip_if": (
+        {"a": {**_inline("go"), "skip_if": "(" * 1900 + "1" + ")" * 1900}},
+        "skip_if: .* nested too deeply",
+    ),
+    "long skip_if": ({"a": {**_inline("go"), "skip_if": "1 or " * 800 + "1"}}, "4000 char"),
+    "deep template": ({"a": _inline("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}")}, "too deeply"),
 }
 
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, field_validator
 from quorum import define
 from quorum.shared import flow
 from quorum.shared.checks import run_checks
-from quorum.shared.errors import UnknownTaskError
+from quorum.shared.definitions import expression_checks
+from quorum.shared.errors import InvalidRequestError, UnknownTaskError
 from quorum.shared.keys import Keys
 from quorum.shared.llm import Completion
 from quorum.shared.models import (
@@ -161,6 +162,16 @@ def test_a_vote_free_run_gives_up_after_three_retries(store: RunStore) -> None:
 def test_an_expression_cannot_make_the_worker_build_something_huge(expr: str) -> None:
     failure = run_checks(spec(checks=(ExpressionCheck(expr=expr, message="m"),)), GOOD).failure
     assert failure is not None and "sandbox refuses" in failure.message
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["(" * 1900 + "1" + ")" * 1900, "[" * 1999 + "]" * 1999, "not " * 999 + "1", "-" * 3990 + "1"],
+    ids=["parens", "lists", "nots", "minuses"],
+)
+def test_an_expression_nested_too_deeply_is_refused_at_submit(expr: str) -> None:
+    with pytest.raises(InvalidRequestError, match="nested too deeply"):
+        expression_checks([{"expr": expr, "message": "m"}])
 
 
 @dataclass

@@ -61,9 +61,9 @@ def test_self_contained_schemas_with_re2_patterns_are_accepted(schema):
 
 def test_a_backtracking_pattern_runs_in_linear_time():
     schema = obj(w={"type": "string", "pattern": "^(a+)+$"})
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: a busy host does not stretch it
     error = output_error({"w": "a" * 100_000 + "!"}, schema)
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert error is not None and "does not match" in error
     assert output_error({"w": "aaa"}, schema) is None
 
@@ -76,9 +76,9 @@ def test_pattern_properties_and_additional_properties_use_re2():
     }
     assert output_error({"xxx": 1}, schema) is None
     assert "not of type" in (output_error({"xx": "s"}, schema) or "")
-    started = time.monotonic()
+    started = time.process_time()
     assert "not allowed" in (output_error({"x" * 50_000 + "!": 1}, schema) or "")
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5
 
 
 def test_a_remote_ref_in_a_stored_schema_is_never_fetched():
