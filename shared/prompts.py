@@ -57,8 +57,7 @@ def check_template(template: str, kwargs: Mapping[str, Any], limits: Limits = _L
     missing = sorted(compiled.variables - set(kwargs))
     if missing:
         raise TemplateError(f"template variables missing from kwargs: {', '.join(missing)}")
-    with _as_template_errors():
-        return render(compiled.template, kwargs, limits)
+    return render_task_prompt(template, kwargs, limits)
 
 
 def template_variables(template: str, limits: Limits = _LIMITS) -> frozenset[str]:
