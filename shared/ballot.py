@@ -260,6 +260,10 @@ def tally(
         raise RoundIncompleteError(f"round {round_} still waits for votes")
     if round_ctx.tallier != claimant:
         return Step.SKIPPED  # tallied by the job that finished its last vote
+    planned = round_ctx.plan_of(round_ + 1)
+    if planned:  # tallied before (a job run again, a relaunch): send that round as planned
+        launch(ctx, run_id, attempt, round_ + 1, planned)
+        return Step.NEXT_ROUND
     decided = dict(round_ctx.decided)
     plan = _decide_round(ctx, state, attempt, round_ctx, decided)
     if plan:

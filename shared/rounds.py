@@ -112,10 +112,18 @@ class RoundContext:
     """The attempt's stored votes."""
     decided: dict[int, IssueDecided]
     """The attempt's decided issues, with their `issue_decided` events."""
-    planned: list[tuple[int, int]]
-    """Every `(issue, index)` planned in the attempt's rounds so far."""
+    planned: dict[tuple[int, int], int]
+    """Every `(issue, index)` planned in the attempt's rounds so far, with its round."""
     tallier: str | None
     """Who tallies the round; None while votes of it are still out."""
+
+    def plan_of(self, round_: int) -> dict[int, list[int]]:
+        """Round `round_`'s votes as planned (issue → indices); empty if it is not planned."""
+        plan: dict[int, list[int]] = {}
+        for (issue, index), planned_in in sorted(self.planned.items()):
+            if planned_in == round_:
+                plan.setdefault(issue, []).append(index)
+        return plan
 
 
 def _round_context(
@@ -126,7 +134,9 @@ def _round_context(
         state=RunState.parse(run_id, raw) if raw else None,
         votes=_votes(rounds),
         decided=_decisions(rounds),
-        planned=[_slot(name) for name in rounds if "/" not in name],  # not vote/, out/, …
+        planned={  # the slots: not vote/, out/, …
+            _slot(name): abs(int(value)) for name, value in rounds.items() if "/" not in name
+        },
         tallier=tallier,
     )
 

@@ -462,6 +462,21 @@ def test_tally_k_ahead_draws_the_next_round_with_the_next_indices(store: RunStor
     assert (ballot.tally(ctx, RUN, 1, 1), ballot.tally(ctx, RUN, 1, 2)) == ("skipped", "skipped")
 
 
+def test_a_round_tallied_again_sends_the_next_round_as_it_was_planned(store: RunStore) -> None:
+    # Its jobs lost (a worker killed), round 2 is sent again by the round-1 tally that runs
+    # again: the votes planned, not new ones numbered after them (which left the run stuck).
+    llm = FakeLLM()
+    config = KAheadVotingValidationConfig(issues=ISSUES[:1], count=5, required_ahead=3)
+    ctx = validating(store, config, llm)
+    cast(ctx, llm, 0, False, False, True, True, True)
+    assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [5, 6]})]
+    sent(ctx).clear()
+    ballot.vote(ctx, RUN, 1, 0, 4)  # round 1's last vote, run again
+    assert sent(ctx) == [("voting_round", RUN, 1, 2, {0: [5, 6]})]
+    cast(ctx, llm, 0, True, True, start=5)
+    assert store.status(RUN) is TaskStatus.SUCCESSFUL
+
+
 def test_k_ahead_first_round_plans_that_many_votes_then_the_fewest_that_could_decide(
     store: RunStore,
 ) -> None:

@@ -498,9 +498,9 @@ def test_round_context_reads_run_votes_decisions_and_rounds_at_once(store: RunSt
     context = store.round_context("r1", 1, 1, "tally")
     assert context.state is not None and context.state.status is TaskStatus.RUNNING
     assert (context.votes, context.decided) == ([vote], {1: decided})
-    assert (context.planned, context.tallier) == ([(1, 0), (0, 3), (0, 4)], "1:0")
+    assert (list(context.planned), context.tallier) == ([(1, 0), (0, 3), (0, 4)], "1:0")
     empty = store.round_context("r1", 2, 1, "tally")
-    assert (empty.votes, empty.decided, empty.planned) == ([], {}, [])
+    assert (empty.votes, empty.decided, list(empty.planned)) == ([], {}, [])
     assert store.round_context("ghost", 1, 1, "tally").state is None
 
 
