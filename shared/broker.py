@@ -13,7 +13,7 @@ from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
-from quorum.shared.connection import DRIVER_INFO
+from quorum.shared.connection import CLIENT_OPTIONS, DRIVER_INFO
 from quorum.shared.errors import StoreError
 from quorum.shared.settings import Settings
 
@@ -114,6 +114,22 @@ class RedisChannel(kombu_redis.Channel):
         if transport is None or transport.client is None:
             raise redis.ConnectionError("this broker channel is closed (connection lost)")
         return {**super()._connparams(asynchronous=asynchronous), "driver_info": DRIVER_INFO}
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        """The pool of the channel's publishes and acks: one that waits for a free connection
+        past `max_connections`, as the store's does (`connection.connect`).
+
+        kombu's own pool fails instead ("Too many connections"), which a worker whose threads
+        outnumber its connections hits in a burst; and the recovery that follows closes the
+        pool, connections in use by other threads included: their commands then failed
+        half-sent (a job that had sent its voting round's jobs failed the run, or left it
+        waiting for a job whose send never finished). The message loop's own pool
+        (`asynchronous`, one BRPOP connection) stays kombu's."""
+        if asynchronous:
+            return super()._get_pool(asynchronous=True)
+        params = self._connparams()
+        self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
+        return redis.BlockingConnectionPool(timeout=CLIENT_OPTIONS["socket_timeout"], **params)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One Redis client per connection pool, not a new one per command.

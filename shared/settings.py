@@ -63,8 +63,8 @@ class Settings(BaseSettings):
         1000,
         gt=0,
         description="Most connections one process opens to Redis for runs and results, and "
-        "each channel of a Redis broker; past it a command of the store or the result backend "
-        "waits for a free connection instead of failing (a broker channel's fails).",
+        "each channel of a Redis broker; past it a command of the store, the result backend or "
+        "the broker waits for a free connection instead of failing.",
     )
     namespace: str = Field("quorum", description="Prefix of every Redis key Quorum writes.")
     result_ttl_s: int = Field(

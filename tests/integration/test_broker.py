@@ -6,6 +6,7 @@ it; acks leave Redis in batches."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -230,6 +231,32 @@ def test_held_jobs_not_sent_are_lost_and_a_nested_block_holds_for_the_outer(
         assert broker.waiting() == 1
         outer.send()
         assert broker.waiting() == 3
+
+
+def test_a_send_past_the_channels_connections_waits_for_a_free_one(broker: Broker) -> None:
+    # kombu's own pool fails at once ("Too many connections"); its recovery then closes the
+    # pool under the threads using it. A worker's threads outnumber its connections in a burst.
+    with broker.connection(max_connections=2) as conn:
+        with HeldBack() as held:
+            broker.publish(conn, 1)
+        pool = conn.default_channel.pool
+        taken = [pool.get_connection() for _ in range(2)]
+        failed: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                held.send()
+            except BaseException as exc:
+                failed.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join(0.3)
+        assert sender.is_alive() and not failed and broker.waiting() == 0  # it waits
+        pool.release(taken.pop())
+        sender.join(5)
+        assert not failed and broker.waiting() == 1
+        pool.release(taken.pop())
 
 
 def test_a_broker_lost_before_held_jobs_are_sent_is_a_store_error() -> None:

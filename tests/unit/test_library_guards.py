@@ -143,6 +143,8 @@ OVERRIDES = [
      "(self, asynchronous=False)", BROKER),
     ("kombu", broker.RedisChannel, kombu_redis.Channel, "_create_client",
      "(self, asynchronous=False)", BROKER),
+    ("kombu", broker.RedisChannel, kombu_redis.Channel, "_get_pool",
+     "(self, asynchronous=False)", BROKER),
     ("kombu", broker.RedisChannel, kombu_redis.Channel, "_put",
      "(self, queue, message, **kwargs)", BROKER),
     ("kombu", transport._Channel, kombu_redis.Channel, "_brpop_read",
@@ -192,6 +194,8 @@ COPIED = [
     (kombu_redis.Channel, "_brpop_read", "e72b790a1afa840f", "_Channel._brpop_read"),
     # The queue key of a message (priority) our held-back publish computes as kombu's does.
     (kombu_redis.Channel, "_put", "ad0db7f9f8ebf9bd", "RedisChannel._put (its HeldBack branch)"),
+    # The pool's parameters, which our waiting pool takes as kombu's own pool does.
+    (kombu_redis.Channel, "_get_pool", "ed1b8382841394d5", "RedisChannel._get_pool"),
     # The unacked hash and index entries that lua/take.lua writes in kombu's own format.
     (kombu_redis.QoS, "append", "c62a2a1a66a1db31", "_QoS.append and lua/take.lua"),
     # What an ack removes from Redis, which _QoS.flush_acks removes for a batch of acks.
