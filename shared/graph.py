@@ -138,9 +138,15 @@ def _is_ref(value: Any) -> bool:
 
 
 def refs_in(value: Any) -> Iterator[Ref]:
-    """Every reference in a kwargs value, at any depth."""
+    """Every reference in a kwargs value, at any depth; an `InvalidRequestError` for an
+    object of `$ref` alone that is no reference (`{"$ref": 5}`), which would otherwise pass
+    to the template as it is."""
     if _is_ref(value):
         yield Ref.parse(value[REF])
+    elif isinstance(value, dict) and value.keys() == {REF}:
+        raise InvalidRequestError(
+            f'bad reference {value[REF]!r}: a reference is {{"$ref": "node#/json/pointer"}}'
+        )
     elif isinstance(value, dict):
         for item in value.values():
             yield from refs_in(item)

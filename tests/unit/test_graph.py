@@ -112,6 +112,10 @@ def test_pydantic_schemas_with_defs_are_followed() -> None:
             {"a": inline("go"), "b": inline("{{ x }}", kwargs={"x": {"$ref": "a#/text/0"}})},
             "no field",
         ),
+        (
+            {"a": inline("go"), "b": inline("{{ x }}", kwargs={"x": [{"$ref": 5}]})},
+            "bad reference 5",
+        ),
     ],
 )
 def test_bad_graphs_are_refused(nodes: dict[str, Any], message: str) -> None:
