@@ -18,29 +18,31 @@ A run without a config (`config=None`) ends `SUCCESSFUL` once its checks pass.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 
 from quorum.shared.definitions import TaskDefinition, defined
-from quorum.shared.errors import InvalidRequestError, UnknownTaskError
+from quorum.shared.errors import InvalidRequestError, TemplateError, UnknownTaskError
 from quorum.shared.events import CheckFailed, Output, Succeeded
 from quorum.shared.models import RunSpec, TaskStatus, Usage
 from quorum.shared.prompts import FailedAttempt
 from quorum.shared.responses import result_field, unwrap
-from quorum.shared.sandbox import unsafe_attributes
+from quorum.shared.sandbox import Expression, Limits, compile_expression, evaluate, one_clock
 
 if TYPE_CHECKING:
     from quorum.shared.context import Context
     from quorum.shared.state import RunState
 
 __all__ = [
+    "CHECK_LIMITS",
     "CheckFailure",
     "Checked",
+    "check_value",
     "compile_check",
     "conclude",
     "reject",
@@ -50,46 +52,35 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_SIZE = 100_000
-"""The longest string or list, and the largest power, an expression check may build."""
-
-
-class _CheckEnvironment(SandboxedEnvironment):
-    """Jinja's sandbox, with `*` and `**` bounded: an expression from a producer in any
-    language must not make a worker build a gigabyte string or a huge number."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        """`left <operator> right`, refused (a `SecurityError`) past `MAX_SIZE`."""
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-            raise SecurityError(f"the sandbox refuses powers over 64 (got {right})")
-        if operator == "*":
-            sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
-            counts = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
-            if sizes and counts and sizes[0] * max(counts[0], 0) > MAX_SIZE:
-                raise SecurityError(f"the sandbox refuses sequences over {MAX_SIZE} items")
-        return super().call_binop(context, operator, left, right)
-
-
-_ENV = _CheckEnvironment(undefined=StrictUndefined, autoescape=False)
+CHECK_LIMITS = Limits(max_chars=100_000, timeout_s=1.0)
+"""What expressions (checks, a node's `skip_if`) may cost: strings and lists of at most
+100,000 characters or items; a second to compile, and a second to evaluate all of a run's
+checks on one output (`sandbox.one_clock`)."""
 _MISMATCHES: set[tuple[str, str, str]] = set()
 
 
 @lru_cache(maxsize=512)
-def compile_check(expr: str) -> Any:
-    """A check's expression compiled in the sandbox; `InvalidRequestError` if it does not
-    compile or reaches for an attribute the sandbox refuses (a name starting with `_`)."""
+def compile_check(expr: str) -> Expression:
+    """A check's expression compiled in the bounded sandbox (`sandbox.compile_expression`);
+    `InvalidRequestError` if it does not compile or reaches for an attribute the sandbox
+    refuses (a name starting with `_`)."""
     try:
-        tree = _ENV.parse(f"{{{{ {expr} }}}}")
-        compiled = _ENV.compile_expression(expr, undefined_to_none=False)
+        compiled = compile_expression(expr, CHECK_LIMITS)
     except TemplateSyntaxError as exc:
         raise InvalidRequestError(f"check {expr!r} does not compile: {exc.message}") from exc
     except RecursionError:
         raise InvalidRequestError(f"check {expr[:40]!r}… is nested too deeply") from None
-    if unsafe_attributes(tree):
+    except TemplateError as exc:
+        raise InvalidRequestError(f"check {expr[:40]!r}…: {exc}") from None
+    if compiled.unsafe:
         raise InvalidRequestError(f"check {expr!r} accesses unsafe attributes (sandbox)")
     return compiled
+
+
+def check_value(expr: str, values: Mapping[str, Any]) -> Any:
+    """The value of an expression over `values`, within `CHECK_LIMITS` (raises what the
+    expression raises on them: a `TemplateError` past the limits)."""
+    return evaluate(compile_check(expr), values, CHECK_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -163,14 +154,16 @@ def _python_checks(definition: TaskDefinition, value: Any) -> tuple[Any, CheckFa
 
 
 def _expression_checks(spec: RunSpec, value: Any) -> CheckFailure | None:
-    for check in spec.checks:
-        try:
-            passed = compile_check(check.expr)(output=value, kwargs=spec.kwargs)
-        except Exception as exc:  # an expression that cannot be evaluated on this output
-            message = f"{check.message} (the check could not be evaluated: {exc})"
-            return CheckFailure("expression", check.expr, message)
-        if not passed:
-            return CheckFailure("expression", check.expr, check.message)
+    values = {"output": value, "kwargs": spec.kwargs}
+    with one_clock(CHECK_LIMITS):
+        for check in spec.checks:
+            try:
+                passed = check_value(check.expr, values)
+            except Exception as exc:  # an expression that cannot be evaluated on this output
+                message = f"{check.message} (the check could not be evaluated: {exc})"
+                return CheckFailure("expression", check.expr, message)
+            if not passed:
+                return CheckFailure("expression", check.expr, check.message)
     return None
 
 

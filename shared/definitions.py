@@ -28,6 +28,7 @@ from quorum.shared.errors import InvalidRequestError, UnknownTaskError
 from quorum.shared.models import ExpressionCheck, ValidationConfig
 from quorum.shared.prompts import template_variables
 from quorum.shared.responses import ResponseType, response_type
+from quorum.shared.sandbox import one_clock
 
 if TYPE_CHECKING:
     from quorum.producer.async_client import AsyncTaskClient, AsyncTaskRun
@@ -61,7 +62,7 @@ def _source(code: Any) -> str:
 def expression_checks(checks: Iterable[Any]) -> tuple[ExpressionCheck, ...]:
     """Checks (dicts or `ExpressionCheck`) validated, each expression compiled in the
     sandbox; an `InvalidRequestError` naming the bad one."""
-    from quorum.shared.checks import compile_check  # checks import this module
+    from quorum.shared.checks import CHECK_LIMITS, compile_check  # checks import this module
 
     if isinstance(checks, str | bytes | Mapping):
         raise InvalidRequestError('checks must be a list of {"expr": ..., "message": ...}')
@@ -69,15 +70,16 @@ def expression_checks(checks: Iterable[Any]) -> tuple[ExpressionCheck, ...]:
     if len(checks) > MAX_CHECKS:
         raise InvalidRequestError(f"at most {MAX_CHECKS} checks, got {len(checks)}")
     parsed = []
-    for number, check in enumerate(checks, 1):
-        try:
-            one = ExpressionCheck.model_validate(
-                check.model_dump() if isinstance(check, BaseModel) else check
-            )
-        except ValidationError as exc:
-            raise InvalidRequestError(f"check {number} is invalid: {exc}") from exc
-        compile_check(one.expr)
-        parsed.append(one)
+    with one_clock(CHECK_LIMITS):  # all of them in one limit's time
+        for number, check in enumerate(checks, 1):
+            try:
+                one = ExpressionCheck.model_validate(
+                    check.model_dump() if isinstance(check, BaseModel) else check
+                )
+            except ValidationError as exc:
+                raise InvalidRequestError(f"check {number} is invalid: {exc}") from exc
+            compile_check(one.expr)
+            parsed.append(one)
     return tuple(parsed)
 
 

@@ -1,4 +1,5 @@
-"""The template sandbox: Jinja's immutable sandbox, bounded in what one template may cost.
+"""The template sandbox: Jinja's immutable sandbox, bounded in what one template or
+expression (a check's, a node's `skip_if`) may cost.
 
 A template is code a producer sends; Jinja's sandbox keeps it from reaching outside (no
 `__class__`, no globals, no mutation), but not from spending: `{{ 9**(9**8) }}` is folded to
@@ -22,14 +23,16 @@ nested loops run for seconds. Here every template compiles and renders under a `
   Python source generated from a template is refused over `MAX_SOURCE_CHARS` (Python's own
   compiler, in C, cannot be interrupted: about 0.7 s per MB).
 
-Each refusal is a `TemplateError` that names the limit.
+An expression compiles and evaluates under the same bounds (`compile_expression`,
+`evaluate`), and several can share one clock (`one_clock`: a run's checks). The sizes each
+operation is checked against are `shared.costs`'. Each refusal is a `TemplateError` that
+names the limit.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sized
@@ -41,156 +44,52 @@ from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined, Template, meta, nodes, pass_context
+from jinja2.environment import TemplateExpression
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
+from quorum.shared.costs import (
+    MAX_INT_BITS,
+    Budget,
+    Limits,
+    check_binop,
+    check_filter,
+    check_method,
+    weight,
+)
 from quorum.shared.errors import TemplateError
 
 __all__ = [
     "MAX_INT_BITS",
     "MAX_SOURCE_CHARS",
     "Compiled",
+    "Expression",
     "Limits",
+    "compile_expression",
     "compile_template",
+    "evaluate",
+    "one_clock",
     "render",
     "unsafe_attributes",
 ]
 
-MAX_INT_BITS = 4096
-"""Largest integer a template may compute (about 1,233 digits)."""
 MAX_SOURCE_CHARS = 300_000
 """Largest Python source a template may compile to (about 0.2 s of Python's compiler)."""
 _CODE = "<template>"
 _EVERY = 32  # calls between two looks at the clock (a few microseconds)
 _RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 _JINJA = os.path.dirname(jinja2.__file__) + os.sep
-_WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
-_BRACED = re.compile(r"\{[^{}]*\}")
-_NUMBER = re.compile(r"\d+")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one template may cost: characters it may build or render, seconds it may take."""
-
-    max_chars: int = 2_000_000
-    timeout_s: float = 1.0
+_BUDGET: ContextVar[Budget | None] = ContextVar("quorum_template_budget", default=None)
 
 
-@dataclass
-class _Budget:
-    limits: Limits
-    deadline: float
-    what: str
-
-    def tick(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise TemplateError(
-                f"template took over {self.limits.timeout_s:g} s to {self.what} (the limit)"
-            )
-
-    def refuse(self, what: str, size: int) -> None:
-        if size > self.limits.max_chars:
-            raise TemplateError(
-                f"template refused: {what} would make {size} characters, over the limit of "
-                f"{self.limits.max_chars}"
-            )
-
-
-_BUDGET: ContextVar[_Budget | None] = ContextVar("quorum_template_budget", default=None)
-
-
-def _budget() -> _Budget:
+def _budget() -> Budget:
     budget = _BUDGET.get()
     if budget is None:  # outside `render`/`compile_template`: refuse rather than run unbounded
         raise TemplateError("template evaluated outside its limits")
     return budget
-
-
-def _weight(value: Any, limit: int) -> int:
-    """Characters of strings plus items of containers in `value`, counted up to past `limit`."""
-    total, stack = 0, [value]
-    while stack and total <= limit:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            total += len(item)
-        elif isinstance(item, int) and not isinstance(item, bool):
-            total += item.bit_length() // 3
-        elif isinstance(item, Mapping):
-            total += len(item)
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            total += len(item)
-            stack.extend(item)
-    return total
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _check_binop(budget: _Budget, operator: str, left: Any, right: Any) -> None:
-    """Refuse `left operator right` when its result would be over the limits."""
-    a, b, limit = _int(left), _int(right), budget.limits.max_chars
-    if operator == "**" and a is not None and b is not None and b > 0 and abs(a) > 1:
-        if b * a.bit_length() > MAX_INT_BITS:
-            raise TemplateError(f"template refused: {a} ** {b} is over {MAX_INT_BITS} bits")
-    elif operator == "*" and a is not None and b is not None:
-        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
-            raise TemplateError(f"template refused: a product over {MAX_INT_BITS} bits")
-    elif operator == "*" and (a is not None or b is not None):
-        times, other = (a, right) if a is not None else (b, left)
-        budget.refuse("a repetition (*)", max(times or 0, 0) * _weight(other, limit))
-    elif operator == "+" and isinstance(left, str | list | tuple):
-        budget.refuse("a concatenation (+)", _weight(left, limit) + _weight(right, limit))
-    elif operator == "%" and isinstance(left, str):
-        _check_percent_format(budget, left)
-
-
-def _check_percent_format(budget: _Budget, text: str) -> None:
-    for match in _WIDTH.finditer(text):
-        for number in match.groups():
-            if number == "*":
-                raise TemplateError("template refused: a '*' width in a % format")
-            if number is not None:
-                budget.refuse("a % format's width", int(number))
-
-
-def _check_method(budget: _Budget, obj: Any, args: tuple[Any, ...]) -> None:
-    """Refuse a call of a str method that pads, multiplies or replaces past the limits."""
-    obj = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
-    owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
-    if not isinstance(owner, str):
-        return
-    if name in ("format", "format_map"):
-        for field in _BRACED.findall(owner):
-            for number in _NUMBER.findall(field):
-                budget.refuse("a format's width", int(number))
-    if not args:
-        return
-    first = args[0]
-    if name in ("center", "ljust", "rjust", "zfill") and _int(first) is not None:
-        budget.refuse(f"str.{name}", first)
-    elif name == "expandtabs" and _int(first) is not None:
-        budget.refuse("str.expandtabs", len(owner) * max(first, 1))
-    elif name == "replace" and len(args) >= 2:
-        budget.refuse("str.replace", _replaced_size(owner, first, args[1]))
-    elif name == "join":
-        budget.refuse("str.join", _joined_size(owner, first, budget.limits.max_chars))
-
-
-def _replaced_size(text: Any, old: Any, new: Any) -> int:
-    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
-        return 0
-    found = text.count(old)
-    return len(text) + found * max(len(new) - len(old), 0)
-
-
-def _joined_size(separator: Any, items: Any, limit: int) -> int:
-    count = len(items) if isinstance(items, Sized) else 0
-    return _weight(items, limit) + len(str(separator)) * count
 
 
 class _BoundedNamespace(Namespace):
@@ -200,7 +99,7 @@ class _BoundedNamespace(Namespace):
     def __setitem__(self, name: str, value: Any) -> None:
         budget = _budget()
         budget.tick()
-        budget.refuse(f"namespace value {name!r}", _weight(value, budget.limits.max_chars))
+        budget.refuse(f"namespace value {name!r}", weight(value, budget.limits.max_chars))
         super().__setitem__(name, value)
 
 
@@ -245,7 +144,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         """`left operator right`, refused past the limits."""
         budget = _budget()
         budget.tick()
-        _check_binop(budget, operator, left, right)
+        check_binop(budget, operator, left, right)
         return super().call_binop(context, operator, left, right)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -254,8 +153,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         budget.tick()
         limit = budget.limits.max_chars
         for value in (*args, *kwargs.values()):
-            budget.refuse("an argument", _weight(value, limit))
-        _check_method(budget, obj, args)
+            budget.refuse("an argument", weight(value, limit))
+        check_method(budget, obj, args)
         return super().call(context, obj, *args, **kwargs)
 
 
@@ -269,32 +168,6 @@ _PLAIN = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
 """Jinja's own filters, called by the bounded ones once their arguments are checked."""
 
 
-def _check_filter(budget: _Budget, name: str, value: Any, args: tuple[Any, ...], kw: Any) -> None:
-    """Refuse a filter call whose result would be over the limits, before it runs."""
-    limit = budget.limits.max_chars
-    first = args[0] if args else next(iter(kw.values()), None)
-    number = _int(first)
-    if name in ("center", "batch", "slice") and number is not None:
-        budget.refuse(f"the {name} filter", number)
-    elif name == "indent":
-        width = first if first is not None else 4
-        unit = width if _int(width) is not None else len(str(width))
-        budget.refuse("the indent filter", _weight(value, limit) * (1 + max(unit, 0)))
-    elif name == "wordwrap":
-        wrap = str(kw.get("wrapstring", args[2] if len(args) > 2 else "\n"))
-        budget.refuse("the wordwrap filter", _weight(value, limit) * (1 + len(wrap)))
-    elif name == "tojson" and number is not None:
-        budget.refuse("the tojson filter", _weight(value, limit) * (1 + number))
-    elif name == "replace" and len(args) >= 2:
-        budget.refuse("the replace filter", _replaced_size(value, args[0], args[1]))
-    elif name == "join":
-        budget.refuse("the join filter", _joined_size(first or "", value, limit))
-    elif name == "format" and isinstance(value, str):
-        _check_percent_format(budget, value)
-    elif name == "sum" and any(isinstance(v, list | tuple) for v in (*args, *kw.values())):
-        raise TemplateError("template refused: the sum filter adds numbers, not lists")
-
-
 def _bounded_filter(name: str) -> Callable[..., Any]:
     """Jinja's filter `name`, checked against the limits. It takes the context, so that Jinja
     never calls it while compiling (its arguments could be constants)."""
@@ -305,12 +178,12 @@ def _bounded_filter(name: str) -> Callable[..., Any]:
         budget.tick()
         if name == "join" and not isinstance(value, Sized):
             value = list(value)
-        _check_filter(budget, name, value, args, kwargs)
+        check_filter(budget, name, value, args, kwargs)
         result = _PLAIN.call_filter(
             name, value, args, kwargs, context=context, eval_ctx=context.eval_ctx
         )
         if isinstance(result, str | list):
-            budget.refuse(f"the {name} filter", _weight(result, budget.limits.max_chars))
+            budget.refuse(f"the {name} filter", weight(result, budget.limits.max_chars))
         return result
 
     return run
@@ -319,7 +192,7 @@ def _bounded_filter(name: str) -> Callable[..., Any]:
 ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
-def _tracer(budget: _Budget) -> Callable[[FrameType, str, Any], Any]:
+def _tracer(budget: Budget) -> Callable[[FrameType, str, Any], Any]:
     """A trace function that looks at the budget's clock at the first call into a plain
     function of Jinja's after every `_EVERY` calls. Only there: the garbage collector runs
     other code mid-compile (finalizers, generators it closes), where Python drops an error
@@ -339,9 +212,34 @@ def _tracer(budget: _Budget) -> Callable[[FrameType, str, Any], Any]:
     return call
 
 
+_CLOCK: ContextVar[tuple[float, float] | None] = ContextVar("quorum_one_clock", default=None)
+"""The deadline of the clock in use (`one_clock`) and its length in seconds."""
+
+
 @contextmanager
-def _bounded(limits: Limits, what: str, *, traced: bool) -> Iterator[_Budget]:
-    budget = _Budget(limits, time.monotonic() + limits.timeout_s, what)
+def one_clock(limits: Limits) -> Iterator[None]:
+    """Compile or evaluate everything inside on one clock of `limits.timeout_s` (nested: the
+    outer clock's, if it ends first), besides each one's own limit: a run's hundred checks
+    then cost at most one limit, not a hundred."""
+    clock = (time.monotonic() + limits.timeout_s, limits.timeout_s)
+    outer = _CLOCK.get()
+    token = _CLOCK.set(clock if outer is None else min(outer, clock))
+    try:
+        yield
+    finally:
+        _CLOCK.reset(token)
+
+
+@contextmanager
+def _bounded(
+    limits: Limits, what: str, *, traced: bool, subject: str = "template"
+) -> Iterator[Budget]:
+    own, clock = time.monotonic() + limits.timeout_s, _CLOCK.get()
+    if clock is not None and clock[0] < own:
+        shared = Limits(max_chars=limits.max_chars, timeout_s=clock[1])
+        budget = Budget(shared, clock[0], what, subject, shared=True)
+    else:
+        budget = Budget(limits, own, what, subject)
     token = _BUDGET.set(budget)
     previous = sys.gettrace()
     if traced:
@@ -409,3 +307,32 @@ def render(template: Template, kwargs: Mapping[str, Any], limits: Limits) -> str
             parts.append(chunk)
         budget.tick()
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A Jinja expression compiled in the sandbox (a check's `expr`, a node's `skip_if`), with
+    the attribute names starting with `_` it reaches for (the sandbox refuses them)."""
+
+    compiled: TemplateExpression
+    unsafe: tuple[str, ...]
+
+
+def compile_expression(source: str, limits: Limits) -> Expression:
+    """Compile an expression as `compile_template` compiles a template: in the bounded
+    sandbox, on one clock of `limits`. Raises `TemplateError` (its Jinja errors, and a
+    `RecursionError` for one nested too deeply, are the caller's to map, as they come)."""
+    with _bounded(limits, "compile", traced=True, subject="expression"):
+        tree = ENV.parse(f"{{{{ {source} }}}}")
+        compiled = ENV.compile_expression(source, undefined_to_none=False)
+    return Expression(compiled, unsafe_attributes(tree))
+
+
+def evaluate(expression: Expression, values: Mapping[str, Any], limits: Limits) -> Any:
+    """The value of an expression from `compile_expression` over `values`, within `limits`
+    as a render is: an operation that would build past `max_chars` is refused, and so is
+    its work past `timeout_s` (`TemplateError`)."""
+    with _bounded(limits, "evaluate", traced=False, subject="expression") as budget:
+        value = expression.compiled(**values)
+        budget.tick()
+    return value

@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from quorum.shared.checks import compile_check
+from quorum.shared.checks import check_value
 from quorum.shared.context import Context
 from quorum.shared.errors import RunNotFoundError, StoreError
 from quorum.shared.events import Submitted
@@ -126,7 +126,7 @@ def _begin(ctx: Context, ws: WorkflowStore, state: WorkflowState, node: NodeStat
     outputs = _outputs(ws, state, _upstream_names(doc))
     kwargs = resolve(doc.kwargs, outputs)
     try:
-        if doc.skip_if is not None and compile_check(doc.skip_if)(**kwargs):
+        if doc.skip_if is not None and check_value(doc.skip_if, kwargs):
             return ws.settle(wid, node.index, "SKIPPED")
     except Exception as exc:  # the expression raised on these values
         return ws.settle(wid, node.index, "FAILED", error=f"skip_if failed: {exc}")

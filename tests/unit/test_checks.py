@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from pydantic import BaseModel, field_validator
 
 from quorum import define
-from quorum.shared import flow
+from quorum.shared import checks, flow
 from quorum.shared.checks import run_checks
 from quorum.shared.definitions import expression_checks
 from quorum.shared.errors import InvalidRequestError, UnknownTaskError
@@ -25,6 +26,7 @@ from quorum.shared.models import (
     TaskStatus,
     Usage,
 )
+from quorum.shared.sandbox import Limits
 from quorum.shared.store import RunStore
 from tests.unit.test_flow import GOOD, RUN, SCHEMA, FakeLLM, Recorder, context, sent, types
 
@@ -157,11 +159,35 @@ def test_a_vote_free_run_gives_up_after_three_retries(store: RunStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "expr", ["('a' * 1000000) | length > 0", "2 ** 100000 > 1", "([1] * 200000) | length > 0"]
+    "expr",
+    [
+        "('a' * 1000000) | length > 0",
+        "2 ** 100000 > 1",
+        "([1] * 200000) | length > 0",
+        # Jinja's own sandbox let these through: 100 MB, and 10 GB in 21 s of a worker's CPU.
+        "(('a' * 10000) | replace('a', 'a' * 10000)) | length > 0",
+        "('a' * 10000).replace('a', 'a' * 10000) | length > 0",
+        "(range(100000) | list | join('x' * 100000)) | length > 0",
+        "('%099999999d' | format(1)) | length > 0",
+        "('{:099999999}'.format(1)) | length > 0",
+    ],
 )
 def test_an_expression_cannot_make_the_worker_build_something_huge(expr: str) -> None:
+    started = time.process_time()
     failure = run_checks(spec(checks=(ExpressionCheck(expr=expr, message="m"),)), GOOD).failure
-    assert failure is not None and "sandbox refuses" in failure.message
+    assert failure is not None and "expression refused" in failure.message
+    assert time.process_time() - started < 0.5
+
+
+def test_a_runs_checks_are_evaluated_on_one_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each check within its own second, a hundred of them a hundred seconds: one in all.
+    monkeypatch.setattr(checks, "CHECK_LIMITS", Limits(max_chars=100_000, timeout_s=0.2))
+    slow = "(range(99999) | map('string') | map('length') | sum) > {}"
+    many = tuple(ExpressionCheck(expr=slow.format(-i), message="m") for i in range(100))
+    started = time.monotonic()
+    failure = run_checks(spec(checks=many), GOOD).failure
+    assert time.monotonic() - started < 2
+    assert failure is not None and "for all of them together" in failure.message
 
 
 @pytest.mark.parametrize(
